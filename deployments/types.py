@@ -1,0 +1,212 @@
+"""The objects that cross deployment boundaries: the whole protocol of the graph in one file.
+
+    Ingress --(bytes, Options)--> Preprocessor --Sample | ItemError--> Model
+    Model --RawOutput | ItemError-->
+    Postprocessor(RawOutput | ItemError, Sample | ItemError) --> Result | ItemError --> Ingress
+
+A `Sample` carries its `Meta` (born in the Preprocessor) beside the uint8 pixels; the Model answers
+with a `RawOutput` tagged with the same item id, in model-input coordinates; the Postprocessor joins
+the two by id, maps geometry back to the original image and applies the request's options.
+Errors are items too: an `ItemError` flows through the later stages untouched.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from deployments.errors import VisionError, error_for_code
+
+Task = Literal["classification", "detection"]
+ResizeMode = Literal["letterbox", "resize_crop", "stretch"]
+
+
+def new_item_id() -> str:
+    """A fresh id for one image; unique even when clients reuse request ids."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Per-request options; `None` means the deployment's default (Postprocessor user_config)."""
+
+    top_k: int | None = None
+    score_threshold: float | None = None
+    max_detections: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ImageInfo:
+    """The original image as displayed: size after EXIF orientation, container format."""
+
+    width: int
+    height: int
+    format: str
+    orientation: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "format": self.format,
+            "orientation": self.orientation,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Geometry:
+    """How displayed image pixels map to model-input pixels: `x_in = x * scale_x + offset_x`.
+
+    Offsets are positive for letterbox padding and negative for a centre crop. Coordinates are
+    continuous: pixel column i spans [i, i + 1).
+    """
+
+    mode: ResizeMode
+    source_width: int
+    source_height: int
+    input_width: int
+    input_height: int
+    scale_x: float
+    scale_y: float
+    offset_x: float
+    offset_y: float
+
+
+@dataclass(frozen=True, slots=True)
+class Meta:
+    """Everything post-processing needs about one item; the model never sees it."""
+
+    item_id: str
+    request_id: str
+    image: ImageInfo
+    geometry: Geometry
+    options: Options
+    deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
+    preprocess_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One preprocessed image: uint8 HWC pixels in model-input geometry, plus its metadata."""
+
+    meta: Meta
+    pixels: npt.NDArray[np.uint8]
+
+    @property
+    def item_id(self) -> str:
+        return self.meta.item_id
+
+
+@dataclass(frozen=True, slots=True)
+class RawOutput:
+    """The model's answer for one item, in model-input coordinates, tagged with its item id.
+
+    Classification: the top candidates by probability (`boxes` is None).
+    Detection: one row per box, `boxes` as [x_min, y_min, x_max, y_max] in model-input pixels.
+    """
+
+    item_id: str
+    class_ids: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+    boxes: npt.NDArray[np.float32] | None
+    batch_size: int
+    inference_ms: float
+    queue_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    label: str
+    class_id: int
+    score: float
+    box: tuple[float, float, float, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "class_id": self.class_id, "score": self.score}
+        if self.box is not None:
+            out["box"] = list(self.box)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """The answer for one image, as the client sees it."""
+
+    request_id: str
+    item_id: str
+    model: str
+    task: Task
+    image: ImageInfo
+    predictions: tuple[Prediction, ...]
+    batch_size: int
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "item_id": self.item_id,
+            "model": self.model,
+            "task": self.task,
+            "image": self.image.to_dict(),
+            "predictions": [p.to_dict() for p in self.predictions],
+            "batch_size": self.batch_size,
+            "timings_ms": self.timings_ms,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ItemError:
+    """A failure that belongs to one item; it passes through later stages untouched."""
+
+    item_id: str
+    code: str
+    message: str
+    status: int
+
+    @classmethod
+    def from_exception(cls, item_id: str, exc: VisionError) -> ItemError:
+        return cls(item_id=item_id, code=exc.code, message=exc.message, status=exc.status)
+
+    def to_exception(self) -> VisionError:
+        return error_for_code(self.code, self.message)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "error": {"code": self.code, "message": self.message, "status": self.status},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What `GET /v1/model` reports, filled in by the Model replica that loaded the weights."""
+
+    name: str
+    task: Task
+    labels: tuple[str, ...]
+    input_width: int
+    input_height: int
+    resize: ResizeMode
+    weights: str
+    device: str
+    max_batch_size: int
+    batch_wait_timeout_s: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.name,
+            "task": self.task,
+            "labels": list(self.labels),
+            "input_size": {"width": self.input_width, "height": self.input_height},
+            "resize": self.resize,
+            "weights": self.weights,
+            "device": self.device,
+            "batching": {
+                "max_batch_size": self.max_batch_size,
+                "batch_wait_timeout_s": self.batch_wait_timeout_s,
+            },
+        }
