@@ -1,0 +1,125 @@
+"""Run one micro-batch through the model: the plain, Ray-free core of the Model deployment.
+
+Pixels arrive as uint8 HWC; they are stacked per shape, moved to the device as uint8 (a quarter of
+the float bytes) and normalised there. A failure of a whole forward pass (out of memory, say) is
+retried on halves before any item is failed, and then only the item that still fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from deployments.errors import InferenceFailed
+from deployments.types import ItemError, RawOutput, Sample, Task
+
+logger = logging.getLogger("ray.serve")
+
+Output = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32] | None]
+
+
+def pick_device() -> torch.device:
+    """CUDA when this replica was given a GPU, else the CPU."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+@dataclass
+class Runner:
+    module: nn.Module
+    task: Task
+    device: torch.device
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    max_top_k: int = 100
+
+    def __post_init__(self) -> None:
+        self.module = self.module.to(self.device).eval()
+        std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        # (x / 255 - mean) / std == x * scale + shift, one fused pass on the device.
+        self._scale = 1.0 / (255.0 * std)
+        self._shift = -mean / std
+
+    def run(self, samples: Sequence[Sample]) -> list[RawOutput | ItemError]:
+        """One result per sample, in order; same-shape sub-batches share a forward pass.
+
+        Args:
+            samples: preprocessed items; their pixel arrays may differ in shape.
+
+        Returns:
+            A `RawOutput` tagged with each sample's item id, or an `ItemError` for an item whose
+            forward pass failed even alone.
+        """
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, sample in enumerate(samples):
+            groups.setdefault(sample.pixels.shape, []).append(i)
+        results: list[RawOutput | ItemError | None] = [None] * len(samples)
+        for indices in groups.values():
+            for i, result in zip(
+                indices, self._run_group([samples[i] for i in indices]), strict=True
+            ):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _run_group(self, samples: list[Sample]) -> list[RawOutput | ItemError]:
+        start = time.perf_counter()
+        try:
+            outputs = self.forward(np.stack([s.pixels for s in samples]))
+        except Exception as exc:  # noqa: BLE001 - a batch-wide fault must not fail every item
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(samples) == 1:
+                logger.error("forward pass failed for item %s: %r", samples[0].item_id, exc)
+                message = f"the model failed on this image ({type(exc).__name__})"
+                return [ItemError.from_exception(samples[0].item_id, InferenceFailed(message))]
+            logger.warning(
+                "forward pass over %d items failed (%r); retrying in halves", len(samples), exc
+            )
+            half = len(samples) // 2
+            return self._run_group(samples[:half]) + self._run_group(samples[half:])
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        return [
+            RawOutput(
+                item_id=s.item_id,
+                class_ids=ids,
+                scores=scores,
+                boxes=boxes,
+                batch_size=len(samples),
+                inference_ms=elapsed_ms,
+            )
+            for s, (ids, scores, boxes) in zip(samples, outputs, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def forward(self, batch: npt.NDArray[np.uint8]) -> list[Output]:
+        """uint8 N x H x W x 3 -> per image (class ids, scores, boxes or None), best first."""
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        # NHWC viewed as NCHW is channels_last in memory: no copy before the first conv.
+        x = x.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
+        if self.task == "classification":
+            logits = self.module(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            scores, ids = probs.topk(min(self.max_top_k, probs.shape[1]), dim=1)
+            s, c = scores.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
+            return [(c[i], s[i], None) for i in range(len(batch))]
+        detected = self.module(x)
+        return [
+            (
+                d["labels"].cpu().numpy().astype(np.int64),
+                d["scores"].float().cpu().numpy(),
+                d["boxes"].float().cpu().numpy(),
+            )
+            for d in detected
+        ]
+
+    def warm_up(self, batch_sizes: Sequence[int], height: int, width: int) -> None:
+        """Run dummy batches so the first requests do not pay for lazy initialisation."""
+        for n in batch_sizes:
+            self.forward(np.zeros((n, height, width, 3), dtype=np.uint8))

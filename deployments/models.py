@@ -1,0 +1,336 @@
+"""Which model to serve and how its inputs look: resolution (no weights) and loading.
+
+Pure functions, no Ray. `resolve` runs at build time and fixes everything the other stages need
+(task, labels, input geometry, normalisation) without touching weights; `load` runs once in each
+Model replica. Model sources:
+  * a torchvision model name (`resnet50`, `fasterrcnn_resnet50_fpn_v2`, ...);
+  * an import path `package.module:factory` returning an `nn.Module` that follows torchvision's
+    output contract (see `shapes/model.py`), optionally declaring `task`, `categories`,
+    `input_size`, `mean`, `std` as attributes.
+Weights: a torchvision weights name (`DEFAULT`, `IMAGENET1K_V2`, ...), a local state_dict path,
+or `none` (seeded random init, for smoke tests).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import urllib.error
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torchvision
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from torch import nn
+from torchvision.models import WeightsEnum
+
+from deployments.types import ResizeMode, Task
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+# Detectors whose internal transform takes min_size/max_size: we pin both to our input size so the
+# letterboxed image is not resized a second time inside the model.
+_RESIZING_DETECTORS = ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos")
+
+
+class ModelLoadError(ValueError):
+    """The configured model cannot be resolved or loaded; the message names the setting to fix."""
+
+
+class ModelSpec(BaseModel):
+    """Builder args for the model (structure: changing them restarts replicas)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        "resnet18", description="torchvision model name, or `package.module:factory` import path"
+    )
+    weights: str = Field(
+        "none",
+        description="torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a state_dict path "
+        "(relative paths are taken from the project root), or `none` for seeded random init",
+    )
+    task: Task | None = Field(None, description="inferred from the model when omitted")
+    labels: str | list[str] | None = Field(
+        None, description="labels file (one per line, or a JSON list) or an inline list"
+    )
+    num_classes: int | None = Field(None, ge=1)
+    input_size: int | tuple[int, int] | None = Field(
+        None, description="model input: a square side or [width, height]"
+    )
+    resize: ResizeMode | None = None
+    resize_size: int | None = Field(None, ge=1, description="shorter side before the crop")
+    mean: tuple[float, float, float] | None = None
+    std: tuple[float, float, float] | None = None
+    pad_value: int = Field(114, ge=0, le=255)
+    seed: int = 0
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="extra model constructor args")
+    allow_download: bool = Field(
+        True, description="let torchvision download named weights missing from its cache"
+    )
+    max_top_k: int = Field(100, ge=1, description="classification: candidates kept per image")
+    torch_threads: int | None = Field(None, ge=1, description="intra-op threads per replica")
+
+    @field_validator("weights")
+    @classmethod
+    def _weights_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("weights must be a weights name, a file path or `none`")
+        return value.strip()
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Everything about the model that is fixed before any weight is loaded."""
+
+    name: str
+    task: Task
+    labels: tuple[str, ...]
+    input_width: int
+    input_height: int
+    resize: ResizeMode
+    resize_size: int | None
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    weights: str
+    weights_kind: Literal["torchvision", "file", "none"]
+
+
+def is_import_path(name: str) -> bool:
+    return ":" in name
+
+
+def resolve_path(path: str) -> Path:
+    """Relative paths are taken from the project root, so they work from any working directory."""
+    p = Path(os.path.expanduser(path))
+    return p if p.is_absolute() else PROJECT_ROOT / p
+
+
+def _weights_kind(weights: str) -> Literal["torchvision", "file", "none"]:
+    if weights.lower() == "none":
+        return "none"
+    if "/" in weights or os.sep in weights or weights.endswith((".pt", ".pth", ".bin")):
+        return "file"
+    return "torchvision"
+
+
+def _torchvision_task(name: str) -> Task:
+    models = torchvision.models
+    if name in models.list_models(module=models.detection):
+        return "detection"
+    if name in models.list_models(module=models):
+        return "classification"
+    if name in models.list_models():
+        raise ModelLoadError(
+            f"model {name!r} is a torchvision model of a task this service does not serve; "
+            "use a classification or detection model"
+        )
+    raise ModelLoadError(
+        f"unknown model {name!r}: use a torchvision classification or detection model name "
+        "(see torchvision.models.list_models()) or an import path `package.module:factory`"
+    )
+
+
+def _weights_entry(name: str, weights: str) -> WeightsEnum | None:
+    """The torchvision weights entry named by `weights`, else the model's DEFAULT (for metadata)."""
+    try:
+        enum = torchvision.models.get_model_weights(name)
+    except ValueError:
+        return None
+    if _weights_kind(weights) != "torchvision":
+        return enum.DEFAULT if "DEFAULT" in enum.__members__ else None
+    member = weights.split(".")[-1]
+    if member not in enum.__members__:
+        raise ModelLoadError(
+            f"weights {weights!r} do not exist for {name}; choose one of "
+            f"{sorted(enum.__members__)}, a state_dict path, or `none`"
+        )
+    return enum[member]
+
+
+def _read_labels(labels: str | list[str]) -> tuple[str, ...]:
+    if isinstance(labels, list):
+        return tuple(labels)
+    path = resolve_path(labels)
+    if not path.is_file():
+        raise ModelLoadError(f"labels file {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        loaded = json.loads(text)
+        if not isinstance(loaded, list) or not all(isinstance(x, str) for x in loaded):
+            raise ModelLoadError(f"labels file {path} must hold a JSON list of strings")
+        return tuple(loaded)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())
+
+
+def _import_factory(name: str) -> Any:
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        return getattr(module, attr)
+    except (ImportError, AttributeError) as exc:
+        raise ModelLoadError(f"cannot import model factory {name!r}: {exc}") from None
+
+
+def _size(value: int | tuple[int, int]) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def resolve(spec: ModelSpec) -> Resolved:
+    """Fix task, labels, input geometry and normalisation; explicit spec values win."""
+    kind = _weights_kind(spec.weights)
+    labels: tuple[str, ...] = ()
+    if is_import_path(spec.name):
+        module = _import_factory(spec.name)(**spec.kwargs)
+        task: Task = spec.task or getattr(module, "task", None) or "classification"
+        labels = tuple(getattr(module, "categories", ()))
+        default_size = getattr(module, "input_size", 224 if task == "classification" else 512)
+        default_mean = tuple(getattr(module, "mean", IMAGENET_MEAN))
+        default_std = tuple(getattr(module, "std", IMAGENET_STD))
+        default_resize_size: int | None = None
+        if kind == "torchvision":
+            raise ModelLoadError(
+                f"weights {spec.weights!r} look like a torchvision weights name, but {spec.name} "
+                "is not a torchvision model; give a state_dict path or `none`"
+            )
+    else:
+        inferred = _torchvision_task(spec.name)
+        if spec.task is not None and spec.task != inferred:
+            raise ModelLoadError(f"model {spec.name} does {inferred}, but task is {spec.task!r}")
+        task = inferred
+        entry = _weights_entry(spec.name, spec.weights)
+        meta_labels = tuple(entry.meta.get("categories", ())) if entry is not None else ()
+        if spec.num_classes is None or spec.num_classes == len(meta_labels):
+            labels = meta_labels
+        if task == "classification":
+            preset = entry.transforms() if entry is not None else None
+            default_size = int(preset.crop_size[0]) if preset is not None else 224
+            default_resize_size = int(preset.resize_size[0]) if preset is not None else 256
+            default_mean = tuple(preset.mean) if preset is not None else IMAGENET_MEAN
+            default_std = tuple(preset.std) if preset is not None else IMAGENET_STD
+        else:
+            default_size = int(spec.kwargs.get("min_size", 640))
+            default_resize_size = None
+            default_mean, default_std = NO_NORMALISATION  # torchvision detectors normalise inside
+    if spec.labels is not None:
+        labels = _read_labels(spec.labels)
+    if spec.num_classes is not None and labels and len(labels) != spec.num_classes:
+        raise ModelLoadError(
+            f"num_classes is {spec.num_classes} but there are {len(labels)} labels; make them agree"
+        )
+    width, height = _size(spec.input_size if spec.input_size is not None else default_size)
+    resize: ResizeMode = spec.resize or ("resize_crop" if task == "classification" else "letterbox")
+    resize_size = spec.resize_size or default_resize_size
+    if resize == "resize_crop" and resize_size is not None and resize_size < min(width, height):
+        raise ModelLoadError(
+            f"resize_size {resize_size} is smaller than the input {width}x{height}; "
+            "the centre crop needs resize_size >= the input's shorter side"
+        )
+    return Resolved(
+        name=spec.name,
+        task=task,
+        labels=labels,
+        input_width=width,
+        input_height=height,
+        resize=resize,
+        resize_size=resize_size if resize == "resize_crop" else None,
+        mean=_triple(spec.mean or default_mean),
+        std=_triple(spec.std or default_std),
+        weights=spec.weights,
+        weights_kind=kind,
+    )
+
+
+def _triple(values: tuple[float, ...] | list[float]) -> tuple[float, float, float]:
+    a, b, c = (float(v) for v in values)
+    return (a, b, c)
+
+
+def _constructor_kwargs(spec: ModelSpec, resolved: Resolved) -> dict[str, Any]:
+    kwargs = dict(spec.kwargs)
+    if is_import_path(spec.name):
+        return kwargs
+    if spec.num_classes is not None:
+        kwargs.setdefault("num_classes", spec.num_classes)
+    elif resolved.weights_kind != "torchvision" and resolved.labels:
+        kwargs.setdefault("num_classes", len(resolved.labels))
+    if resolved.task == "detection":
+        if resolved.weights_kind != "torchvision":
+            kwargs.setdefault("weights_backbone", None)  # never fetch ImageNet backbone weights
+        if spec.name.startswith(_RESIZING_DETECTORS):
+            side = max(resolved.input_width, resolved.input_height)
+            kwargs.setdefault("min_size", min(resolved.input_width, resolved.input_height))
+            kwargs.setdefault("max_size", side)
+    return kwargs
+
+
+def _cached_weights_file(entry: WeightsEnum) -> Path:
+    url: str = entry.url
+    return Path(str(torch.hub.get_dir())) / "checkpoints" / os.path.basename(url)
+
+
+def _offline_hint(spec: ModelSpec, entry: WeightsEnum) -> str:
+    cached = _cached_weights_file(entry)
+    return (
+        f"download {entry.url} on a machine with internet, then either set "
+        f"`weights: /path/to/{cached.name}` in the model args (labels and preprocessing still "
+        f"come from {type(entry).__name__}.DEFAULT) or copy the file to {cached}"
+    )
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {path} does not exist")
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise ModelLoadError(f"weights file {path} is not a readable state_dict: {exc}") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(loaded, dict) and isinstance(loaded.get(key), dict):
+            loaded = loaded[key]
+    if not isinstance(loaded, dict):
+        raise ModelLoadError(f"weights file {path} holds {type(loaded).__name__}, not a state_dict")
+    return {
+        k.removeprefix("module."): v.float() if v.is_floating_point() else v
+        for k, v in loaded.items()
+    }
+
+
+def load(spec: ModelSpec, resolved: Resolved) -> nn.Module:
+    """Build the module and load its weights, in eval mode on the CPU."""
+    torch.manual_seed(spec.seed)
+    kwargs = _constructor_kwargs(spec, resolved)
+    if is_import_path(spec.name):
+        module: nn.Module = _import_factory(spec.name)(**kwargs)
+    elif resolved.weights_kind == "torchvision":
+        entry = _weights_entry(spec.name, spec.weights)
+        assert entry is not None
+        if not _cached_weights_file(entry).is_file() and not spec.allow_download:
+            raise ModelLoadError(
+                f"weights {spec.weights} for {spec.name} are not in the local cache and "
+                f"allow_download is false: {_offline_hint(spec, entry)}"
+            )
+        try:
+            module = torchvision.models.get_model(spec.name, weights=entry, **kwargs)
+        except (urllib.error.URLError, OSError, RuntimeError) as exc:
+            raise ModelLoadError(
+                f"could not download weights {spec.weights} for {spec.name} ({exc}); "
+                f"this machine may be offline: {_offline_hint(spec, entry)}"
+            ) from None
+    else:
+        module = torchvision.models.get_model(spec.name, weights=None, **kwargs)
+    if resolved.weights_kind == "file":
+        state = _read_state_dict(resolve_path(spec.weights))
+        result = module.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ModelLoadError(
+                f"weights file {spec.weights} does not match {spec.name}: "
+                f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]} "
+                "(check num_classes and the model name)"
+            )
+    return module.eval()

@@ -1,0 +1,113 @@
+"""The Model's core without Ray: per-item results in order, same-shape sub-batches, faults split."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from deployments.geometry import plan
+from deployments.inference import Runner
+from deployments.types import ImageInfo, ItemError, Meta, Options, RawOutput, Sample
+
+
+def _sample(item_id: str, pixels: np.ndarray) -> Sample:
+    h, w = pixels.shape[:2]
+    meta = Meta(item_id, "req", ImageInfo(w, h, "PNG"), plan("stretch", w, h, w, h), Options())
+    return Sample(meta=meta, pixels=pixels)
+
+
+def _pixels(seed: int, size: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def classifier() -> Runner:
+    torch.manual_seed(0)
+    module = torchvision.models.resnet18(num_classes=10)
+    return Runner(
+        module,
+        "classification",
+        torch.device("cpu"),
+        (0.5, 0.5, 0.5),
+        (0.25, 0.25, 0.25),
+        max_top_k=10,
+    )
+
+
+def test_batched_results_equal_solo_results_in_order(classifier: Runner) -> None:
+    samples = [_sample(f"id{i}", _pixels(i)) for i in range(6)]
+    batched = classifier.run(samples)
+    for sample, out in zip(samples, batched, strict=True):
+        solo = classifier.run([sample])[0]
+        assert isinstance(out, RawOutput) and isinstance(solo, RawOutput)
+        assert out.item_id == sample.item_id and out.batch_size == 6 and solo.batch_size == 1
+        np.testing.assert_array_equal(out.class_ids[:3], solo.class_ids[:3])
+        np.testing.assert_allclose(out.scores, solo.scores, atol=1e-5)
+    # The images really produce different answers, so a swap would show.
+    firsts = {tuple(np.round(o.scores[:3], 4)) for o in batched if isinstance(o, RawOutput)}
+    assert len(firsts) == len(samples)
+
+
+def test_normalisation_happens_on_the_device_from_uint8(classifier: Runner) -> None:
+    pixels = _pixels(3)
+    expected_input = (torch.from_numpy(pixels).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
+    with torch.inference_mode():
+        expected = torch.softmax(classifier.module(expected_input[None]), dim=1)[0]
+    out = classifier.run([_sample("x", pixels)])[0]
+    assert isinstance(out, RawOutput)
+    np.testing.assert_allclose(out.scores, expected.sort(descending=True).values.numpy(), atol=1e-5)
+
+
+def test_mixed_shapes_run_as_same_shape_sub_batches(classifier: Runner) -> None:
+    samples = [
+        _sample("a", _pixels(1, 64)),
+        _sample("b", _pixels(2, 96)),
+        _sample("c", _pixels(3, 64)),
+    ]
+    outs = classifier.run(samples)
+    assert [o.item_id for o in outs] == ["a", "b", "c"]
+    assert [o.batch_size for o in outs if isinstance(o, RawOutput)] == [2, 1, 2]
+
+
+class _FailsOnLargeBatches(nn.Module):
+    """Raises like an out-of-memory error above `limit` items, and always on a poisoned image."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.limit = limit
+        self.calls: list[int] = []
+        self.head = nn.Linear(3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls.append(len(x))
+        if len(x) > self.limit:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        if bool((x.mean(dim=(1, 2, 3)) > 1.9).any()):
+            raise RuntimeError("poisoned input")
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_batch_wide_failure_is_retried_in_halves_before_any_item_fails() -> None:
+    module = _FailsOnLargeBatches(limit=2)
+    runner = Runner(module, "classification", torch.device("cpu"), (0.0,) * 3, (1.0,) * 3)
+    outs = runner.run([_sample(str(i), _pixels(i, 8)) for i in range(8)])
+    assert all(isinstance(o, RawOutput) for o in outs)
+    assert [o.item_id for o in outs] == [str(i) for i in range(8)]
+    assert module.calls == [8, 4, 2, 2, 4, 2, 2]
+
+
+def test_an_item_that_fails_alone_gets_its_own_error() -> None:
+    module = _FailsOnLargeBatches(limit=100)
+    runner = Runner(module, "classification", torch.device("cpu"), (0.0,) * 3, (0.5,) * 3)
+    poisoned = np.full((8, 8, 3), 255, dtype=np.uint8)  # normalises to 2.0, over the poison mark
+    samples = [
+        _sample("ok0", _pixels(0, 8)),
+        _sample("bad", poisoned),
+        _sample("ok1", _pixels(1, 8)),
+    ]
+    outs = runner.run(samples)
+    assert isinstance(outs[0], RawOutput) and isinstance(outs[2], RawOutput)
+    assert isinstance(outs[1], ItemError) and outs[1].status == 500 and outs[1].item_id == "bad"

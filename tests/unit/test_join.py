@@ -1,0 +1,125 @@
+"""Post-processing: top-k, thresholds, box mapping, and the join that refuses mismatched ids."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deployments.errors import CorruptImage, JoinMismatch
+from deployments.geometry import boxes_to_input, plan
+from deployments.postprocessor import OptionDefaults, join
+from deployments.predictions import detections, top_k
+from deployments.types import ImageInfo, ItemError, Meta, Options, RawOutput, Result, Sample
+
+LABELS = ("circle", "square", "triangle")
+
+
+def _raw(
+    item_id: str, scores: list[float], ids: list[int], boxes: list[list[float]] | None = None
+) -> RawOutput:
+    return RawOutput(
+        item_id=item_id,
+        class_ids=np.array(ids, dtype=np.int64),
+        scores=np.array(scores, dtype=np.float32),
+        boxes=None if boxes is None else np.array(boxes, dtype=np.float32),
+        batch_size=4,
+        inference_ms=3.0,
+    )
+
+
+def _sample(
+    item_id: str, width: int = 400, height: int = 200, options: Options | None = None
+) -> Sample:
+    meta = Meta(
+        item_id=item_id,
+        request_id="req",
+        image=ImageInfo(width, height, "PNG"),
+        geometry=plan("letterbox", width, height, 320, 320),
+        options=options or Options(),
+    )
+    return Sample(meta=meta, pixels=np.zeros((320, 320, 3), dtype=np.uint8))
+
+
+def test_top_k_keeps_order_and_labels_unknown_ids() -> None:
+    preds = top_k(_raw("a", [0.6, 0.3, 0.1], [2, 7, 0]), LABELS, 2)
+    assert [(p.label, p.class_id) for p in preds] == [("triangle", 2), ("class_7", 7)]
+    assert preds[0].score == pytest.approx(0.6)
+
+
+def test_detections_map_back_threshold_and_cap() -> None:
+    sample = _sample("a", 400, 200)
+    truth = [[10, 20, 110, 120], [200, 50, 390, 190], [0, 0, 5, 5]]
+    model_boxes = boxes_to_input(truth, sample.meta.geometry).tolist()
+    raw = _raw("a", [0.9, 0.8, 0.2], [0, 1, 2], model_boxes)
+    preds = detections(raw, sample.meta.geometry, LABELS, score_threshold=0.5, max_detections=10)
+    assert [p.label for p in preds] == ["circle", "square"]
+    np.testing.assert_allclose([p.box for p in preds], truth[:2], atol=1e-4)
+    assert len(detections(raw, sample.meta.geometry, LABELS, 0.0, 1)) == 1
+
+
+def test_boxes_in_the_padding_are_dropped_and_others_clipped() -> None:
+    geom = _sample("a", 400, 200).meta.geometry  # 320x160 content, 80 px padding above and below
+    raw = _raw("a", [0.9, 0.8], [0, 1], [[10, 0, 50, 70], [100, 70, 400, 120]])
+    preds = detections(raw, geom, LABELS, 0.0, 10)
+    assert len(preds) == 1
+    assert preds[0].box is not None and preds[0].box[2] == 400.0  # clipped to the image width
+
+
+def test_join_builds_the_result_from_the_items_own_metadata() -> None:
+    sample = _sample("a", options=Options(top_k=1))
+    out = join(
+        _raw("a", [0.7, 0.2], [1, 0]),
+        sample,
+        model="m",
+        task="classification",
+        labels=LABELS,
+        defaults=OptionDefaults(),
+    )
+    assert isinstance(out, Result)
+    assert (out.item_id, out.request_id, out.batch_size, out.image.width) == ("a", "req", 4, 400)
+    assert [p.label for p in out.predictions] == ["square"]
+
+
+def test_join_uses_defaults_for_unset_options() -> None:
+    raw = _raw("a", [0.5, 0.3, 0.2], [0, 1, 2])
+    out = join(
+        raw,
+        _sample("a"),
+        model="m",
+        task="classification",
+        labels=LABELS,
+        defaults=OptionDefaults(top_k=2),
+    )
+    assert isinstance(out, Result) and len(out.predictions) == 2
+
+
+def test_join_refuses_mismatched_ids() -> None:
+    with pytest.raises(JoinMismatch, match="item b"):
+        join(
+            _raw("a", [1.0], [0]),
+            _sample("b"),
+            model="m",
+            task="classification",
+            labels=LABELS,
+            defaults=OptionDefaults(),
+        )
+
+
+def test_errors_pass_through_the_join() -> None:
+    err = ItemError.from_exception("a", CorruptImage("broken"))
+    assert (
+        join(err, err, model="m", task="detection", labels=LABELS, defaults=OptionDefaults()) is err
+    )
+    model_err = ItemError("a", "inference_failed", "boom", 500)
+    assert (
+        join(
+            model_err,
+            _sample("a"),
+            model="m",
+            task="detection",
+            labels=LABELS,
+            defaults=OptionDefaults(),
+        )
+        is model_err
+    )
+    assert isinstance(err.to_exception(), CorruptImage)
