@@ -101,6 +101,7 @@ class Model:
             device=str(self._runner.device),
             max_batch_size=self._batching.max_batch_size,
             batch_wait_timeout_s=self._batching.batch_wait_timeout_s,
+            replica=serve.get_replica_context().replica_id.unique_id,
         )
 
     def ready(self) -> bool:

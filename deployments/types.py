@@ -195,6 +195,7 @@ class ModelInfo:
     device: str
     max_batch_size: int
     batch_wait_timeout_s: float
+    replica: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -205,6 +206,7 @@ class ModelInfo:
             "resize": self.resize,
             "weights": self.weights,
             "device": self.device,
+            "replica": self.replica,
             "batching": {
                 "max_batch_size": self.max_batch_size,
                 "batch_wait_timeout_s": self.batch_wait_timeout_s,

@@ -1,0 +1,113 @@
+"""Micro-batching under concurrency: real batches form, nothing is swapped, a bad image stays
+alone, and batch settings change live without a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import numpy as np
+
+from tests import images
+from tests.serving import BASE_URL, app_config, deploy, post_many
+
+CLASSIFIER = {"name": "resnet18", "weights": "none", "seed": 0}
+LONG_WAIT_S = 2.0
+
+
+def _deploy(max_batch_size: int, wait_s: float) -> None:
+    deploy(
+        app_config(
+            model=CLASSIFIER,
+            user_configs={
+                "Model": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
+                "Postprocessor": {"top_k": 10},
+            },
+        )
+    )
+
+
+def _model_info() -> dict[str, Any]:
+    info: dict[str, Any] = httpx.get(f"{BASE_URL}/v1/model").json()
+    return info
+
+
+def _answers(responses: list[httpx.Response]) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for r in responses:
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        out.append(
+            (np.array([p["class_id"] for p in preds]), np.array([p["score"] for p in preds]))
+        )
+    return out
+
+
+def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> bool:
+    return bool(a[0][0] == b[0][0] and np.allclose(a[1][:5], b[1][:5], atol=1e-4))
+
+
+def test_concurrent_images_batch_and_each_gets_its_own_answer() -> None:
+    blobs = [images.jpeg(160 + 23 * i, 120 + 17 * (47 - i), seed=1000 + i) for i in range(48)]
+    _deploy(max_batch_size=1, wait_s=0.0)
+    solo_responses = [asyncio.run(post_many([b]))[0] for b in blobs]
+    assert {r.json()["batch_size"] for r in solo_responses} == {1}
+    solo = _answers(solo_responses)
+    # The images are told apart by the model, so a swap between two of them would show.
+    for i in range(len(blobs)):
+        assert sum(_same(solo[i], solo[j]) for j in range(len(blobs))) == 1, (
+            f"image {i} is not distinctive"
+        )
+
+    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S)
+    batched_responses = asyncio.run(post_many(blobs))
+    batched = _answers(batched_responses)
+    sizes = [r.json()["batch_size"] for r in batched_responses]
+    assert max(sizes) == 8 and min(sizes) > 1, f"batches did not form: {sizes}"
+    for i, (got, want) in enumerate(zip(batched, solo, strict=True)):
+        matches = [j for j in range(len(blobs)) if _same(got, solo[j])]
+        assert matches == [i], f"image {i} got the answer of {matches}"
+        assert _same(got, want)
+    widths = [r.json()["image"]["width"] for r in batched_responses]
+    assert widths == [160 + 23 * i for i in range(48)]
+
+
+def test_a_corrupt_image_in_a_batch_fails_alone() -> None:
+    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S)
+    good = [images.jpeg(256, 192, seed=2000 + i) for i in range(7)]
+    bodies = [*good[:3], images.truncated_jpeg(), *good[3:]]
+    responses = asyncio.run(post_many(bodies))
+    assert responses[3].status_code == 422
+    assert responses[3].json()["error"]["code"] == "corrupt_image"
+    ok = [r for i, r in enumerate(responses) if i != 3]
+    assert all(r.status_code == 200 for r in ok)
+    # The seven good ones filled one forward pass together; the bad one never entered it.
+    assert {r.json()["batch_size"] for r in ok} == {7}
+
+
+def test_reconfigure_changes_batch_size_live_without_restart() -> None:
+    _deploy(max_batch_size=4, wait_s=LONG_WAIT_S)
+    before = _model_info()
+    blobs = [images.jpeg(200, 150, seed=3000 + i) for i in range(16)]
+    sizes_at_4 = [r.json()["batch_size"] for r in asyncio.run(post_many(blobs))]
+    assert max(sizes_at_4) == 4
+
+    _deploy(max_batch_size=16, wait_s=LONG_WAIT_S)
+    after = _model_info()
+    assert after["replica"] == before["replica"], "the Model replica was restarted"
+    assert after["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": LONG_WAIT_S}
+    sizes_at_16 = [r.json()["batch_size"] for r in asyncio.run(post_many(blobs))]
+    assert max(sizes_at_16) > 4, f"batch size did not grow: {sizes_at_16}"
+
+
+def test_invalid_batch_settings_are_refused_with_a_message_naming_them() -> None:
+    config = app_config(model=CLASSIFIER, user_configs={"Model": {"max_batch_size": 0}})
+    try:
+        deploy(config, timeout_s=60)
+    except RuntimeError as failed:
+        assert "max_batch_size" in str(failed)
+    else:
+        raise AssertionError("a max_batch_size of 0 was accepted")
+    _deploy(max_batch_size=4, wait_s=0.01)
+    assert asyncio.run(post_many([images.jpeg(seed=4000)]))[0].status_code == 200

@@ -1,0 +1,27 @@
+"""The shipped example configs start and answer, with `weights: none` (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from tests import images
+from tests.serving import BASE_URL, ROOT, app_config, deploy, load_config, post_image
+
+EXAMPLES = [
+    ("resnet50_imagenet.yaml", "classification", 1000),
+    ("fasterrcnn_coco.yaml", "detection", 91),
+]
+
+
+@pytest.mark.parametrize(("name", "task", "labels"), EXAMPLES)
+def test_example_config_starts_offline_with_weights_none(name: str, task: str, labels: int) -> None:
+    base = load_config(ROOT / "configs" / name)
+    model = {**base["applications"][0]["args"]["model"], "weights": "none", "allow_download": False}
+    deploy(app_config(base, model=model))
+    r = post_image(images.jpeg(640, 480, seed=1))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["task"]) == (model["name"], task)
+    info = httpx.get(f"{BASE_URL}/v1/model").json()
+    assert len(info["labels"]) == labels

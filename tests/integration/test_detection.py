@@ -1,0 +1,74 @@
+"""A torchvision detector end to end: boxes come back in original, upright image pixels."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests import images
+from tests.serving import app_config, deploy, post_image, post_many
+
+DETECTOR = {
+    "name": "fasterrcnn_mobilenet_v3_large_320_fpn",
+    "weights": "none",
+    "input_size": 320,
+    # Random weights score everything low; keep every box so there is geometry to check.
+    "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 30},
+}
+SIZES = [(640, 480), (480, 640), (1600, 400), (400, 1600), (97, 61), (2000, 1999)]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def detector_app() -> None:
+    deploy(
+        app_config(
+            model=DETECTOR,
+            user_configs={
+                "Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
+                "Postprocessor": {"score_threshold": 0.0, "max_detections": 30},
+            },
+        )
+    )
+
+
+def _check_boxes(body: dict, width: int, height: int) -> int:
+    assert body["task"] == "detection"
+    assert (body["image"]["width"], body["image"]["height"]) == (width, height)
+    for p in body["predictions"]:
+        x0, y0, x1, y1 = p["box"]
+        assert 0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height, (p["box"], width, height)
+        assert 0.0 <= p["score"] <= 1.0 and p["label"]
+    return len(body["predictions"])
+
+
+def test_boxes_lie_inside_the_original_image_for_many_shapes() -> None:
+    blobs = [images.jpeg(w, h, seed=i) for i, (w, h) in enumerate(SIZES)]
+    responses = asyncio.run(post_many(blobs))
+    total = 0
+    for r, (w, h) in zip(responses, SIZES, strict=True):
+        assert r.status_code == 200, r.text
+        total += _check_boxes(r.json(), w, h)
+    assert total > 0, "no boxes at all: nothing was checked"
+    assert max(r.json()["batch_size"] for r in responses) > 1
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_boxes_are_in_displayed_pixels_for_exif_rotated_jpegs(orientation: int) -> None:
+    r = post_image(images.rotated_jpeg(images.picture(800, 300, seed=5), orientation))
+    assert r.status_code == 200
+    assert r.json()["image"]["orientation"] == orientation
+    _check_boxes(r.json(), 800, 300)
+
+
+def test_detection_options_apply_per_request() -> None:
+    data = images.jpeg(640, 480, seed=9)
+    everything = post_image(data).json()["predictions"]
+    assert len(everything) > 3
+    assert len(post_image(data, max_detections=3).json()["predictions"]) == 3
+    scores = [p["score"] for p in everything]
+    assert (
+        post_image(data, score_threshold=min(1.0, max(scores) + 1e-6)).json()["predictions"] == []
+    )
+    assert len(post_image(data, score_threshold=min(scores)).json()["predictions"]) == len(scores)
+    assert post_image(data, top_k=3).status_code == 400

@@ -1,0 +1,122 @@
+"""Deploy the real graph from `serve_config.yaml` (with per-test overrides) and talk to it."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import yaml
+from ray import serve
+from ray.serve._private.api import serve_start
+from ray.serve.schema import ServeDeploySchema
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_URL = "http://127.0.0.1:8000"
+APP = "vision"
+T = TypeVar("T")
+
+
+def wait_until(
+    check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.2
+) -> T:
+    """Poll `check` until it returns something truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+        time.sleep(every_s)
+
+
+def load_config(path: Path = ROOT / "serve_config.yaml") -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
+    return loaded
+
+
+def app_config(
+    base: dict[str, Any] | None = None,
+    *,
+    model: dict[str, Any] | None = None,
+    args: dict[str, Any] | None = None,
+    user_configs: dict[str, dict[str, Any]] | None = None,
+    options: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """`serve_config.yaml` (or `base`) with overrides, served on loopback only."""
+    config = copy.deepcopy(base if base is not None else load_config())
+    config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": 8000}
+    app = config["applications"][0]
+    if model is not None:
+        app["args"]["model"] = model
+    app["args"].update(args or {})
+    deployments = {d["name"]: d for d in app["deployments"]}
+    for name, user_config in (user_configs or {}).items():
+        deployments[name]["user_config"] = {
+            **deployments[name].get("user_config", {}),
+            **user_config,
+        }
+    for name, extra in (options or {}).items():
+        deployments[name].update(extra)
+    return config
+
+
+def deploy(config: dict[str, Any], timeout_s: float = 180) -> None:
+    """Apply a config the way `serve run <config>` does, then wait for the app to run."""
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(
+        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
+    )
+    client.deploy_apps(schema)
+
+    def running() -> bool:
+        status = serve.status().applications.get(APP)
+        if status is not None and status.status == "DEPLOY_FAILED":
+            details = "; ".join(
+                f"{name}: {d.message}" for name, d in status.deployments.items() if d.message
+            )
+            raise RuntimeError(f"deploy failed: {status.message} {details}")
+        healthy = status is not None and status.status == "RUNNING"
+        return healthy and _all_updated(status)
+
+    wait_until(running, timeout_s, f"app {APP!r} to run", every_s=0.5)
+
+
+def _all_updated(status: Any) -> bool:
+    return all(d.status == "HEALTHY" for d in status.deployments.values())
+
+
+async def post_many(
+    bodies: Iterable[bytes], path: str = "/v1/predict", content_type: str = "image/jpeg"
+) -> list[httpx.Response]:
+    """POST every body at once, one request each; responses in input order."""
+    limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+    async with httpx.AsyncClient(base_url=BASE_URL, timeout=120, limits=limits) as client:
+        return list(
+            await asyncio.gather(
+                *(
+                    client.post(path, content=b, headers={"content-type": content_type})
+                    for b in bodies
+                )
+            )
+        )
+
+
+def post_image(data: bytes, content_type: str = "image/jpeg", **params: Any) -> httpx.Response:
+    return httpx.post(
+        f"{BASE_URL}/v1/predict",
+        content=data,
+        params=params,
+        headers={"content-type": content_type},
+        timeout=120,
+    )
+
+
+def post_multipart(images: list[tuple[str, bytes, str]], **params: Any) -> httpx.Response:
+    files = [("image", (name, data, ctype)) for name, data, ctype in images]
+    return httpx.post(f"{BASE_URL}/v1/predict", files=files, params=params, timeout=120)

@@ -1,0 +1,96 @@
+"""`serve run serve_config.yaml` exactly as a user runs it: start, answer, shut down cleanly.
+
+System tier: `serve run` starts its own local Ray, so this runs in its own pytest process, after
+the integration tier's cluster is gone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import images
+from tests.serving import BASE_URL, ROOT, wait_until
+
+pytestmark = pytest.mark.system
+SERVE = Path(sys.executable).parent / "serve"
+
+
+def _health() -> bool:
+    try:
+        return httpx.get(f"{BASE_URL}/v1/health", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _port_open() -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", 8000)) == 0
+
+
+@pytest.fixture
+def serve_run(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    assert not _port_open(), "something already listens on port 8000"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = (tmp_path / "serve_run.log").open("wb")
+    proc = subprocess.Popen(
+        [str(SERVE), "run", "serve_config.yaml"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+        if proc.returncode not in (0, None):
+            print((tmp_path / "serve_run.log").read_text()[-5000:])
+
+
+def test_serve_run_serves_and_shuts_down_cleanly(
+    serve_run: subprocess.Popen[bytes], tmp_path: Path
+) -> None:
+    wait_until(lambda: serve_run.poll() is not None or _health(), 240, "/v1/health to answer 200")
+    assert serve_run.poll() is None, "serve run exited during start-up"
+    r = httpx.post(
+        f"{BASE_URL}/v1/predict",
+        content=images.jpeg(640, 480),
+        headers={"content-type": "image/jpeg"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"]
+
+    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
+    good.write_bytes(images.jpeg(320, 240, seed=3))
+    bad.write_bytes(images.truncated_jpeg())
+    client = subprocess.run(
+        [sys.executable, "examples/handle_client.py", str(good), str(bad)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = [json.loads(line) for line in client.stdout.splitlines() if line.startswith("{")]
+    assert [line["path"] for line in lines] == [str(good), str(bad)], client.stderr[-2000:]
+    assert lines[0]["predictions"] and lines[0]["image"]["width"] == 320
+    assert (lines[1]["error"]["code"], lines[1]["error"]["status"]) == ("corrupt_image", 422)
+    assert "truncated" in lines[1]["error"]["message"] and client.returncode == 1
+
+    serve_run.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    assert serve_run.wait(timeout=120) == 0
+    wait_until(lambda: not _port_open(), 60, "port 8000 to close")

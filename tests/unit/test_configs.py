@@ -1,0 +1,61 @@
+"""Every shipped Serve config validates, resolves without weights, and fits a 2-core laptop."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ray.serve.schema import ServeDeploySchema
+
+from deployments.models import resolve
+from graph import AppArgs
+from tests.serving import ROOT, load_config
+
+CONFIGS = [ROOT / "serve_config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
+
+
+def _app(config: dict[str, Any]) -> dict[str, Any]:
+    app: dict[str, Any] = config["applications"][0]
+    return app
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_config_validates_and_resolves(path: Path) -> None:
+    config = load_config(path)
+    schema = ServeDeploySchema.model_validate(config)
+    app = schema.applications[0]
+    assert (app.name, app.route_prefix, app.import_path) == ("vision", "/", "graph:build_app")
+    assert schema.http_options.port == 8000
+    args = AppArgs.model_validate(app.args)
+    resolved = resolve(args.model)
+    assert resolved.labels, "labels must be known before any weight is loaded"
+    names = [d.name for d in app.deployments]
+    assert names == ["Ingress", "Preprocessor", "Model", "Postprocessor"]
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_model_can_hold_full_batches_and_graph_fits_two_cores(path: Path) -> None:
+    deployments = {d["name"]: d for d in _app(load_config(path))["deployments"]}
+    model = deployments["Model"]
+    assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
+    cpus = sum(
+        d.get("ray_actor_options", {}).get("num_cpus", 1) * d.get("num_replicas", 1)
+        for d in deployments.values()
+    )
+    assert cpus <= 2.0, f"{path.name} asks for {cpus} CPUs; a 2-core laptop would wait forever"
+
+
+@pytest.mark.parametrize("path", CONFIGS[1:], ids=[p.name for p in CONFIGS[1:]])
+def test_examples_differ_from_the_default_only_in_model_and_batching(path: Path) -> None:
+    def strip(config: dict[str, Any]) -> dict[str, Any]:
+        config = copy.deepcopy(config)
+        app = _app(config)
+        del app["args"]["model"]
+        for d in app["deployments"]:
+            if d["name"] == "Model":
+                del d["user_config"]
+        return config
+
+    assert strip(load_config(path)) == strip(load_config())
