@@ -41,7 +41,8 @@ def test_model_can_hold_full_batches_and_graph_fits_two_cores(path: Path) -> Non
     model = deployments["Model"]
     assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
     cpus = sum(
-        d.get("ray_actor_options", {}).get("num_cpus", 1) * d.get("num_replicas", 1)
+        d.get("ray_actor_options", {}).get("num_cpus", 1)
+        * d.get("autoscaling_config", {}).get("min_replicas", d.get("num_replicas", 1))
         for d in deployments.values()
     )
     assert cpus <= 2.0, f"{path.name} asks for {cpus} CPUs; a 2-core laptop would wait forever"
@@ -59,3 +60,12 @@ def test_examples_differ_from_the_default_only_in_model_and_batching(path: Path)
         return config
 
     assert strip(load_config(path)) == strip(load_config())
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_deployment_autoscales_and_bounds_its_queue(path: Path) -> None:
+    for d in _app(load_config(path))["deployments"]:
+        scaling = d["autoscaling_config"]
+        assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"], d["name"]
+        assert 0 < scaling["target_ongoing_requests"] <= d["max_ongoing_requests"], d["name"]
+        assert d["max_queued_requests"] > 0, d["name"]
