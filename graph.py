@@ -36,6 +36,10 @@ class AppArgs(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     limits: Limits = Field(default_factory=Limits)
     decode_threads: int = Field(2, ge=1, description="decoder threads per Preprocessor replica")
+    request_timeout_s: float | None = Field(
+        30.0, description="deadline for requests that state none (x-request-timeout-seconds); "
+        "null or <= 0: none"
+    )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale")
 
 
@@ -70,6 +74,7 @@ def build_app(args: AppArgs) -> Application:
         max_top_k=args.model.max_top_k,
         max_body_bytes=args.limits.max_body_bytes,
         max_images_per_request=args.limits.max_images_per_request,
+        request_timeout_s=args.request_timeout_s,
     )
     return _deployment(Ingress).bind(
         _deployment(Preprocessor).bind(resize, limits, args.decode_threads),

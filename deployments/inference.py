@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
 
-from deployments.errors import InferenceFailed
+from deployments.errors import DeadlineExceeded, InferenceFailed
 from deployments.types import ItemError, RawOutput, Sample, Task
 
 logger = logging.getLogger("ray.serve")
@@ -38,6 +38,8 @@ class Runner:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     max_top_k: int = 100
+    # Called once per forward pass with (items, milliseconds), for metrics.
+    on_batch: Callable[[int, float], None] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.module = self.module.to(self.device).eval()
@@ -55,12 +57,23 @@ class Runner:
 
         Returns:
             A `RawOutput` tagged with each sample's item id, or an `ItemError` for an item whose
-            forward pass failed even alone.
+            deadline passed before its forward pass (nothing is computed for it) or whose forward
+            pass failed even alone.
         """
-        groups: dict[tuple[int, ...], list[int]] = {}
-        for i, sample in enumerate(samples):
-            groups.setdefault(sample.pixels.shape, []).append(i)
         results: list[RawOutput | ItemError | None] = [None] * len(samples)
+        groups: dict[tuple[int, ...], list[int]] = {}
+        now = time.time()
+        for i, sample in enumerate(samples):
+            deadline = sample.meta.deadline
+            if deadline is not None and deadline <= now:
+                results[i] = ItemError.from_exception(
+                    sample.item_id,
+                    DeadlineExceeded(
+                        "the deadline passed before the forward pass; nothing was run"
+                    ),
+                )
+                continue
+            groups.setdefault(sample.pixels.shape, []).append(i)
         for indices in groups.values():
             for i, result in zip(
                 indices, self._run_group([samples[i] for i in indices]), strict=True
@@ -76,15 +89,26 @@ class Runner:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(samples) == 1:
-                logger.error("forward pass failed for item %s: %r", samples[0].item_id, exc)
+                meta = samples[0].meta
+                logger.error(
+                    "request %s item %s: forward pass failed: %r",
+                    meta.request_id,
+                    meta.item_id,
+                    exc,
+                )
                 message = f"the model failed on this image ({type(exc).__name__})"
                 return [ItemError.from_exception(samples[0].item_id, InferenceFailed(message))]
             logger.warning(
-                "forward pass over %d items failed (%r); retrying in halves", len(samples), exc
+                "forward pass over %d items failed (%r); retrying in halves: %s",
+                len(samples),
+                exc,
+                ", ".join(f"{s.meta.request_id}/{s.item_id}" for s in samples),
             )
             half = len(samples) // 2
             return self._run_group(samples[:half]) + self._run_group(samples[half:])
         elapsed_ms = (time.perf_counter() - start) * 1000.0
+        if self.on_batch is not None:
+            self.on_batch(len(samples), elapsed_ms)
         return [
             RawOutput(
                 item_id=s.item_id,

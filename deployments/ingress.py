@@ -5,8 +5,10 @@ both responses to the Postprocessor; Ray resolves them in the receiving replicas
 """
 
 import asyncio
+import hmac
 import logging
 import math
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -19,24 +21,32 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 from python_multipart.multipart import MultipartParser, parse_options_header
 from ray import serve
-from ray.serve.exceptions import BackPressureError
-from ray.serve.handle import DeploymentHandle
+from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
 from deployments.errors import (
     BadRequest,
     ClientError,
+    DeadlineExceeded,
     InvalidOption,
     Overloaded,
     PayloadTooLarge,
+    Unauthorized,
     UnsupportedMediaType,
     VisionError,
 )
+from deployments.metrics import StageMetrics
 from deployments.types import ItemError, Options, Result, Task, new_item_id
 
 logger = logging.getLogger("ray.serve")
 
 OPTION_NAMES = ("top_k", "score_threshold", "max_detections")
+TIMEOUT_HEADER = "x-request-timeout-seconds"
+API_KEY_ENV = "VISION_API_KEY"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+# Failures that mean a replica (or its node) went away while it held the item: worth one retry.
+_REPLICA_FAILURES = (RayActorError, WorkerCrashedError, ObjectLostError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +56,7 @@ class IngressSettings:
     max_body_bytes: int = 64 * 1024 * 1024
     max_images_per_request: int = 64
     retry_after_s: int = 1
+    request_timeout_s: float | None = 30.0  # default deadline when a request states none
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +233,49 @@ def error_body(exc: VisionError, request_id: str) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message}, "request_id": request_id}
 
 
+def deadline_from(header: str | None, default_s: float | None, now: float) -> float | None:
+    """Wall-clock deadline for a request, answering a little before Serve's proxy gives up.
+
+    Serve's proxy also honours `x-request-timeout-seconds` and answers 408 when it expires; we
+    aim to answer 504 first, with `min(0.25 s, 10 %)` of the budget left for the way back.
+    A value <= 0 turns the deadline off, as it does for the proxy.
+    """
+    if header is None:
+        timeout = default_s
+    else:
+        try:
+            timeout = float(header)
+        except ValueError:
+            raise BadRequest(
+                f"{TIMEOUT_HEADER} must be a number of seconds; got {header!r}"
+            ) from None
+        if not math.isfinite(timeout):
+            raise BadRequest(f"{TIMEOUT_HEADER} must be a finite number of seconds")
+    if timeout is None or timeout <= 0:
+        return None
+    return now + timeout - min(0.25, 0.1 * timeout)
+
+
+def authorized(header: str | None, api_key: str) -> bool:
+    """Constant-time check of `Authorization: Bearer <key>`."""
+    scheme, _, token = (header or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), api_key.encode()
+    )
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """'overloaded' (a full queue), 'replica' (a replica died holding the item) or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BackPressureError | DeploymentUnavailableError):
+            return "overloaded"
+        if isinstance(seen, _REPLICA_FAILURES):
+            return "replica"
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
 async def _read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -234,6 +288,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def _item_error(exc: VisionError) -> ItemError:
+    # Failures found at the ingress belong to an item the Preprocessor may never have named.
+    return ItemError.from_exception(new_item_id(), exc)
+
+
+async def _resolve(response: DeploymentResponse[Any]) -> Result | ItemError:
+    out: Result | ItemError = await response
+    return out
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -345,6 +409,10 @@ class Ingress:
         self._model_ready = model.options(method_name="ready")
         self._post = postprocessor
         self._settings = settings
+        self._metrics = StageMetrics()
+        # Read once; the key itself is never logged or echoed.
+        self._api_key = os.environ.get(API_KEY_ENV) or None
+        logger.info("API key %s", "required" if self._api_key else "not configured")
 
     # --- Python handle API -----------------------------------------------------------------
 
@@ -356,10 +424,12 @@ class Ingress:
         score_threshold: float | None = None,
         max_detections: int | None = None,
         request_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> Result:
         """One image -> its `Result`; a bad image raises the typed `VisionError` subclass."""
         options = self._options(top_k, score_threshold, max_detections)
-        out = await self._run_item(image, options, request_id or new_item_id())
+        deadline = self._deadline(timeout_s)
+        out = await self._run_item(image, options, request_id or new_item_id(), deadline)
         if isinstance(out, ItemError):
             raise out.to_exception()
         return out
@@ -372,11 +442,18 @@ class Ingress:
         score_threshold: float | None = None,
         max_detections: int | None = None,
         request_id: str | None = None,
+        timeout_s: float | None = None,
     ) -> list[Result | ItemError]:
         """Several images -> one `Result` or `ItemError` each, in input order."""
         options = self._options(top_k, score_threshold, max_detections)
         rid = request_id or new_item_id()
-        return list(await asyncio.gather(*(self._run_item(i, options, rid) for i in images)))
+        deadline = self._deadline(timeout_s)
+        items = (self._run_item(i, options, rid, deadline) for i in images)
+        return list(await asyncio.gather(*items))
+
+    def _deadline(self, timeout_s: float | None) -> float | None:
+        header = None if timeout_s is None else str(timeout_s)
+        return deadline_from(header, self._settings.request_timeout_s, time.time())
 
     def _options(
         self, top_k: int | None, score_threshold: float | None, max_detections: int | None
@@ -388,15 +465,54 @@ class Ingress:
         }
         return parse_options(given, self._settings.task, self._settings.max_top_k)
 
-    async def _run_item(self, data: bytes, options: Options, request_id: str) -> Result | ItemError:
+    async def _run_item(
+        self, data: bytes, options: Options, request_id: str, deadline: float | None
+    ) -> Result | ItemError:
+        """One image through the graph: retried once if a replica dies holding it, bounded by
+        its deadline, and never an exception for anything that is not our bug."""
         started = time.perf_counter()
-        sample = self._pre.remote(data, options, request_id)
-        raw = self._model.remote(sample)
-        out: Result | ItemError = await self._post.remote(raw, sample)
+        for attempt in (1, 2):
+            try:
+                out = await self._attempt(data, options, request_id, deadline)
+                break
+            except Exception as exc:
+                kind = failure_kind(exc)
+                if kind == "overloaded":
+                    out = _item_error(Overloaded("the service is at capacity; retry shortly"))
+                    break
+                if kind != "replica":
+                    raise
+                if attempt == 2:
+                    logger.error("request %s: a replica failed again on retry: %r", request_id, exc)
+                    out = _item_error(
+                        Overloaded("a replica failed while holding this image, twice; retry")
+                    )
+                    break
+                logger.warning("request %s: a replica failed (%s); retrying once", request_id, exc)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
         if isinstance(out, Result):
-            timings = {**out.timings_ms, "total": round((time.perf_counter() - started) * 1e3, 3)}
-            out = replace(out, timings_ms=timings)
+            out = replace(out, timings_ms={**out.timings_ms, "total": round(elapsed_ms, 3)})
+            self._metrics.observe("total", elapsed_ms)
+            self._metrics.outcome("ok")
+        else:
+            self._metrics.outcome(out.code)
         return out
+
+    async def _attempt(
+        self, data: bytes, options: Options, request_id: str, deadline: float | None
+    ) -> Result | ItemError:
+        sample: Any = self._pre.remote(data, options, request_id, deadline)
+        raw: Any = self._model.remote(sample)
+        post: Any = self._post.remote(raw, sample)
+        if deadline is None:
+            return await _resolve(post)
+        try:
+            return await asyncio.wait_for(_resolve(post), timeout=max(0.0, deadline - time.time()))
+        except TimeoutError:
+            for response in (post, raw, sample):  # frees the batch slot if it has not run yet
+                response.cancel()
+            logger.info("request %s: deadline passed; answering 504", request_id)
+            return _item_error(DeadlineExceeded("the request's deadline passed before an answer"))
 
     # --- HTTP API --------------------------------------------------------------------------
 
@@ -418,7 +534,11 @@ class Ingress:
         try:
             if not _REQUEST_ID.match(request_id):
                 raise BadRequest("x-request-id must be 1-200 printable ASCII characters")
+            self._authorize(request)
             settings = self._settings
+            deadline = deadline_from(
+                request.headers.get(TIMEOUT_HEADER), settings.request_timeout_s, time.time()
+            )
             options = parse_options(
                 request.query_params.multi_items(), settings.task, settings.max_top_k
             )
@@ -431,24 +551,38 @@ class Ingress:
                 )
             body = await _read_body(request, settings.max_body_bytes)
             if kind == "multipart/form-data":
-                return _json(await self._predict_parts(body, params, options, request_id))
-            out = await self._run_item(body, options, request_id)
+                parts = await self._predict_parts(body, params, options, request_id, deadline)
+                return _json(parts)
+            out = await self._run_item(body, options, request_id, deadline)
             if isinstance(out, ItemError):
-                return _json(error_body(out.to_exception(), request_id), status=out.status)
+                return self._error(out.to_exception(), request_id)
             return _json(out.to_dict())
         except ClientError as exc:
-            return _json(error_body(exc, request_id), status=exc.status)
-        except BackPressureError:
-            exc_503 = Overloaded("the service is at capacity; retry shortly")
-            headers = {"retry-after": str(self._settings.retry_after_s)}
-            return _json(error_body(exc_503, request_id), status=503, headers=headers)
+            return self._error(exc, request_id)
         except Exception:
             logger.exception("request %s failed", request_id)
             internal = VisionError("the service failed on this request; it has been logged")
             return _json(error_body(internal, request_id), status=500)
 
+    def _authorize(self, request: Request) -> None:
+        if self._api_key and not authorized(request.headers.get("authorization"), self._api_key):
+            raise Unauthorized("a valid API key is required: send 'Authorization: Bearer <key>'")
+
+    def _error(self, exc: VisionError, request_id: str) -> Response:
+        headers = {}
+        if exc.status == 503:
+            headers["retry-after"] = str(self._settings.retry_after_s)
+        elif exc.status == 401:
+            headers["www-authenticate"] = "Bearer"
+        return _json(error_body(exc, request_id), status=exc.status, headers=headers or None)
+
     async def _predict_parts(
-        self, body: bytes, params: dict[str, str], options: Options, request_id: str
+        self,
+        body: bytes,
+        params: dict[str, str],
+        options: Options,
+        request_id: str,
+        deadline: float | None,
     ) -> dict[str, Any]:
         parts = image_parts(
             parse_multipart(body, params.get("boundary")), self._settings.max_images_per_request
@@ -464,7 +598,7 @@ class Ingress:
                         "image parts must be image/* or application/octet-stream"
                     ),
                 )
-            return await self._run_item(part.data, options, request_id)
+            return await self._run_item(part.data, options, request_id, deadline)
 
         results = await asyncio.gather(*(one(p) for p in parts))
         return {"request_id": request_id, "results": [r.to_dict() for r in results]}
@@ -483,6 +617,10 @@ class Ingress:
         return _json({"status": "ok", "stages": dict.fromkeys(checks, "ready")})
 
     @app.get("/v1/model", summary="Model, task, labels, input size and batching settings")
-    async def model_info(self) -> Response:
+    async def model_info(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except Unauthorized as exc:
+            return self._error(exc, request.headers.get("x-request-id", ""))
         info = await self._describe.remote()
         return _json(info.to_dict())

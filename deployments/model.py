@@ -13,10 +13,12 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from deployments.inference import Runner, pick_device
+from deployments.metrics import ModelMetrics
 from deployments.models import ModelSpec, Resolved, load
 from deployments.types import ItemError, ModelInfo, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
+HEALTH_FORWARD_EVERY_S = 30.0
 
 
 class BatchingConfig(BaseModel):
@@ -36,6 +38,7 @@ class Model:
         device = pick_device()
         started = time.perf_counter()
         self._resolved = resolved
+        self._metrics = ModelMetrics()
         self._runner = Runner(
             module=load(spec, resolved),
             task=resolved.task,
@@ -43,9 +46,12 @@ class Model:
             mean=resolved.mean,
             std=resolved.std,
             max_top_k=spec.max_top_k,
+            on_batch=self._record_batch,
         )
         self._batching = BatchingConfig()
+        self._waiting: set[str] = set()  # item ids in predict() not yet handed to a forward pass
         self._runner.warm_up([1], resolved.input_height, resolved.input_width)
+        self._last_forward = time.monotonic()
         logger.info(
             "model %s (%s, weights %s) ready on %s in %.1f s; torch threads %d",
             resolved.name,
@@ -77,16 +83,45 @@ class Model:
         if isinstance(sample, ItemError):
             return sample
         entered = time.perf_counter()
-        raw = await self._batched(sample)
+        self._waiting.add(sample.item_id)
+        self._metrics.queue_depth.set(len(self._waiting))
+        try:
+            raw = await self._batched(sample)
+        finally:
+            self._waiting.discard(sample.item_id)  # also when cancelled before its batch ran
         if isinstance(raw, ItemError):
             return raw
         waited_ms = (time.perf_counter() - entered) * 1000.0 - raw.inference_ms
-        return dataclasses.replace(raw, queue_ms=max(0.0, waited_ms))
+        waited_ms = max(0.0, waited_ms)
+        self._metrics.batch_wait.observe(waited_ms)
+        return dataclasses.replace(raw, queue_ms=waited_ms)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _batched(self, samples: list[Sample]) -> list[RawOutput | ItemError]:
         # Called with exactly one positional Sample per item; Serve hands us the list.
+        self._waiting.difference_update(s.item_id for s in samples)
+        self._metrics.queue_depth.set(len(self._waiting))
         return await asyncio.to_thread(self._runner.run, samples)
+
+    def _record_batch(self, items: int, ms: float) -> None:
+        self._last_forward = time.monotonic()
+        self._metrics.batch_size.observe(items)
+        self._metrics.observe("inference", ms)
+
+    async def check_health(self) -> None:
+        """Healthy when the batch loop is alive and the model has run a forward pass lately.
+
+        An idle replica proves it with a one-item forward pass; a busy one already has.
+        """
+        batcher: Any = self._batched
+        alive = getattr(batcher, "_is_batching_task_alive", None)  # Serve's own probe, if present
+        if alive is not None and not await alive():
+            raise RuntimeError("the batching loop has died")
+        if time.monotonic() - self._last_forward < HEALTH_FORWARD_EVERY_S:
+            return
+        shape = (self._resolved.input_height, self._resolved.input_width)
+        await asyncio.to_thread(self._runner.warm_up, [1], *shape)
+        self._last_forward = time.monotonic()
 
     def describe(self) -> ModelInfo:
         r = self._resolved

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from deployments.errors import JoinMismatch
+from deployments.metrics import StageMetrics
 from deployments.predictions import detections, top_k
 from deployments.types import ItemError, Meta, RawOutput, Result, Sample, Task
 
@@ -80,6 +81,7 @@ class Postprocessor:
         self._task = task
         self._labels = labels
         self._defaults = OptionDefaults()
+        self._metrics = StageMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new option defaults.
@@ -103,7 +105,9 @@ class Postprocessor:
             defaults=self._defaults,
         )
         if isinstance(out, Result):
-            out.timings_ms["postprocess"] = round((time.perf_counter() - start) * 1000.0, 3)
+            elapsed_ms = (time.perf_counter() - start) * 1000.0
+            out.timings_ms["postprocess"] = round(elapsed_ms, 3)
+            self._metrics.observe("postprocess", elapsed_ms)
         return out
 
     def ready(self) -> bool:
