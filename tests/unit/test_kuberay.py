@@ -1,0 +1,316 @@
+"""kuberay/rayservice.yaml: generated, up to date, the same Serve config plus one GPU override."""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import math
+import re
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import ray
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from graph import AppArgs
+from kuberay import render
+from tests.serving import ROOT, load_config
+
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(render.MANIFEST.read_text()) if d is not None]
+
+
+@pytest.fixture(scope="module")
+def service(documents: list[dict[str, Any]]) -> dict[str, Any]:
+    (rayservice,) = [d for d in documents if d["kind"] == "RayService"]
+    assert rayservice["apiVersion"] == "ray.io/v1"
+    return rayservice
+
+
+@pytest.fixture(scope="module")
+def cluster(service: dict[str, Any]) -> dict[str, Any]:
+    spec: dict[str, Any] = service["spec"]["rayClusterConfig"]
+    return spec
+
+
+@pytest.fixture(scope="module")
+def serve_config_v2(service: dict[str, Any]) -> dict[str, Any]:
+    text = service["spec"]["serveConfigV2"]
+    assert isinstance(text, str), "serveConfigV2 must be a YAML string, not a mapping"
+    parsed: dict[str, Any] = yaml.safe_load(text)
+    return parsed
+
+
+def _group(cluster: dict[str, Any], name: str) -> dict[str, Any]:
+    (group,) = [g for g in cluster["workerGroupSpecs"] if g["groupName"] == name]
+    return group
+
+
+def _containers(cluster: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for spec in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        yield from spec["template"]["spec"]["containers"]
+
+
+def _deployments(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    (app,) = config["applications"]
+    return {d["name"]: d for d in app["deployments"]}
+
+
+def _quantity(value: str | int | float) -> float:
+    """A Kubernetes CPU or count quantity ("4", "500m", 2) as a number."""
+    text = str(value)
+    return float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+
+
+def _fits(demand: float, capacity: float) -> bool:
+    return demand <= capacity + 1e-9
+
+
+# --- generated, up to date --------------------------------------------------------------------
+
+
+def test_manifest_is_generated_and_up_to_date() -> None:
+    committed = render.MANIFEST.read_text()
+    assert committed.startswith(render.MANIFEST_HEADER), "the generated-file header is missing"
+    assert render.stale_diff(committed, render.render()) == "", (
+        "kuberay/rayservice.yaml is stale: run `python kuberay/render.py`"
+    )
+    assert render.main(["--check"]) == 0
+
+
+def test_check_reports_a_stale_manifest() -> None:
+    rendered = render.render()
+    diff = render.stale_diff(rendered + "# edited by hand\n", rendered)
+    assert "-# edited by hand" in diff
+
+
+def test_render_fills_the_placeholder_once_and_keeps_template_comments() -> None:
+    template = render.TEMPLATE.read_text().splitlines()
+    rendered = render.render_manifest("\n".join(template) + "\n", {"applications": []})
+    assert render.PLACEHOLDER not in rendered
+    own_header = next(i for i, line in enumerate(template) if not line.startswith("#"))
+    assert own_header > 0
+    rendered_lines = rendered.splitlines()
+    for line in template[:own_header]:
+        assert line not in rendered_lines, "the template's own header must not be copied"
+    for line in template[own_header:]:
+        if render.PLACEHOLDER not in line:
+            assert line in rendered_lines, line
+    with pytest.raises(ValueError, match="exactly one"):
+        render.render_manifest("\n".join(template).replace(render.PLACEHOLDER, "x"), {})
+
+
+def test_serve_config_option_prints_the_merged_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.main(["--serve-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == render.merged_serve_config()
+    ServeDeploySchema.model_validate(printed)
+
+
+# --- the merge ----------------------------------------------------------------------------------
+
+
+def test_deep_merge_matches_named_items_and_keeps_the_rest() -> None:
+    base = {
+        "a": 1,
+        "items": [{"name": "x", "opts": {"cpu": 1, "keep": True}}, {"name": "y", "v": 2}],
+    }
+    before = copy.deepcopy(base)
+    merged = render.deep_merge(base, {"items": [{"name": "x", "opts": {"gpu": 1}}], "b": [1]})
+    assert merged == {
+        "a": 1,
+        "items": [{"name": "x", "opts": {"cpu": 1, "keep": True, "gpu": 1}}, {"name": "y", "v": 2}],
+        "b": [1],
+    }
+    assert base == before, "the merge must not modify its input"
+    assert render.deep_merge({"l": [1, 2]}, {"l": [3]}) == {"l": [3]}, "plain lists are replaced"
+
+
+def test_deep_merge_refuses_a_name_the_base_lacks() -> None:
+    with pytest.raises(ValueError, match="'model'"):
+        render.deep_merge({"d": [{"name": "Model"}]}, {"d": [{"name": "model", "x": 1}]})
+
+
+# --- serveConfigV2 is serve_config.yaml plus the GPU override ---------------------------------
+
+
+def test_serve_config_v2_validates(serve_config_v2: dict[str, Any]) -> None:
+    ServeDeploySchema.model_validate(serve_config_v2)
+
+
+def test_serve_config_v2_is_serve_config_merged_with_the_override(
+    serve_config_v2: dict[str, Any],
+) -> None:
+    expected = render.deep_merge(load_config(), render.load_yaml(render.GPU_OVERRIDE))
+    assert serve_config_v2 == expected
+
+
+def test_serve_config_v2_differs_from_serve_config_only_in_model_gpus(
+    serve_config_v2: dict[str, Any],
+) -> None:
+    base = load_config()
+    model_base = _deployments(base)["Model"].get("ray_actor_options", {})
+    model_k8s = _deployments(serve_config_v2)["Model"]["ray_actor_options"]
+    assert model_base.get("num_gpus", 0) == 0, "serve_config.yaml must run without a GPU"
+    assert model_k8s["num_gpus"] > 0, "the RayService must place the Model on GPUs"
+    assert model_k8s["num_cpus"] == model_base["num_cpus"], "the override keeps num_cpus"
+
+    without_gpus = copy.deepcopy(serve_config_v2)
+    del _deployments(without_gpus)["Model"]["ray_actor_options"]["num_gpus"]
+    if not model_base:
+        del _deployments(without_gpus)["Model"]["ray_actor_options"]
+    assert without_gpus == base
+
+
+def test_gpu_override_sets_only_the_model_gpus() -> None:
+    override = render.load_yaml(render.GPU_OVERRIDE)
+    (app,) = override["applications"]
+    (model,) = app["deployments"]
+    assert set(override) == {"applications"} and set(app) == {"name", "deployments"}
+    assert model["name"] == "Model" and set(model) == {"name", "ray_actor_options"}
+    assert set(model["ray_actor_options"]) == {"num_gpus"}, "num_cpus comes from serve_config.yaml"
+
+
+def test_import_path_resolves_and_args_validate(serve_config_v2: dict[str, Any]) -> None:
+    (app,) = serve_config_v2["applications"]
+    module_name, _, attr = app["import_path"].partition(":")
+    builder = getattr(importlib.import_module(module_name), attr)
+    assert callable(builder)
+    AppArgs.model_validate(app["args"])
+
+
+# --- the Kubernetes parts ----------------------------------------------------------------------
+
+
+def test_ray_version_matches_installed_ray_and_the_image(cluster: dict[str, Any]) -> None:
+    assert cluster["rayVersion"] == ray.__version__
+    (base,) = re.findall(r"^FROM\s+rayproject/ray:(\S+)", DOCKERFILE, re.MULTILINE)
+    assert base.split("-")[0] == ray.__version__
+
+
+def test_every_container_runs_the_project_image_in_its_workdir(cluster: dict[str, Any]) -> None:
+    (workdir,) = re.findall(r"^WORKDIR\s+(\S+)", DOCKERFILE, re.MULTILINE)
+    image = f"{PROJECT['name']}:{PROJECT['version']}"
+    containers = list(_containers(cluster))
+    assert len(containers) == 1 + len(cluster["workerGroupSpecs"])
+    for container in containers:
+        assert container["image"].rpartition("/")[2] == image, container["name"]
+        assert container["workingDir"] == workdir, container["name"]
+
+
+def test_every_container_requests_what_it_limits(cluster: dict[str, Any]) -> None:
+    for container in _containers(cluster):
+        resources = container["resources"]
+        assert set(resources["limits"]) >= {"cpu", "memory"}, container["name"]
+        assert resources["requests"] == resources["limits"], container["name"]
+
+
+def test_head_runs_no_replicas(cluster: dict[str, Any]) -> None:
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_autoscaling_is_in_tree_with_options(cluster: dict[str, Any]) -> None:
+    assert cluster["enableInTreeAutoscaling"] is True
+    options = cluster["autoscalerOptions"]
+    assert options["upscalingMode"] in {"Default", "Aggressive", "Conservative"}
+    assert options["idleTimeoutSeconds"] > 0
+    assert options["resources"]["requests"] == options["resources"]["limits"]
+    if any("idleTimeoutSeconds" in g for g in cluster["workerGroupSpecs"]):
+        assert options["version"] == "v2", "per-group idleTimeoutSeconds needs autoscaler v2"
+
+
+def test_cpu_group_fits_the_cpu_stages_at_their_maxima(
+    cluster: dict[str, Any], serve_config_v2: dict[str, Any]
+) -> None:
+    group = _group(cluster, "cpu")
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits
+    cpu_stages = [d for d in _deployments(serve_config_v2).values() if d["name"] != "Model"]
+    assert {d["name"] for d in cpu_stages} == {"Ingress", "Preprocessor", "Postprocessor"}
+
+    def demand(count: str) -> float:
+        return sum(
+            d["autoscaling_config"][count] * d["ray_actor_options"]["num_cpus"] for d in cpu_stages
+        )
+
+    pod_cpus = math.ceil(_quantity(limits["cpu"]))
+    assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+    assert _fits(demand("min_replicas"), group["minReplicas"] * pod_cpus)
+    assert _fits(demand("max_replicas"), group["maxReplicas"] * pod_cpus)
+
+
+def test_gpu_group_scales_from_zero_and_fits_the_model(
+    cluster: dict[str, Any], serve_config_v2: dict[str, Any]
+) -> None:
+    group = _group(cluster, "gpu")
+    assert group["minReplicas"] == 0
+    assert group.get("replicas", 0) == 0
+    spec = group["template"]["spec"]
+    resources = spec["containers"][0]["resources"]
+    gpus = _quantity(resources["limits"]["nvidia.com/gpu"])
+    assert gpus >= 1
+    assert _quantity(resources["requests"]["nvidia.com/gpu"]) == gpus
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec[
+        "tolerations"
+    ]
+
+    model = _deployments(serve_config_v2)["Model"]
+    options = model["ray_actor_options"]
+    per_pod = math.floor(gpus / options["num_gpus"] + 1e-9)
+    assert per_pod >= 1, "one Model replica must fit on one GPU pod"
+    assert _fits(per_pod * options["num_cpus"], math.ceil(_quantity(resources["limits"]["cpu"])))
+    assert group["maxReplicas"] * per_pod >= model["autoscaling_config"]["max_replicas"]
+
+
+def test_upgrade_strategy_is_set(service: dict[str, Any]) -> None:
+    strategy = service["spec"]["upgradeStrategy"]
+    assert strategy["type"] in {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
+
+
+def test_token_auth_uses_a_secret_defined_in_the_file(
+    cluster: dict[str, Any], documents: list[dict[str, Any]]
+) -> None:
+    auth = cluster["authOptions"]
+    assert auth["mode"] == "token"
+    secrets = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Secret"}
+    assert auth["secretName"] in secrets
+    assert "auth_token" in secrets[auth["secretName"]]["stringData"], "KubeRay reads auth_token"
+
+
+def test_api_key_comes_from_an_optional_secret_on_every_worker(
+    cluster: dict[str, Any], documents: list[dict[str, Any]]
+) -> None:
+    secrets = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Secret"}
+    for group in cluster["workerGroupSpecs"]:
+        for container in group["template"]["spec"]["containers"]:
+            env = {e["name"]: e for e in container.get("env", [])}
+            ref = env["VISION_API_KEY"]["valueFrom"]["secretKeyRef"]
+            assert ref["optional"] is True, group["groupName"]
+            assert ref["key"] in secrets[ref["name"]]["stringData"], group["groupName"]
+
+
+def test_only_the_serve_port_leaves_the_cluster(
+    service: dict[str, Any], cluster: dict[str, Any], documents: list[dict[str, Any]]
+) -> None:
+    serve_port = load_config()["http_options"]["port"]
+    serve_service = service["spec"]["serveService"]["spec"]
+    assert [p["port"] for p in serve_service["ports"]] == [serve_port]
+    head = cluster["headGroupSpec"]
+    (head_container,) = head["template"]["spec"]["containers"]
+    assert {p["name"]: p["containerPort"] for p in head_container["ports"]}["serve"] == serve_port
+
+    internal = {None, "ClusterIP"}
+    assert head.get("serviceType") in internal, "the head service would expose 6379/8265/10001"
+    assert head.get("headService", {}).get("spec", {}).get("type") in internal
+    assert not head.get("enableIngress", False), "an Ingress would expose the dashboard"
+    assert not [d for d in documents if d["kind"] in {"Service", "Ingress", "Route"}]
+    for container in _containers(cluster):
+        assert not [p for p in container.get("ports", []) if "hostPort" in p], container["name"]
