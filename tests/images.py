@@ -144,3 +144,17 @@ def random_bytes(n: int = 4096, seed: int = 7) -> bytes:
 
 
 TEXT_FILE = b"name,score\nalice,1\nbob,2\n"
+
+
+def solid_png(colour: tuple[int, int, int], width: int = 48, height: int = 40) -> bytes:
+    """A lossless single-colour image: what the `echo` test model answers is a function of it."""
+    return encode(Image.new("RGB", (width, height), colour), "PNG")
+
+
+def distinct_colours(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
+    rng = np.random.default_rng(seed)
+    picked: set[tuple[int, int, int]] = set()
+    while len(picked) < n:
+        r, g, b = (int(v) for v in rng.integers(0, 256, size=3))
+        picked.add((r, g, b))
+    return sorted(picked)

@@ -84,7 +84,10 @@ def deploy(config: dict[str, Any], timeout_s: float = 180) -> None:
         healthy = status is not None and status.status == "RUNNING"
         return healthy and _all_updated(status)
 
-    wait_until(running, timeout_s, f"app {APP!r} to run", every_s=0.5)
+    try:
+        wait_until(running, timeout_s, f"app {APP!r} to run", every_s=0.5)
+    except TimeoutError as timeout:
+        raise TimeoutError(f"{timeout}; status: {serve.status().applications.get(APP)}") from None
 
 
 def _all_updated(status: Any) -> bool:

@@ -1,0 +1,157 @@
+"""Faults under load: a replica killed while it holds a batch, a batch-wide out-of-memory error,
+and a replica stopped while it holds a batch. Clients see the right answer, or a clear 503."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from tests import images
+from tests.fixtures.models import GATE_NAMESPACE, Gate, expected_scores
+from tests.serving import app_config, deploy, post_many, wait_until
+
+ECHO = "tests.fixtures.models:echo"
+
+
+def _echo(**kwargs: Any) -> dict[str, Any]:
+    return {"name": ECHO, "weights": "none", "kwargs": kwargs}
+
+
+def _fixed(replicas: int) -> dict[str, Any]:
+    return {
+        "autoscaling_config": {
+            "min_replicas": replicas,
+            "max_replicas": replicas,
+            "target_ongoing_requests": 8,
+        }
+    }
+
+
+def _scores(response: httpx.Response) -> list[float]:
+    return [p["score"] for p in response.json()["predictions"]]
+
+
+def _correct(response: httpx.Response, colour: tuple[int, int, int]) -> bool:
+    return response.status_code == 200 and _scores(response) == pytest.approx(
+        expected_scores(colour), abs=1e-5
+    )
+
+
+class Background:
+    """Send requests from a thread so the test can act while they are in flight."""
+
+    def __init__(self, bodies: list[bytes], content_type: str = "image/png") -> None:
+        self.responses: list[httpx.Response] = []
+        self._thread = threading.Thread(target=self._run, args=(bodies, content_type))
+        self._thread.start()
+
+    def _run(self, bodies: list[bytes], content_type: str) -> None:
+        self.responses = asyncio.run(post_many(bodies, content_type=content_type))
+
+    def join(self, timeout_s: float = 120) -> list[httpx.Response]:
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "requests hung"
+        return self.responses
+
+
+@pytest.fixture
+def gate() -> Iterator[tuple[str, Any]]:
+    name = f"gate-{uuid.uuid4().hex[:8]}"
+    handle = Gate.options(name=name, namespace=GATE_NAMESPACE, lifetime="detached").remote()
+    try:
+        yield name, handle
+    finally:
+        ray.get(handle.open.remote())
+        ray.kill(handle)
+
+
+def test_batch_wide_out_of_memory_is_retried_in_smaller_batches() -> None:
+    deploy(
+        app_config(
+            model=_echo(oom_above=2),
+            user_configs={"Model": {"max_batch_size": 8, "batch_wait_timeout_s": 1.0}},
+        )
+    )
+    colours = images.distinct_colours(8, seed=1)
+    responses = asyncio.run(
+        post_many([images.solid_png(c) for c in colours], content_type="image/png")
+    )
+    assert all(_correct(r, c) for r, c in zip(responses, colours, strict=True))
+    assert max(r.json()["batch_size"] for r in responses) <= 2
+
+
+def test_model_replica_killed_holding_a_batch_its_items_are_retried(gate: tuple[str, Any]) -> None:
+    name, handle = gate
+    deploy(
+        app_config(
+            model=_echo(gate=name),
+            options={"Model": _fixed(2)},
+            user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
+        )
+    )
+    colours = images.distinct_colours(8, seed=2)
+    load = Background([images.solid_png(c) for c in colours])
+    entries = wait_until(
+        lambda: ray.get(handle.seen.remote()), 60, "a batch to enter a forward pass"
+    )
+    victim, held = entries[0]
+    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)  # mid-forward-pass
+    ray.get(handle.open.remote())
+    responses = load.join()
+    held_colours = {tuple(c) for c in held}
+    for response, colour in zip(responses, colours, strict=True):
+        if response.status_code == 503:  # allowed only with a clear message
+            assert response.json()["error"]["code"] == "overloaded"
+            assert response.headers["retry-after"]
+        else:
+            assert _correct(response, colour), (response.status_code, response.text)
+    retried = [r for r, c in zip(responses, colours, strict=True) if c in held_colours]
+    assert retried and all(r.status_code == 200 for r in retried), "held items were not retried"
+
+
+def test_preprocessor_replica_killed_under_load() -> None:
+    deploy(app_config(model=_echo(), options={"Preprocessor": _fixed(2)}))
+    colours = images.distinct_colours(48, seed=3)
+    bodies = [images.solid_png(c, 1600, 1200) for c in colours]  # big enough to keep decoders busy
+    load = Background(bodies)
+    names = [
+        n["name"]
+        for n in ray.util.list_named_actors(all_namespaces=True)
+        if "#Preprocessor#" in n["name"]
+    ]
+    assert len(names) == 2
+    ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
+    responses = load.join()
+    ok = 0
+    for response, colour in zip(responses, colours, strict=True):
+        if response.status_code == 503:
+            assert response.json()["error"]["code"] == "overloaded"
+        else:
+            assert _correct(response, colour), (response.status_code, response.text)
+            ok += 1
+    assert ok >= len(colours) - 2, f"only {ok} of {len(colours)} succeeded"
+
+
+def test_stopping_a_replica_drains_the_batch_it_holds(gate: tuple[str, Any]) -> None:
+    name, handle = gate
+    deploy(
+        app_config(
+            model=_echo(gate=name),
+            user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
+        )
+    )
+    colours = images.distinct_colours(3, seed=4)
+    load = Background([images.solid_png(c) for c in colours])
+    wait_until(lambda: ray.get(handle.seen.remote()), 60, "a batch to enter a forward pass")
+    serve.delete("vision", _blocking=False)  # graceful: replicas finish what they hold first
+    ray.get(handle.open.remote())
+    responses = load.join()
+    assert all(_correct(r, c) for r, c in zip(responses, colours, strict=True))
