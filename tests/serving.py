@@ -17,6 +17,7 @@ from ray.serve.schema import ServeDeploySchema
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8000"
+METRICS_PORT = 8089  # Ray's Prometheus endpoint on the test cluster's node
 APP = "vision"
 T = TypeVar("T")
 

@@ -8,7 +8,7 @@ import pytest
 import ray
 from ray import serve
 
-from tests.serving import ROOT
+from tests.serving import METRICS_PORT, ROOT
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -24,6 +24,7 @@ def ray_cluster() -> Iterator[None]:
         num_cpus=16,
         include_dashboard=False,
         log_to_driver=False,
+        _metrics_export_port=METRICS_PORT,
         runtime_env={"working_dir": None, "env_vars": {"PYTHONPATH": str(ROOT)}},
     )
     try:

@@ -1,0 +1,136 @@
+"""Overload and deadlines: a burst far past capacity ends in 200, 503 or 504 for every request,
+503s come back at once with Retry-After, deadlines give 504, and expired items never reach the
+forward pass."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import ray
+
+from tests import images
+from tests.fixtures.models import GATE_NAMESPACE, Gate, expected_scores
+from tests.serving import BASE_URL, app_config, deploy, wait_until
+
+ECHO = "tests.fixtures.models:echo"
+TIMEOUT_S = 3.0
+
+
+def _small_queues(**model_kwargs: Any) -> dict[str, Any]:
+    single = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4}
+    return app_config(
+        model={"name": ECHO, "weights": "none", "kwargs": model_kwargs},
+        user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}},
+        options={
+            "Ingress": {
+                "max_ongoing_requests": 512,
+                "max_queued_requests": 16,
+                "autoscaling_config": single,
+            },
+            "Preprocessor": {
+                "max_ongoing_requests": 4,
+                "max_queued_requests": 4,
+                "autoscaling_config": single,
+            },
+            "Model": {
+                "max_ongoing_requests": 4,
+                "max_queued_requests": 4,
+                "autoscaling_config": single,
+            },
+            "Postprocessor": {"autoscaling_config": single},
+        },
+    )
+
+
+async def _burst(bodies: list[bytes], timeout_s: float) -> list[tuple[httpx.Response, float]]:
+    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
+    async with httpx.AsyncClient(base_url=BASE_URL, timeout=60, limits=limits) as client:
+
+        async def one(body: bytes) -> tuple[httpx.Response, float]:
+            start = time.monotonic()
+            r = await client.post(
+                "/v1/predict",
+                content=body,
+                headers={"content-type": "image/png", "x-request-timeout-seconds": str(timeout_s)},
+            )
+            return r, time.monotonic() - start
+
+        return list(await asyncio.gather(*(one(b) for b in bodies)))
+
+
+def _server_ms(response: httpx.Response) -> float:
+    return float(response.headers["server-timing"].split("dur=")[1])
+
+
+def test_a_burst_ten_times_capacity_ends_in_200_503_or_504() -> None:
+    # Capacity: 4 + 4 queued at the Preprocessor, 4 + 4 queued at the Model: 16 items.
+    deploy(_small_queues(delay_s=0.1))
+    colours = images.distinct_colours(160, seed=11)
+    results = asyncio.run(_burst([images.solid_png(c, 32, 32) for c in colours], TIMEOUT_S))
+    statuses = [r.status_code for r, _ in results]
+    assert set(statuses) <= {200, 503, 504}, sorted(set(statuses))
+    assert statuses.count(503) > 0, "nothing was shed: the burst did not exceed capacity"
+    assert statuses.count(200) > 0
+    for (r, seconds), colour in zip(results, colours, strict=True):
+        if r.status_code == 200:
+            scores = [p["score"] for p in r.json()["predictions"]]
+            assert scores == pytest.approx(expected_scores(colour), abs=1e-5), "mis-joined"
+        elif r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+            assert seconds < TIMEOUT_S / 2, (
+                f"a 503 took {seconds:.2f} s: it waited instead of shedding"
+            )
+        else:
+            assert r.json()["error"]["code"] == "deadline_exceeded"
+
+
+def test_deadline_gives_504_and_expired_items_never_reach_the_model() -> None:
+    gate_name = f"gate-{uuid.uuid4().hex[:8]}"
+    gate = Gate.options(name=gate_name, namespace=GATE_NAMESPACE, lifetime="detached").remote()
+    try:
+        deploy(_small_queues(gate=gate_name))
+        held, late = (10, 20, 30), (200, 100, 50)
+
+        async def scenario() -> tuple[httpx.Response, httpx.Response]:
+            async with httpx.AsyncClient(base_url=BASE_URL, timeout=60) as client:
+                first = asyncio.create_task(
+                    client.post(
+                        "/v1/predict",
+                        content=images.solid_png(held),
+                        headers={"content-type": "image/png"},
+                    )
+                )
+                await asyncio.to_thread(
+                    wait_until, lambda: ray.get(gate.seen.remote()), 60, "the first batch"
+                )
+                second = await client.post(
+                    "/v1/predict",
+                    content=images.solid_png(late),
+                    headers={"content-type": "image/png", "x-request-timeout-seconds": "1"},
+                )
+                ray.get(gate.open.remote())
+                return await first, second
+
+        first, second = asyncio.run(scenario())
+        assert second.status_code == 504 and second.json()["error"]["code"] == "deadline_exceeded"
+        assert _server_ms(second) < 1000, "the 504 came later than the deadline"
+        assert first.status_code == 200
+        # Once the gate opened the model ran again, but never on the expired image.
+        seen = [tuple(c) for _, batch in ray.get(gate.seen.remote()) for c in batch]
+        assert held in seen and late not in seen
+    finally:
+        ray.kill(gate)
+
+
+def test_bad_timeout_header_is_400() -> None:
+    r = httpx.post(
+        f"{BASE_URL}/v1/predict",
+        content=images.solid_png((1, 2, 3)),
+        headers={"content-type": "image/png", "x-request-timeout-seconds": "soon"},
+    )
+    assert r.status_code == 400 and "x-request-timeout-seconds" in r.json()["error"]["message"]
