@@ -44,9 +44,13 @@ logger = logging.getLogger("ray.serve")
 OPTION_NAMES = ("top_k", "score_threshold", "max_detections")
 TIMEOUT_HEADER = "x-request-timeout-seconds"
 API_KEY_ENV = "VISION_API_KEY"
+API_KEY_FILE_ENV = (
+    "VISION_API_KEY_FILE"  # a mounted Secret; Ray logs runtime_env values, so never put keys there
+)
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 # Failures that mean a replica (or its node) went away while it held the item: worth one retry.
 _REPLICA_FAILURES = (RayActorError, WorkerCrashedError, ObjectLostError)
+_AT_CAPACITY = "the service is at capacity; retry shortly"
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,6 +260,16 @@ def deadline_from(header: str | None, default_s: float | None, now: float) -> fl
     return now + timeout - min(0.25, 0.1 * timeout)
 
 
+def load_api_key(environ: Mapping[str, str]) -> str | None:
+    """The API key from VISION_API_KEY, else from the file VISION_API_KEY_FILE names, else None."""
+    key = environ.get(API_KEY_ENV, "").strip()
+    path = environ.get(API_KEY_FILE_ENV, "")
+    if not key and path:
+        with open(path, encoding="utf-8") as f:
+            key = f.read().strip()
+    return key or None
+
+
 def authorized(header: str | None, api_key: str) -> bool:
     """Constant-time check of `Authorization: Bearer <key>`."""
     scheme, _, token = (header or "").partition(" ")
@@ -288,11 +302,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
-
-
-def _item_error(exc: VisionError) -> ItemError:
-    # Failures found at the ingress belong to an item the Preprocessor may never have named.
-    return ItemError.from_exception(new_item_id(), exc)
 
 
 async def _resolve(response: DeploymentResponse[Any]) -> Result | ItemError:
@@ -411,7 +420,7 @@ class Ingress:
         self._settings = settings
         self._metrics = StageMetrics()
         # Read once; the key itself is never logged or echoed.
-        self._api_key = os.environ.get(API_KEY_ENV) or None
+        self._api_key = load_api_key(os.environ)
         logger.info("API key %s", "required" if self._api_key else "not configured")
 
     # --- Python handle API -----------------------------------------------------------------
@@ -471,24 +480,31 @@ class Ingress:
         """One image through the graph: retried once if a replica dies holding it, bounded by
         its deadline, and never an exception for anything that is not our bug."""
         started = time.perf_counter()
+        item_id = new_item_id()
         for attempt in (1, 2):
             try:
-                out = await self._attempt(data, options, request_id, deadline)
+                out = await self._attempt(data, options, request_id, item_id, deadline)
                 break
             except Exception as exc:
                 kind = failure_kind(exc)
                 if kind == "overloaded":
-                    out = _item_error(Overloaded("the service is at capacity; retry shortly"))
+                    out = ItemError.from_exception(item_id, Overloaded(_AT_CAPACITY))
                     break
                 if kind != "replica":
                     raise
                 if attempt == 2:
-                    logger.error("request %s: a replica failed again on retry: %r", request_id, exc)
-                    out = _item_error(
-                        Overloaded("a replica failed while holding this image, twice; retry")
+                    logger.error(
+                        "request %s item %s: replica failed again: %r", request_id, item_id, exc
                     )
+                    failed = Overloaded("a replica failed while holding this image, twice; retry")
+                    out = ItemError.from_exception(item_id, failed)
                     break
-                logger.warning("request %s: a replica failed (%s); retrying once", request_id, exc)
+                logger.warning(
+                    "request %s item %s: replica failed (%s); retrying once",
+                    request_id,
+                    item_id,
+                    exc,
+                )
         elapsed_ms = (time.perf_counter() - started) * 1e3
         if isinstance(out, Result):
             out = replace(out, timings_ms={**out.timings_ms, "total": round(elapsed_ms, 3)})
@@ -499,9 +515,14 @@ class Ingress:
         return out
 
     async def _attempt(
-        self, data: bytes, options: Options, request_id: str, deadline: float | None
+        self,
+        data: bytes,
+        options: Options,
+        request_id: str,
+        item_id: str,
+        deadline: float | None,
     ) -> Result | ItemError:
-        sample: Any = self._pre.remote(data, options, request_id, deadline)
+        sample: Any = self._pre.remote(data, options, request_id, item_id, deadline)
         raw: Any = self._model.remote(sample)
         post: Any = self._post.remote(raw, sample)
         if deadline is None:
@@ -511,8 +532,9 @@ class Ingress:
         except TimeoutError:
             for response in (post, raw, sample):  # frees the batch slot if it has not run yet
                 response.cancel()
-            logger.info("request %s: deadline passed; answering 504", request_id)
-            return _item_error(DeadlineExceeded("the request's deadline passed before an answer"))
+            logger.info("request %s item %s: deadline passed; answering 504", request_id, item_id)
+            expired = DeadlineExceeded("the request's deadline passed before an answer")
+            return ItemError.from_exception(item_id, expired)
 
     # --- HTTP API --------------------------------------------------------------------------
 

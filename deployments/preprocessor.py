@@ -31,10 +31,11 @@ class Preprocessor:
         data: bytes,
         options: Options,
         request_id: str,
+        item_id: str | None = None,
         deadline: float | None = None,
     ) -> Sample | ItemError:
         """Bytes -> `Sample`, or the item's `ItemError` when the bytes are not a usable image."""
-        item_id = new_item_id()
+        item_id = item_id or new_item_id()
         start = time.perf_counter()
         if deadline is not None and time.time() >= deadline:
             logger.info("request %s item %s: deadline passed before decoding", request_id, item_id)

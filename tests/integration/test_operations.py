@@ -1,0 +1,152 @@
+"""Operations: custom metrics on Ray's metrics endpoint, the optional API key, and log lines
+that name the request and the item."""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import re
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests import images
+from tests.serving import (
+    BASE_URL,
+    METRICS_PORT,
+    app_config,
+    deploy,
+    post_image,
+    post_many,
+    wait_until,
+)
+
+ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}
+API_KEY = f"k-{uuid.uuid4().hex}"
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """Sum of a metric's samples whose labels include `labels`."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else float("nan")
+
+
+def test_custom_metrics_reach_the_metrics_endpoint() -> None:
+    deploy(
+        app_config(
+            model=ECHO, user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.5}}
+        )
+    )
+    colours = images.distinct_colours(12, seed=21)
+    responses = asyncio.run(
+        post_many([images.solid_png(c) for c in colours], content_type="image/png")
+    )
+    assert all(r.status_code == 200 for r in responses)
+    assert post_image(images.truncated_jpeg()).status_code == 422
+
+    def scraped() -> str | None:
+        try:
+            text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
+        except httpx.TransportError:
+            return None
+        ready = _sample(text, "ray_vision_items_total", outcome="ok") >= 12
+        ready = ready and _sample(text, "ray_vision_items_total", outcome="corrupt_image") >= 1
+        return text if ready and "ray_vision_batch_size_bucket" in text else None
+
+    text = wait_until(scraped, 90, "the service's metrics on Ray's endpoint", every_s=1.0)
+    batches = _sample(text, "ray_vision_batch_size_count")
+    items = _sample(text, "ray_vision_batch_size_sum")
+    assert batches >= 3 and 1 <= items / batches <= 4  # 12 items in batches of at most 4
+    assert _sample(text, "ray_vision_batch_wait_ms_count") >= 12
+    for stage in ("preprocess", "inference", "postprocess", "total"):
+        assert _sample(text, "ray_vision_stage_latency_ms_count", stage=stage) >= 1, stage
+    total_ms = _sample(text, "ray_vision_stage_latency_ms_sum", stage="total")
+    assert 0 < total_ms / _sample(text, "ray_vision_stage_latency_ms_count", stage="total") < 60_000
+    assert _sample(text, "ray_vision_model_queue_depth") >= 0
+
+
+def test_log_lines_about_an_item_name_its_request_and_item() -> None:
+    request_id = f"log-{uuid.uuid4().hex}"
+    r = httpx.post(
+        f"{BASE_URL}/v1/predict",
+        content=images.truncated_jpeg(),
+        headers={"content-type": "image/jpeg", "x-request-id": request_id},
+    )
+    assert r.status_code == 422
+    ok = httpx.post(
+        f"{BASE_URL}/v1/predict",
+        content=images.solid_png((9, 9, 9)),
+        headers={"content-type": "image/png", "x-request-id": request_id},
+    )
+    item_id = ok.json()["item_id"]
+
+    def lines() -> list[str] | None:
+        found = [
+            line
+            for path in glob.glob("/tmp/ray/session_*/logs/serve/replica_vision_*.log")
+            for line in Path(path).read_text(errors="replace").splitlines()
+            if request_id in line
+        ]
+        return found if any("rejected" in line for line in found) else None
+
+    found = wait_until(lines, 30, "the Preprocessor's log line for the rejected item")
+    rejected = [line for line in found if "rejected" in line]
+    assert re.search(
+        rf"request {request_id} item [0-9a-f]{{32}} rejected: the JPEG image", rejected[0]
+    )
+    # Serve's own access lines carry the request id in every stage the good item went through.
+    stages = {m.group(1) for line in found if (m := re.search(r"vision_(\w+) ", line))}
+    assert {"Ingress", "Preprocessor", "Model", "Postprocessor"} <= stages
+    assert len(item_id) == 32
+
+
+@pytest.fixture(scope="module")
+def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # As a mounted Kubernetes Secret would be: the key in a file, only its path in the config.
+    key_file = tmp_path_factory.mktemp("secret") / "api_key"
+    key_file.write_text(API_KEY + "\n")
+    env = {"env_vars": {"VISION_API_KEY_FILE": str(key_file)}}
+    deploy(
+        app_config(
+            model=ECHO,
+            options={"Ingress": {"ray_actor_options": {"num_cpus": 0.2, "runtime_env": env}}},
+        )
+    )
+
+
+@pytest.mark.usefixtures("keyed_app")
+def test_api_key_is_required_when_configured() -> None:
+    data = images.solid_png((1, 2, 3))
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": API_KEY}):
+        r = httpx.post(
+            f"{BASE_URL}/v1/predict", content=data, headers={"content-type": "image/png", **headers}
+        )
+        assert r.status_code == 401, headers
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert r.json()["error"]["code"] == "unauthorized" and API_KEY not in r.text
+    assert httpx.get(f"{BASE_URL}/v1/model").status_code == 401
+    good = {"authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(
+        f"{BASE_URL}/v1/predict", content=data, headers={"content-type": "image/png", **good}
+    )
+    assert r.status_code == 200
+    assert httpx.get(f"{BASE_URL}/v1/model", headers=good).status_code == 200
+    assert httpx.get(f"{BASE_URL}/v1/health").status_code == 200  # probes stay open
+
+
+@pytest.mark.usefixtures("keyed_app")
+def test_the_api_key_never_reaches_the_logs() -> None:
+    httpx.post(
+        f"{BASE_URL}/v1/predict", content=b"x", headers={"authorization": f"Bearer {API_KEY}z"}
+    )
+    logs = glob.glob("/tmp/ray/session_*/logs/**/*", recursive=True)
+    leaked = [p for p in logs if Path(p).is_file() and API_KEY.encode() in Path(p).read_bytes()]
+    assert leaked == []
