@@ -1,0 +1,134 @@
+"""A local Ray cluster whose autoscaler adds and removes fake nodes (Ray's fake multi-node provider).
+
+Ray's own `AutoscalingCluster` runs `ray stop --force`, which ends every Ray process on the
+machine; this one starts the head itself and, when done, stops only the processes of its own
+session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+
+RAY = Path(sys.executable).parent / "ray"
+GCS_PORT = 6390
+
+
+def autoscaling_config(
+    head_cpus: int, gpu_node: dict[str, Any], max_gpu_nodes: int, gcs: str
+) -> dict[str, Any]:
+    return {
+        "cluster_name": "vision-fake",
+        "max_workers": max_gpu_nodes,
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+            "gcs_address": gcs,
+        },
+        "available_node_types": {
+            "ray.head.default": {
+                "resources": {"CPU": head_cpus},
+                "node_config": {},
+                "max_workers": 0,
+            },
+            "gpu_worker": {
+                "resources": gpu_node,
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": max_gpu_nodes,
+            },
+        },
+        "head_node_type": "ray.head.default",
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": 0.1,  # 6 s: quick scale-down for the test
+        "auth": {},
+        "docker": {},
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+    }
+
+
+class FakeAutoscalingCluster:
+    def __init__(
+        self, workdir: Path, head_cpus: int, gpu_node: dict[str, Any], max_gpu_nodes: int
+    ) -> None:
+        self.address = f"{ray.util.get_node_ip_address()}:{GCS_PORT}"
+        self._workdir = workdir
+        self._config = autoscaling_config(head_cpus, gpu_node, max_gpu_nodes, self.address)
+        self._head_cpus = head_cpus
+        self.session_name = ""
+
+    def start(self, env: dict[str, str]) -> None:
+        config = self._workdir / "autoscaling.json"
+        config.write_text(json.dumps(self._config))
+        command = [
+            str(RAY),
+            "start",
+            "--head",
+            f"--port={GCS_PORT}",
+            f"--num-cpus={self._head_cpus}",
+            "--num-gpus=0",
+            f"--autoscaling-config={config}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+        ]
+        full_env = {
+            **os.environ,
+            **env,
+            "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+            "RAY_FAKE_CLUSTER": "1",
+        }
+        subprocess.run(command, env=full_env, check=True, capture_output=True)
+        ray.init(address=self.address, log_to_driver=False)
+        # The session name is in the command line of every process of this cluster, workers too.
+        self.session_name = ray.get_runtime_context().get_session_name()
+
+    def stop(self) -> None:
+        ray.shutdown()
+        if self.session_name:
+            _terminate_session(self.session_name)
+
+
+def _session_pids(session_name: str) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if session_name.encode() in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _terminate_session(session_name: str, grace_s: float = 10.0) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in _session_pids(session_name):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + grace_s
+        while _session_pids(session_name) and time.monotonic() < deadline:
+            time.sleep(0.2)  # waiting for processes to exit, with a deadline
