@@ -412,11 +412,14 @@ class Ingress:
         postprocessor: DeploymentHandle[Any],
         settings: IngressSettings,
     ) -> None:
-        self._pre = preprocessor
-        self._model = model.options(method_name="predict")
+        # Pinned by reference: a Sample passes from the Preprocessor to the Model and Postprocessor
+        # as an object reference, so pixels never come back through here (Serve's by-value mode,
+        # if ever switched on, would route every response through the caller).
+        self._pre = preprocessor.options(_by_reference=True)
+        self._model = model.options(method_name="predict", _by_reference=True)
         self._describe = model.options(method_name="describe")
         self._model_ready = model.options(method_name="ready")
-        self._post = postprocessor
+        self._post = postprocessor.options(_by_reference=True)
         self._settings = settings
         self._metrics = StageMetrics()
         # Read once; the key itself is never logged or echoed.
