@@ -21,6 +21,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def ray_cluster() -> Iterator[None]:
     # Logical CPUs exceed the two physical cores on purpose: replicas mostly wait on each other.
     ray.init(
+        address="local",  # a new cluster, never one found on the machine
         num_cpus=16,
         include_dashboard=False,
         log_to_driver=False,

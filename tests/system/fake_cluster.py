@@ -106,6 +106,10 @@ class FakeAutoscalingCluster:
         ray.shutdown()
         if self.session_name:
             _terminate_session(self.session_name)
+        # `ray start` recorded this cluster for `ray.init()` to find; forget it as `ray stop` does.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.is_file() and current.read_text().strip() == self.address:
+            current.unlink()
 
 
 def _session_pids(session_name: str) -> list[int]:

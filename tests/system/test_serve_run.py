@@ -43,7 +43,7 @@ def serve_run(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = (tmp_path / "serve_run.log").open("wb")
     proc = subprocess.Popen(
-        [str(SERVE), "run", "serve_config.yaml"],
+        [str(SERVE), "run", "--address", "local", "serve_config.yaml"],  # as `make run` does
         cwd=ROOT,
         env=env,
         stdout=log,
