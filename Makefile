@@ -4,13 +4,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench evaluate
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	# A fresh venv's setuptools cannot build editable installs without `wheel`; pin a newer one.
+	$(PY) -m pip install --quiet --upgrade pip setuptools==80.9.0
 	# --no-build-isolation: the editable install only adds a path; no build tools are fetched.
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
@@ -29,3 +30,11 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 	$(PY) kuberay/render.py --check
+
+# The benchmark (bench/README.md): starts the service itself on 127.0.0.1:8000, under 10 minutes.
+bench: setup
+	$(PY) -m bench.run
+
+# Accuracy of the served shapes detector over HTTP (starts the service itself on a free port).
+evaluate: setup
+	$(PY) -m shapes.evaluate --json artifacts/evaluate.json

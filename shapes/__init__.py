@@ -1,0 +1,3 @@
+"""Synthetic-shapes domain: generator, detector, metrics, training and offline evaluation."""
+
+CATEGORIES: tuple[str, ...] = ("circle", "square", "triangle")

@@ -1,0 +1,209 @@
+"""Accuracy through the served API: held-out generated images sent to ``POST /v1/predict``.
+
+``python -m shapes.evaluate`` starts the service from ``serve_config.yaml`` on a free loopback
+port (its own local Ray), sends ``--count`` held-out images concurrently, prints per-class AP at
+IoU 0.5 and 0.75, mean AP, the missed and mis-localised objects, the same per size / aspect /
+encoding group, and stops the service. ``--url http://host:8000`` evaluates a running service
+instead. Boxes are scored in original displayed pixels, exactly as a client receives them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shapes.evaluate_offline import EVAL_SEED_BASE, format_groups, image_groups
+from shapes.generate import GeneratedImage, generate
+from shapes.metrics import Detection, GroundTruth, Report, evaluate
+
+ROOT = Path(__file__).resolve().parent.parent
+# Low enough to rank every candidate for AP; the service's default threshold is for end users.
+QUERY = {"score_threshold": "0.05", "max_detections": "100"}
+_CONTENT_TYPE = {"JPEG": "image/jpeg", "PNG": "image/png"}
+
+
+def held_out(seed: int, count: int, workers: int = 2) -> list[GeneratedImage]:
+    """Images `seed` .. `seed + count - 1` (never used in training), generated in parallel."""
+    seeds = range(seed, seed + count)
+    if workers <= 1:
+        return [generate(s) for s in seeds]
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        return list(pool.imap(generate, seeds, chunksize=4))
+
+
+def detections(body: dict[str, Any]) -> list[Detection]:
+    """A `/v1/predict` result's predictions as scored detections."""
+    return [
+        Detection(label=p["label"], box=tuple(p["box"]), score=float(p["score"]))  # type: ignore[arg-type]
+        for p in body["predictions"]
+    ]
+
+
+async def post_all(
+    url: str, images: list[GeneratedImage], concurrency: int, api_key: str | None
+) -> tuple[list[dict[str, Any] | None], list[str], list[int]]:
+    """POST every image, at most `concurrency` at once; (bodies or None, errors, batch sizes)."""
+    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    gate = asyncio.Semaphore(concurrency)
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+
+        async def one(i: int, image: GeneratedImage) -> dict[str, Any] | None:
+            async with gate:
+                response = await client.post(
+                    "/v1/predict",
+                    content=image.data,
+                    params=QUERY,
+                    headers={**headers, "content-type": _CONTENT_TYPE[image.fmt]},
+                )
+            if response.status_code != 200:
+                errors.append(f"image {i}: HTTP {response.status_code} {response.text[:200]}")
+                return None
+            body: dict[str, Any] = response.json()
+            return body
+
+        bodies = await asyncio.gather(*(one(i, im) for i, im in enumerate(images)))
+    batches = [b["batch_size"] for b in bodies if b is not None]
+    return list(bodies), errors, batches
+
+
+def check_sizes(images: list[GeneratedImage], bodies: list[dict[str, Any] | None]) -> list[str]:
+    """The service must report each image's displayed size; a mismatch means a mixed-up join."""
+    wrong = []
+    for i, (image, body) in enumerate(zip(images, bodies, strict=True)):
+        if body is not None and (body["image"]["width"], body["image"]["height"]) != (
+            image.width,
+            image.height,
+        ):
+            wrong.append(f"image {i}: sent {image.width}x{image.height}, got {body['image']}")
+    return wrong
+
+
+def score(
+    images: list[GeneratedImage], bodies: list[dict[str, Any] | None]
+) -> tuple[Report, dict[str, Report]]:
+    """Overall report and one per breakdown group (failed requests count as no detections)."""
+    predictions = [detections(b) if b is not None else [] for b in bodies]
+    truths: list[list[GroundTruth]] = [list(i.objects) for i in images]
+    members: dict[str, list[int]] = {}
+    for k, image in enumerate(images):
+        for g in image_groups(image):
+            members.setdefault(g, []).append(k)
+    groups = {
+        g: evaluate([predictions[k] for k in idx], [truths[k] for k in idx])
+        for g, idx in sorted(members.items())
+    }
+    return evaluate(predictions, truths), groups
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Generate, (start,) send, score; returns the facts printed and optionally saved."""
+    began = time.perf_counter()
+    images = held_out(args.seed, args.count, args.workers)
+    generated_s = time.perf_counter() - began
+    print(f"generated {len(images)} held-out images in {generated_s:.0f}s", flush=True)
+    service = None
+    url = args.url
+    if url is None:
+        # Imported here: only the self-started mode needs the benchmark's process management.
+        from bench.service import ServeProcess, load_config
+
+        config = load_config(ROOT / "serve_config.yaml")
+        port = _free_port()
+        config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1"}
+        config["http_options"]["port"] = port
+        service = ServeProcess(config, Path(tempfile.mkdtemp(prefix="shapes-eval-")), port)
+        print(f"starting the service (serve run serve_config.yaml) on port {port}", flush=True)
+        service.start()
+        url = service.url
+    try:
+        sent = time.perf_counter()
+        bodies, errors, batches = asyncio.run(post_all(url, images, args.concurrency, args.api_key))
+        served_s = time.perf_counter() - sent
+        model = httpx.get(f"{url}/v1/model", timeout=30, headers=_auth(args.api_key)).json()
+    finally:
+        if service is not None:
+            service.stop()
+    wrong = check_sizes(images, bodies)
+    report, groups = score(images, bodies)
+    print(report.format_table())
+    print(format_groups(groups))
+    print(
+        f"\n{len(images)} images over HTTP in {served_s:.1f}s ({len(images) / served_s:.1f} "
+        f"images/s at concurrency {args.concurrency}); mean batch "
+        f"{sum(batches) / max(1, len(batches)):.2f}; {len(errors)} failed requests"
+    )
+    for line in errors[:10] + wrong[:10]:
+        print("  " + line)
+    return {
+        "model": model.get("model"),
+        "images": len(images),
+        "objects": report.num_objects,
+        "seeds": f"{args.seed}..{args.seed + args.count - 1}",
+        "concurrency": args.concurrency,
+        "map50": round(report.map50, 4),
+        "map75": round(report.map75, 4),
+        "ap50": {k: round(v, 4) for k, v in report.ap50.items()},
+        "ap75": {k: round(v, 4) for k, v in report.ap75.items()},
+        "missed": report.missed,
+        "mislocalised": report.mislocalised,
+        "misclassified": report.misclassified,
+        "loose": report.loose,
+        "counted_at_score": report.score_threshold,
+        "failed_requests": len(errors),
+        "size_mismatches": len(wrong),
+        "mean_batch_size": round(sum(batches) / max(1, len(batches)), 2),
+        "images_per_s": round(len(images) / served_s, 2),
+        "groups": {
+            k: {"images": r.num_images, "map50": round(r.map50, 4), "map75": round(r.map75, 4)}
+            for k, r in groups.items()
+        },
+    }
+
+
+def _auth(api_key: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, evaluate; exit status 1 when requests failed or sizes came back wrong."""
+    parser = argparse.ArgumentParser(description="Evaluate the served shapes detector over HTTP.")
+    parser.add_argument("--url", default=None, help="a running service (default: start one)")
+    parser.add_argument("--count", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=EVAL_SEED_BASE, help="first held-out seed")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="processes generating images")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("VISION_API_KEY"), help="default: $VISION_API_KEY"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="also write the facts here")
+    args = parser.parse_args(argv)
+    facts = run(args)
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(facts, indent=2) + "\n")
+    return 1 if facts["failed_requests"] or facts["size_mismatches"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
