@@ -37,13 +37,17 @@ class AppArgs(BaseModel):
     limits: Limits = Field(default_factory=Limits)
     decode_threads: int = Field(2, ge=1, description="decoder threads per Preprocessor replica")
     request_timeout_s: float | None = Field(
-        30.0, description="deadline for requests that state none (x-request-timeout-seconds); "
-        "null or <= 0: none"
+        30.0,
+        description="deadline for requests that state none (x-request-timeout-seconds); "
+        "null or <= 0: none",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale")
 
 
-DEFAULT_ARGS = AppArgs()
+# What `serve run graph:app` serves: the shipped shapes detector, as serve_config.yaml does.
+DEFAULT_ARGS = AppArgs(
+    model=ModelSpec(name="shapes.model:build_detector", weights="shapes/shapes_detector.pt")
+)
 
 
 def build_app(args: AppArgs) -> Application:

@@ -1,4 +1,5 @@
-"""A local Ray cluster whose autoscaler adds and removes fake nodes (Ray's fake multi-node provider).
+"""A local Ray cluster whose autoscaler adds and removes fake nodes (Ray's fake multi-node
+provider).
 
 Ray's own `AutoscalingCluster` runs `ray stop --force`, which ends every Ray process on the
 machine; this one starts the head itself and, when done, stops only the processes of its own
@@ -7,6 +8,7 @@ session.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -129,10 +131,8 @@ def _session_pids(session_name: str) -> list[int]:
 def _terminate_session(session_name: str, grace_s: float = 10.0) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _session_pids(session_name):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + grace_s
         while _session_pids(session_name) and time.monotonic() < deadline:
             time.sleep(0.2)  # waiting for processes to exit, with a deadline

@@ -18,6 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shapes.generate import generate
+from shapes.metrics import iou
 from tests import images
 from tests.serving import BASE_URL, ROOT, wait_until
 
@@ -66,17 +68,21 @@ def test_serve_run_serves_and_shuts_down_cleanly(
 ) -> None:
     wait_until(lambda: serve_run.poll() is not None or _health(), 240, "/v1/health to answer 200")
     assert serve_run.poll() is None, "serve run exited during start-up"
+    # The default config serves the shipped shapes detector: it finds what the generator drew.
+    sample = generate(2026, width=640, height=480, fmt="JPEG", orientation=6)
     r = httpx.post(
         f"{BASE_URL}/v1/predict",
-        content=images.jpeg(640, 480),
+        content=sample.data,
         headers={"content-type": "image/jpeg"},
         timeout=60,
     )
     assert r.status_code == 200, r.text
-    assert r.json()["predictions"]
+    found = r.json()["predictions"]
+    for truth in sample.objects:
+        assert any(p["label"] == truth.label and iou(p["box"], truth.box) >= 0.5 for p in found)
 
-    good, bad = tmp_path / "good.jpg", tmp_path / "bad.jpg"
-    good.write_bytes(images.jpeg(320, 240, seed=3))
+    good, bad = tmp_path / "good.png", tmp_path / "bad.jpg"
+    good.write_bytes(generate(7, width=320, height=240, fmt="PNG").data)
     bad.write_bytes(images.truncated_jpeg())
     client = subprocess.run(
         [sys.executable, "examples/handle_client.py", str(good), str(bad)],
