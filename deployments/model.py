@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import time
@@ -50,6 +51,11 @@ class Model:
         )
         self._batching = BatchingConfig()
         self._waiting: set[str] = set()  # item ids in predict() not yet handed to a forward pass
+        # Batches gathered by @serve.batch wait here for the one forward pass at a time (see
+        # `_batched`); `_forwarding` is the task that drains it, alive while anything is queued.
+        self._pending: collections.deque[tuple[Sample, asyncio.Future[RawOutput | ItemError]]]
+        self._pending = collections.deque()
+        self._forwarding: asyncio.Task[None] | None = None
         self._runner.warm_up([1], resolved.input_height, resolved.input_width)
         self._last_forward = time.monotonic()
         logger.info(
@@ -86,7 +92,7 @@ class Model:
         self._waiting.add(sample.item_id)
         self._metrics.queue_depth.set(len(self._waiting))
         try:
-            raw = await self._batched(sample)
+            raw = await (await self._batched(sample))
         finally:
             self._waiting.discard(sample.item_id)  # also when cancelled before its batch ran
         if isinstance(raw, ItemError):
@@ -97,11 +103,47 @@ class Model:
         return dataclasses.replace(raw, queue_ms=waited_ms)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batched(self, samples: list[Sample]) -> list[RawOutput | ItemError]:
-        # Called with exactly one positional Sample per item; Serve hands us the list.
-        self._waiting.difference_update(s.item_id for s in samples)
-        self._metrics.queue_depth.set(len(self._waiting))
-        return await asyncio.to_thread(self._runner.run, samples)
+    async def _batched(self, samples: list[Sample]) -> list[asyncio.Future[RawOutput | ItemError]]:
+        """Gather: called with exactly one positional Sample per item; Serve hands us the list.
+
+        Serve forms its next batch while the previous one still runs, from whatever arrived in
+        `batch_wait_timeout_s`; awaiting the forward pass here would leave those batches tiny,
+        queued behind it. So each item gets a future at once, and one forward pass at a time
+        takes up to `max_batch_size` of everything gathered meanwhile (`_drain`).
+        """
+        loop = asyncio.get_running_loop()
+        futures: list[asyncio.Future[RawOutput | ItemError]] = []
+        for sample in samples:
+            future: asyncio.Future[RawOutput | ItemError] = loop.create_future()
+            self._pending.append((sample, future))
+            futures.append(future)
+        if self._forwarding is None or self._forwarding.done():
+            self._forwarding = asyncio.create_task(self._drain())
+        return futures
+
+    async def _drain(self) -> None:
+        """Run forward passes over the gathered items until none are left."""
+        while self._pending:
+            chunk: list[tuple[Sample, asyncio.Future[RawOutput | ItemError]]] = []
+            while self._pending and len(chunk) < self._batching.max_batch_size:
+                sample, future = self._pending.popleft()
+                if not future.cancelled():  # its caller gave up (deadline, disconnect)
+                    chunk.append((sample, future))
+            if not chunk:
+                continue
+            self._waiting.difference_update(s.item_id for s, _ in chunk)
+            self._metrics.queue_depth.set(len(self._waiting))
+            try:
+                outputs = await asyncio.to_thread(self._runner.run, [s for s, _ in chunk])
+            except Exception as exc:  # an unexpected bug must reach every caller, not hang them
+                logger.exception("forward pass failed outside the runner's own handling")
+                for _, future in chunk:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), output in zip(chunk, outputs, strict=True):
+                if not future.done():
+                    future.set_result(output)
 
     def _record_batch(self, items: int, ms: float) -> None:
         self._last_forward = time.monotonic()

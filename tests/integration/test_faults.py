@@ -88,6 +88,25 @@ def test_batch_wide_out_of_memory_is_retried_in_smaller_batches() -> None:
     assert max(r.json()["batch_size"] for r in responses) <= 2
 
 
+def test_batches_fill_while_the_model_is_busy_even_with_a_short_wait() -> None:
+    # Serve forms its next batch during the current forward pass from whatever arrived within
+    # `batch_wait_timeout_s`; the Model must still run full batches of what queued meanwhile.
+    deploy(
+        app_config(
+            model=_echo(delay_s=0.15),
+            user_configs={"Model": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005}},
+        )
+    )
+    colours = images.distinct_colours(64, seed=4)
+    responses = asyncio.run(
+        post_many([images.solid_png(c) for c in colours], content_type="image/png")
+    )
+    assert all(_correct(r, c) for r, c in zip(responses, colours, strict=True))
+    sizes = [r.json()["batch_size"] for r in responses]
+    assert max(sizes) == 8
+    assert sum(sizes) / len(sizes) >= 0.9 * 8, sorted(sizes)
+
+
 def test_model_replica_killed_holding_a_batch_its_items_are_retried(gate: tuple[str, Any]) -> None:
     name, handle = gate
     deploy(
