@@ -27,6 +27,10 @@ pytestmark = pytest.mark.system
 SERVE = Path(sys.executable).parent / "serve"
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _health() -> bool:
     try:
         return httpx.get(f"{BASE_URL}/v1/health", timeout=5).status_code == 200
@@ -51,6 +55,9 @@ def serve_run(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        # A shell that starts the suite in the background makes SIGINT ignored, and children
+        # inherit that; `serve run` must see Ctrl-C as a terminal would deliver it.
+        preexec_fn=_default_sigint,
     )
     try:
         yield proc

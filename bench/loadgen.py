@@ -1,0 +1,152 @@
+"""A closed-loop HTTP load generator: N workers, each sends its next request when the last returns.
+
+The window is steady state only: the first `warmup` completions start it (queues are full by
+then) and the `measured`-th completion after that ends it; the requests still in flight then are
+waited for (so the next point starts on a drained service) but not counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+from tqdm import tqdm
+
+from bench.stats import Sample
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    data: bytes
+    content_type: str
+    images: int
+
+
+@dataclass
+class PointRun:
+    samples: list[Sample]
+    window_s: float
+    wall_s: float
+    response_bytes: int
+    marks: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_response(status: int, payload: bytes, sent: float, done: float, images: int) -> Sample:
+    """A `Sample` from one response: per-image batch sizes and server timings, item errors."""
+    sample = Sample(sent=sent, done=done, status=status, images=0)
+    if status != 200:
+        return sample
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        sample.status = -2  # a 200 that is not JSON is a failure of ours to see
+        return sample
+    items = body.get("results", [body])
+    for item in items:
+        if "error" in item:
+            sample.failed_items += 1
+            continue
+        sample.images += 1
+        sample.batch_sizes.append(int(item["batch_size"]))
+        sample.timings.append({k: float(v) for k, v in item.get("timings_ms", {}).items()})
+    return sample
+
+
+async def run_point(
+    url: str,
+    bodies: Sequence[Body],
+    concurrency: int,
+    warmup: int,
+    measured: int,
+    label: str,
+    on_window: Callable[[str], None] | None = None,
+    max_window_s: float = math.inf,
+    timeout_s: float = 300.0,
+    progress: bool = True,
+    headers: dict[str, str] | None = None,
+) -> PointRun:
+    """Drive `url` with `concurrency` closed-loop workers; return the measured window.
+
+    The window ends at the `measured`-th completion, or at the first completion after
+    `max_window_s` (a bound for a slow or overloaded machine; the point then has fewer samples).
+    """
+    total = warmup + measured
+    extra = headers or {}
+    samples: list[Sample] = []
+    state = {"ticket": 0, "completed": 0, "start": 0.0, "end": 0.0, "bytes": 0}
+    stop = asyncio.Event()
+    bar = tqdm(
+        total=total, desc=label, unit="req", leave=False, mininterval=0.5, disable=not progress
+    )
+    if warmup == 0:
+        state["start"] = time.perf_counter()
+        if on_window:
+            on_window("start")
+
+    connector = aiohttp.TCPConnector(limit=concurrency, limit_per_host=concurrency)
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        while not stop.is_set():
+            ticket = state["ticket"]
+            state["ticket"] += 1
+            body = bodies[ticket % len(bodies)]
+            sent = time.perf_counter()
+            try:
+                async with session.post(
+                    url, data=body.data, headers={**extra, "content-type": body.content_type}
+                ) as resp:
+                    payload = await resp.read()
+                    status = resp.status
+            except (aiohttp.ClientError, TimeoutError):
+                payload, status = b"", -1
+            done = time.perf_counter()
+            if stop.is_set():
+                return  # in flight when the window closed: drained, not counted
+            state["completed"] += 1
+            bar.update(1)
+            if state["completed"] <= warmup:
+                if state["completed"] == warmup:
+                    state["start"] = done
+                    if on_window:
+                        on_window("start")
+                continue
+            state["bytes"] += len(payload)
+            samples.append(parse_response(status, payload, sent, done, body.images))
+            if len(samples) == measured or done - state["start"] >= max_window_s:
+                state["end"] = done
+                if on_window:
+                    on_window("end")
+                stop.set()
+
+    began = time.perf_counter()
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+    bar.close()
+    return PointRun(
+        samples=samples,
+        window_s=state["end"] - state["start"],
+        wall_s=time.perf_counter() - began,
+        response_bytes=int(state["bytes"]),
+    )
+
+
+async def get_json(
+    url: str, timeout_s: float = 10.0, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    async with (
+        aiohttp.ClientSession(timeout=timeout, headers=headers) as session,
+        session.get(url) as resp,
+    ):
+        body = await resp.read()
+        try:
+            return resp.status, orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return resp.status, body.decode("utf-8", "replace")
