@@ -7,6 +7,7 @@ import collections
 import dataclasses
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -36,6 +37,15 @@ class Model:
     def __init__(self, spec: ModelSpec, resolved: Resolved) -> None:
         if spec.torch_threads is not None:
             torch.set_num_threads(spec.torch_threads)
+        # Every forward pass (warm-up and health checks included) runs on this one thread, so
+        # two never share the model or the device at once, and one OpenMP team serves them all.
+        threads = torch.get_num_threads()
+        self._forward_thread = ThreadPoolExecutor(
+            max_workers=1,
+            thread_name_prefix="forward",
+            initializer=torch.set_num_threads,
+            initargs=(threads,),
+        )
         device = pick_device()
         started = time.perf_counter()
         self._resolved = resolved
@@ -56,7 +66,8 @@ class Model:
         self._pending: collections.deque[tuple[Sample, asyncio.Future[RawOutput | ItemError]]]
         self._pending = collections.deque()
         self._forwarding: asyncio.Task[None] | None = None
-        self._runner.warm_up([1], resolved.input_height, resolved.input_width)
+        shape = (resolved.input_height, resolved.input_width)
+        self._forward_thread.submit(self._runner.warm_up, [1], *shape).result()
         self._last_forward = time.monotonic()
         logger.info(
             "model %s (%s, weights %s) ready on %s in %.1f s; torch threads %d",
@@ -80,7 +91,9 @@ class Model:
         batcher.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         if config.max_batch_size != self._batching.max_batch_size:
             shape = (self._resolved.input_height, self._resolved.input_width)
-            self._runner.warm_up([config.max_batch_size], *shape)
+            self._forward_thread.submit(
+                self._runner.warm_up, [config.max_batch_size], *shape
+            ).result()
         self._batching = config
         logger.info("batching now %s", config.model_dump())
 
@@ -134,7 +147,9 @@ class Model:
             self._waiting.difference_update(s.item_id for s, _ in chunk)
             self._metrics.queue_depth.set(len(self._waiting))
             try:
-                outputs = await asyncio.to_thread(self._runner.run, [s for s, _ in chunk])
+                outputs = await asyncio.get_running_loop().run_in_executor(
+                    self._forward_thread, self._runner.run, [s for s, _ in chunk]
+                )
             except Exception as exc:  # an unexpected bug must reach every caller, not hang them
                 logger.exception("forward pass failed outside the runner's own handling")
                 for _, future in chunk:
@@ -162,7 +177,8 @@ class Model:
         if time.monotonic() - self._last_forward < HEALTH_FORWARD_EVERY_S:
             return
         shape = (self._resolved.input_height, self._resolved.input_width)
-        await asyncio.to_thread(self._runner.warm_up, [1], *shape)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._forward_thread, self._runner.warm_up, [1], *shape)
         self._last_forward = time.monotonic()
 
     def describe(self) -> ModelInfo:
