@@ -23,9 +23,10 @@ from typing import Any
 
 import httpx
 
-from shapes.evaluate_offline import EVAL_SEED_BASE, format_groups, image_groups
+from shapes.evaluate_offline import EVAL_SEED_BASE, format_groups
+from shapes.evaluate_offline import score as score_images
 from shapes.generate import GeneratedImage, generate
-from shapes.metrics import Detection, GroundTruth, Report, evaluate
+from shapes.metrics import Detection, Report
 
 ROOT = Path(__file__).resolve().parent.parent
 # Low enough to rank every candidate for AP; the service's default threshold is for end users.
@@ -54,7 +55,7 @@ async def post_all(
     url: str, images: list[GeneratedImage], concurrency: int, api_key: str | None
 ) -> tuple[list[dict[str, Any] | None], list[str], list[int]]:
     """POST every image, at most `concurrency` at once; (bodies or None, errors, batch sizes)."""
-    headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+    headers = _auth(api_key)
     gate = asyncio.Semaphore(concurrency)
     errors: list[str] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -96,17 +97,7 @@ def score(
     images: list[GeneratedImage], bodies: list[dict[str, Any] | None]
 ) -> tuple[Report, dict[str, Report]]:
     """Overall report and one per breakdown group (failed requests count as no detections)."""
-    predictions = [detections(b) if b is not None else [] for b in bodies]
-    truths: list[list[GroundTruth]] = [list(i.objects) for i in images]
-    members: dict[str, list[int]] = {}
-    for k, image in enumerate(images):
-        for g in image_groups(image):
-            members.setdefault(g, []).append(k)
-    groups = {
-        g: evaluate([predictions[k] for k in idx], [truths[k] for k in idx])
-        for g, idx in sorted(members.items())
-    }
-    return evaluate(predictions, truths), groups
+    return score_images([detections(b) if b is not None else [] for b in bodies], images)
 
 
 def _free_port() -> int:
@@ -158,18 +149,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "model": model.get("model"),
         "images": len(images),
-        "objects": report.num_objects,
         "seeds": f"{args.seed}..{args.seed + args.count - 1}",
         "concurrency": args.concurrency,
-        "map50": round(report.map50, 4),
-        "map75": round(report.map75, 4),
-        "ap50": {k: round(v, 4) for k, v in report.ap50.items()},
-        "ap75": {k: round(v, 4) for k, v in report.ap75.items()},
-        "missed": report.missed,
-        "mislocalised": report.mislocalised,
-        "misclassified": report.misclassified,
-        "loose": report.loose,
-        "counted_at_score": report.score_threshold,
+        **report.facts(),
         "failed_requests": len(errors),
         "size_mismatches": len(wrong),
         "mean_batch_size": round(sum(batches) / max(1, len(batches)), 2),

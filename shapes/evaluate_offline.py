@@ -120,6 +120,22 @@ def object_recall(
     }
 
 
+def score(
+    predictions: Sequence[Sequence[Detection]], images: Sequence[GeneratedImage]
+) -> tuple[Report, dict[str, Report]]:
+    """Overall report and one per breakdown group (`image_groups`)."""
+    truths: list[list[GroundTruth]] = [list(i.objects) for i in images]
+    members: dict[str, list[int]] = {}
+    for k, image in enumerate(images):
+        for g in image_groups(image):
+            members.setdefault(g, []).append(k)
+    groups = {
+        g: evaluate([predictions[k] for k in idx], [truths[k] for k in idx])
+        for g, idx in sorted(members.items())
+    }
+    return evaluate(predictions, truths), groups
+
+
 def evaluate_model(
     model: ShapesDetector,
     seeds: Iterable[int],
@@ -141,16 +157,7 @@ def evaluate_model(
             GeneratedImage(b"", i.fmt, i.width, i.height, i.orientation, i.quality, i.objects)
             for i in chunk
         )
-    truths: list[list[GroundTruth]] = [list(i.objects) for i in images]
-    report = evaluate(predictions, truths)
-    members: dict[str, list[int]] = {}
-    for k, image in enumerate(images):
-        for g in image_groups(image):
-            members.setdefault(g, []).append(k)
-    groups = {
-        g: evaluate([predictions[k] for k in idx], [truths[k] for k in idx])
-        for g, idx in sorted(members.items())
-    }
+    report, groups = score(predictions, images)
     if verbose:
         print(report.format_table())
         print(format_groups(groups))

@@ -62,6 +62,21 @@ class Report:
         """Mean AP at IoU 0.75 over classes present in the ground truth."""
         return _mean(self.ap75.values())
 
+    def facts(self) -> dict[str, object]:
+        """The numbers, rounded, for a JSON record."""
+        return {
+            "objects": self.num_objects,
+            "map50": round(self.map50, 4),
+            "map75": round(self.map75, 4),
+            "ap50": {k: round(v, 4) for k, v in self.ap50.items()},
+            "ap75": {k: round(v, 4) for k, v in self.ap75.items()},
+            "missed": self.missed,
+            "mislocalised": self.mislocalised,
+            "misclassified": self.misclassified,
+            "loose": self.loose,
+            "counted_at_score": self.score_threshold,
+        }
+
     def format_table(self) -> str:
         """Human-readable multi-line summary."""
         lines = [f"{'class':<10} {'AP50':>7} {'AP75':>7}"]

@@ -237,13 +237,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         facts["offline_eval"] = {
             "images": args.eval_count,
             "seeds": f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.eval_count - 1}",
-            "map50": round(report.map50, 4),
-            "map75": round(report.map75, 4),
-            "ap50": {k: round(v, 4) for k, v in report.ap50.items()},
-            "ap75": {k: round(v, 4) for k, v in report.ap75.items()},
-            "missed": report.missed,
-            "mislocalised": report.mislocalised,
-            "misclassified": report.misclassified,
+            **report.facts(),
             "groups": {
                 k: {"map50": round(r.map50, 4), "map75": round(r.map75, 4)}
                 for k, r in groups.items()

@@ -96,16 +96,24 @@ def _all_updated(status: Any) -> bool:
 
 
 async def post_many(
-    bodies: Iterable[bytes], path: str = "/v1/predict", content_type: str = "image/jpeg"
+    bodies: Iterable[bytes],
+    path: str = "/v1/predict",
+    content_type: str = "image/jpeg",
+    headers: Iterable[dict[str, str]] | None = None,
 ) -> list[httpx.Response]:
-    """POST every body at once, one request each; responses in input order."""
+    """POST every body at once, one request each; responses in input order.
+
+    `headers`, one dict per body, add to (or override) the content type for that request.
+    """
+    bodies = list(bodies)
+    extra = list(headers) if headers is not None else [{}] * len(bodies)
     limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
     async with httpx.AsyncClient(base_url=BASE_URL, timeout=120, limits=limits) as client:
         return list(
             await asyncio.gather(
                 *(
-                    client.post(path, content=b, headers={"content-type": content_type})
-                    for b in bodies
+                    client.post(path, content=b, headers={"content-type": content_type, **h})
+                    for b, h in zip(bodies, extra, strict=True)
                 )
             )
         )

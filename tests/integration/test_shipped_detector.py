@@ -15,7 +15,7 @@ import pytest
 from shapes.evaluate_offline import EVAL_SEED_BASE
 from shapes.generate import GeneratedImage, generate
 from shapes.metrics import iou
-from tests.serving import BASE_URL, app_config, deploy, load_config
+from tests.serving import BASE_URL, app_config, deploy, load_config, post_many
 
 # Held-out seeds (training never sees them); sizes mix tiny, huge, portrait, landscape and 4:1.
 SIZES = [
@@ -56,25 +56,6 @@ def shipped_app() -> None:
     )
 
 
-async def _post_all(images: list[GeneratedImage]) -> list[httpx.Response]:
-    async with httpx.AsyncClient(base_url=BASE_URL, timeout=120) as client:
-        return list(
-            await asyncio.gather(
-                *(
-                    client.post(
-                        "/v1/predict",
-                        content=im.data,
-                        headers={
-                            "content-type": "image/png" if im.fmt == "PNG" else "image/jpeg",
-                            "x-request-id": f"shape-{k}",
-                        },
-                    )
-                    for k, im in enumerate(images)
-                )
-            )
-        )
-
-
 def _best_iou(truth_label: str, truth_box: Any, predictions: list[dict[str, Any]]) -> float:
     return max(
         (iou(tuple(p["box"]), truth_box) for p in predictions if p["label"] == truth_label),
@@ -85,7 +66,11 @@ def _best_iou(truth_label: str, truth_box: Any, predictions: list[dict[str, Any]
 def test_boxes_match_ground_truth_in_original_pixels_under_batching(shipped_app: None) -> None:
     images = _images()
     assert {im.orientation for im in images} >= {3, 6, 8}
-    responses = asyncio.run(_post_all(images))
+    headers = [
+        {"content-type": f"image/{im.fmt.lower()}", "x-request-id": f"shape-{k}"}
+        for k, im in enumerate(images)
+    ]
+    responses = asyncio.run(post_many([im.data for im in images], headers=headers))
     matched = total = predicted = spurious = 0
     for k, (image, r) in enumerate(zip(images, responses, strict=True)):
         assert r.status_code == 200, r.text
