@@ -9,6 +9,7 @@ from typing import cast
 from pydantic import BaseModel, ConfigDict, Field
 from ray.serve import Application, Deployment
 
+from deployments.caller import BundleSettings
 from deployments.imaging import DecodeLimits, ResizeSpec
 from deployments.ingress import Ingress, IngressSettings
 from deployments.model import Model
@@ -28,6 +29,20 @@ class Limits(BaseModel):
     max_images_per_request: int = Field(64, ge=1, description="multipart image parts")
 
 
+class Bundles(BaseModel):
+    """How images travel between stages: together, one call per stage per bundle."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_items: int = Field(8, ge=1, le=512, description="images per bundle")
+    max_in_flight: int = Field(
+        2, ge=1, le=64, description="partial bundles in flight before single images wait"
+    )
+    max_wait_s: float = Field(
+        0.005, ge=0.0, le=1.0, description="the longest a single image waits for company"
+    )
+
+
 class AppArgs(BaseModel):
     """Builder args (structure). Hot knobs live in each deployment's `user_config` instead."""
 
@@ -42,6 +57,7 @@ class AppArgs(BaseModel):
         "null or <= 0: none",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale")
+    bundles: Bundles = Field(default_factory=lambda: Bundles())
 
 
 # What `serve run graph:app` serves: the shipped shapes detector, as serve_config.yaml does.
@@ -79,6 +95,11 @@ def build_app(args: AppArgs) -> Application:
         max_body_bytes=args.limits.max_body_bytes,
         max_images_per_request=args.limits.max_images_per_request,
         request_timeout_s=args.request_timeout_s,
+        bundles=BundleSettings(
+            max_items=args.bundles.max_items,
+            max_in_flight=args.bundles.max_in_flight,
+            max_wait_s=args.bundles.max_wait_s,
+        ),
     )
     return _deployment(Ingress).bind(
         _deployment(Preprocessor).bind(resize, limits, args.decode_threads),

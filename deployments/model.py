@@ -1,9 +1,8 @@
-"""Model: gathers `Sample`s into micro-batches with `@serve.batch` and runs them on GPU or CPU."""
+"""Model: gathers `Sample`s from bundles into micro-batches and runs them on GPU or CPU."""
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import dataclasses
 import logging
 import time
@@ -14,10 +13,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
+from deployments.batching import ForwardQueue, chunks
 from deployments.inference import Runner, pick_device
 from deployments.metrics import ModelMetrics
 from deployments.models import ModelSpec, Resolved, load
-from deployments.types import ItemError, ModelInfo, RawOutput, Sample
+from deployments.types import Bundle, ItemError, ModelInfo, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
 HEALTH_FORWARD_EVERY_S = 30.0
@@ -61,11 +61,11 @@ class Model:
         )
         self._batching = BatchingConfig()
         self._waiting: set[str] = set()  # item ids in predict() not yet handed to a forward pass
-        # Batches gathered by @serve.batch wait here for the one forward pass at a time (see
-        # `_batched`); `_forwarding` is the task that drains it, alive while anything is queued.
-        self._pending: collections.deque[tuple[Sample, asyncio.Future[RawOutput | ItemError]]]
-        self._pending = collections.deque()
-        self._forwarding: asyncio.Task[None] | None = None
+        # Items gathered by @serve.batch wait here for the one forward pass at a time.
+        self._queue: ForwardQueue[Sample, RawOutput | ItemError] = ForwardQueue(
+            self._forward, self._batching.max_batch_size
+        )
+        self._queue.on_take = self._taken
         shape = (resolved.input_height, resolved.input_width)
         self._forward_thread.submit(self._runner.warm_up, [1], *shape).result()
         self._last_forward = time.monotonic()
@@ -89,6 +89,7 @@ class Model:
         batcher: Any = self._batched  # Serve attaches the setters to the wrapper it returns
         batcher.set_max_batch_size(config.max_batch_size)
         batcher.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self._queue.max_batch_size = config.max_batch_size
         if config.max_batch_size != self._batching.max_batch_size:
             shape = (self._resolved.input_height, self._resolved.input_width)
             self._forward_thread.submit(
@@ -97,68 +98,69 @@ class Model:
         self._batching = config
         logger.info("batching now %s", config.model_dump())
 
-    async def predict(self, sample: Sample | ItemError) -> RawOutput | ItemError:
-        """One item in, its `RawOutput` out; errors from earlier stages pass straight through."""
-        if isinstance(sample, ItemError):
-            return sample
+    async def predict(self, bundle: Bundle) -> tuple[RawOutput | ItemError, ...]:
+        """A bundle in, one `RawOutput` or `ItemError` per item out, in the bundle's order.
+
+        Errors from earlier stages pass straight through. The samples go to `@serve.batch` in
+        chunks of at most `max_batch_size` images (it counts images, not calls), so one forward
+        pass may hold items from several bundles and a big bundle spreads over several passes.
+        """
         entered = time.perf_counter()
-        self._waiting.add(sample.item_id)
+        samples = [s for s in bundle.items if isinstance(s, Sample)]
+        ids = [s.item_id for s in samples]
+        self._waiting.update(ids)
         self._metrics.queue_depth.set(len(self._waiting))
         try:
-            raw = await (await self._batched(sample))
+            gathered = await asyncio.gather(
+                *(
+                    self._batched(tuple(part))
+                    for part in chunks(samples, self._batching.max_batch_size)
+                )
+            )
+            futures = [f for part in gathered for f in part]
+            try:
+                outputs = await asyncio.gather(*futures)
+            except asyncio.CancelledError:
+                for future in futures:  # frees their places in the forward queue
+                    future.cancel()
+                raise
         finally:
-            self._waiting.discard(sample.item_id)  # also when cancelled before its batch ran
-        if isinstance(raw, ItemError):
-            return raw
-        waited_ms = (time.perf_counter() - entered) * 1000.0 - raw.inference_ms
-        waited_ms = max(0.0, waited_ms)
-        self._metrics.batch_wait.observe(waited_ms)
-        return dataclasses.replace(raw, queue_ms=waited_ms)
+            self._waiting.difference_update(ids)  # also when cancelled before its batch ran
+        by_id: dict[str, RawOutput | ItemError] = {}
+        for sample, raw in zip(samples, outputs, strict=True):
+            if isinstance(raw, RawOutput):
+                waited_ms = max(0.0, (time.perf_counter() - entered) * 1000.0 - raw.inference_ms)
+                self._metrics.batch_wait.observe(waited_ms)
+                raw = dataclasses.replace(raw, queue_ms=waited_ms)
+            by_id[sample.item_id] = raw
+        return tuple(
+            by_id[item.item_id] if isinstance(item, Sample) else item for item in bundle.items
+        )
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _batched(self, samples: list[Sample]) -> list[asyncio.Future[RawOutput | ItemError]]:
-        """Gather: called with exactly one positional Sample per item; Serve hands us the list.
+    @serve.batch(
+        max_batch_size=8,
+        batch_wait_timeout_s=0.01,
+        batch_size_fn=lambda parts: sum(len(p) for p in parts),
+    )
+    async def _batched(
+        self, parts: list[tuple[Sample, ...]]
+    ) -> list[list[asyncio.Future[RawOutput | ItemError]]]:
+        """Gather: called with exactly one positional tuple of Samples; Serve hands us the list.
 
         Serve forms its next batch while the previous one still runs, from whatever arrived in
         `batch_wait_timeout_s`; awaiting the forward pass here would leave those batches tiny,
-        queued behind it. So each item gets a future at once, and one forward pass at a time
-        takes up to `max_batch_size` of everything gathered meanwhile (`_drain`).
+        queued behind it. So each item gets a future at once, and the `ForwardQueue` runs one
+        pass at a time over up to `max_batch_size` of everything gathered meanwhile.
         """
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[RawOutput | ItemError]] = []
-        for sample in samples:
-            future: asyncio.Future[RawOutput | ItemError] = loop.create_future()
-            self._pending.append((sample, future))
-            futures.append(future)
-        if self._forwarding is None or self._forwarding.done():
-            self._forwarding = asyncio.create_task(self._drain())
-        return futures
+        return [self._queue.put(part) for part in parts]
 
-    async def _drain(self) -> None:
-        """Run forward passes over the gathered items until none are left."""
-        while self._pending:
-            chunk: list[tuple[Sample, asyncio.Future[RawOutput | ItemError]]] = []
-            while self._pending and len(chunk) < self._batching.max_batch_size:
-                sample, future = self._pending.popleft()
-                if not future.cancelled():  # its caller gave up (deadline, disconnect)
-                    chunk.append((sample, future))
-            if not chunk:
-                continue
-            self._waiting.difference_update(s.item_id for s, _ in chunk)
-            self._metrics.queue_depth.set(len(self._waiting))
-            try:
-                outputs = await asyncio.get_running_loop().run_in_executor(
-                    self._forward_thread, self._runner.run, [s for s, _ in chunk]
-                )
-            except Exception as exc:  # an unexpected bug must reach every caller, not hang them
-                logger.exception("forward pass failed outside the runner's own handling")
-                for _, future in chunk:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), output in zip(chunk, outputs, strict=True):
-                if not future.done():
-                    future.set_result(output)
+    async def _forward(self, samples: list[Sample]) -> list[RawOutput | ItemError]:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._forward_thread, self._runner.run, samples)
+
+    def _taken(self, samples: list[Sample]) -> None:
+        self._waiting.difference_update(s.item_id for s in samples)
+        self._metrics.queue_depth.set(len(self._waiting))
 
     def _record_batch(self, items: int, ms: float) -> None:
         self._last_forward = time.monotonic()

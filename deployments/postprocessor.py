@@ -1,9 +1,10 @@
-"""Postprocessor: join each `RawOutput` to its `Meta` by item id and build the client's `Result`."""
+"""Postprocessor: join a bundle's `RawOutput`s to their `Meta`s by item id, build each `Result`."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,7 +13,7 @@ from ray import serve
 from deployments.errors import JoinMismatch
 from deployments.metrics import StageMetrics
 from deployments.predictions import detections, top_k
-from deployments.types import ItemError, Meta, RawOutput, Result, Sample, Task
+from deployments.types import Bundle, ItemError, Meta, RawOutput, Result, Sample, Task
 
 logger = logging.getLogger("ray.serve")
 
@@ -37,12 +38,12 @@ def join(
     defaults: OptionDefaults,
 ) -> Result | ItemError:
     """The client's answer for one item; raises `JoinMismatch` if the two halves disagree on id."""
-    if isinstance(sample, ItemError):
-        return sample
     if raw.item_id != sample.item_id:
         raise JoinMismatch(
             f"result for item {raw.item_id} met metadata of item {sample.item_id}; refusing to join"
         )
+    if isinstance(sample, ItemError):
+        return sample
     if isinstance(raw, ItemError):
         return raw
     meta: Meta = sample.meta
@@ -74,7 +75,28 @@ def join(
     )
 
 
-@serve.deployment(max_ongoing_requests=64)
+def join_bundle(
+    outputs: Sequence[RawOutput | ItemError],
+    bundle: Bundle,
+    *,
+    model: str,
+    task: Task,
+    labels: tuple[str, ...],
+    defaults: OptionDefaults,
+) -> tuple[Result | ItemError, ...]:
+    """`join` for every item of a bundle, in its order; a count or id mismatch raises."""
+    if len(outputs) != len(bundle.items):
+        raise JoinMismatch(
+            f"{len(outputs)} model outputs met a bundle of {len(bundle.items)} items; "
+            "refusing to join"
+        )
+    return tuple(
+        join(raw, sample, model=model, task=task, labels=labels, defaults=defaults)
+        for raw, sample in zip(outputs, bundle.items, strict=True)
+    )
+
+
+@serve.deployment(max_ongoing_requests=16)
 class Postprocessor:
     def __init__(self, model: str, task: Task, labels: tuple[str, ...]) -> None:
         self._model = model
@@ -92,23 +114,29 @@ class Postprocessor:
         self._defaults = OptionDefaults.model_validate(user_config)
 
     async def __call__(
-        self, raw: RawOutput | ItemError, sample: Sample | ItemError
-    ) -> Result | ItemError:
-        """Join one model result to its metadata (both arrive resolved from object references)."""
+        self, outputs: Sequence[RawOutput | ItemError], bundle: Bundle
+    ) -> tuple[Result | ItemError, ...]:
+        """Join a bundle's model outputs to its metadata, item by item, in the bundle's order.
+
+        Both arrive resolved from object references. A count or id that does not match is a
+        bug upstream: `JoinMismatch` is raised and nothing is joined.
+        """
         start = time.perf_counter()
-        out = join(
-            raw,
-            sample,
+        joined = join_bundle(
+            outputs,
+            bundle,
             model=self._model,
             task=self._task,
             labels=self._labels,
             defaults=self._defaults,
         )
-        if isinstance(out, Result):
-            elapsed_ms = (time.perf_counter() - start) * 1000.0
-            out.timings_ms["postprocess"] = round(elapsed_ms, 3)
-            self._metrics.observe("postprocess", elapsed_ms)
-        return out
+        elapsed_ms = (time.perf_counter() - start) * 1000.0
+        per_item_ms = round(elapsed_ms / max(1, len(joined)), 3)
+        for out in joined:
+            if isinstance(out, Result):
+                out.timings_ms["postprocess"] = per_item_ms
+                self._metrics.observe("postprocess", per_item_ms)
+        return joined
 
     def ready(self) -> bool:
         return True

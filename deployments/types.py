@@ -1,13 +1,16 @@
 """The objects that cross deployment boundaries: the whole protocol of the graph in one file.
 
-    Ingress --(bytes, Options)--> Preprocessor --Sample | ItemError--> Model
-    Model --RawOutput | ItemError-->
-    Postprocessor(RawOutput | ItemError, Sample | ItemError) --> Result | ItemError --> Ingress
+What travels is a bundle: the items that arrived together, one call per stage for all of them.
 
-A `Sample` carries its `Meta` (born in the Preprocessor) beside the uint8 pixels; the Model answers
-with a `RawOutput` tagged with the same item id, in model-input coordinates; the Postprocessor joins
-the two by id, maps geometry back to the original image and applies the request's options.
-Errors are items too: an `ItemError` flows through the later stages untouched.
+    Ingress --tuple[Item]--> Preprocessor --Bundle (Sample | ItemError per item)--> Model
+    Model --tuple[RawOutput | ItemError] (one per item, same order)-->
+    Postprocessor(outputs, Bundle) --tuple[Result | ItemError]--> Ingress
+
+An `Item` is one image's bytes with its own id, request id, options and deadline. A `Sample`
+carries its `Meta` (born in the Preprocessor) beside the uint8 pixels; the Model answers with a
+`RawOutput` tagged with the same item id, in model-input coordinates; the Postprocessor joins the
+two by id, maps geometry back to the original image and applies that item's options.
+Errors are items too: an `ItemError` flows through the later stages untouched, in its place.
 """
 
 from __future__ import annotations
@@ -99,6 +102,32 @@ class Sample:
     @property
     def item_id(self) -> str:
         return self.meta.item_id
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One image as the Ingress sends it: encoded bytes and everything that belongs to it."""
+
+    item_id: str
+    request_id: str
+    data: bytes
+    options: Options
+    deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
+
+
+@dataclass(frozen=True, slots=True)
+class Bundle:
+    """What the Preprocessor emits for the items of one call: a `Sample` or an `ItemError` each,
+    in the order the items came. One object, so one object-store write for the whole bundle."""
+
+    items: tuple[Sample | ItemError, ...]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    @property
+    def item_ids(self) -> tuple[str, ...]:
+        return tuple(i.item_id for i in self.items)
 
 
 @dataclass(frozen=True, slots=True)

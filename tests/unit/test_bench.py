@@ -26,7 +26,7 @@ from bench.stats import (
     throughput_target,
     weighted_mean_batch,
 )
-from deployments.ingress import image_parts, parse_multipart
+from deployments.http import image_parts, parse_multipart
 
 
 @pytest.mark.parametrize("q", [0, 1, 50, 90, 99, 100])

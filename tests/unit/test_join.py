@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
 from deployments.errors import CorruptImage, JoinMismatch
 from deployments.geometry import boxes_to_input, plan
-from deployments.postprocessor import OptionDefaults, join
+from deployments.postprocessor import OptionDefaults, join, join_bundle
 from deployments.predictions import detections, top_k
-from deployments.types import ImageInfo, ItemError, Meta, Options, RawOutput, Result, Sample
+from deployments.types import (
+    Bundle,
+    ImageInfo,
+    ItemError,
+    Meta,
+    Options,
+    RawOutput,
+    Result,
+    Sample,
+)
 
 LABELS = ("circle", "square", "triangle")
 
@@ -123,3 +134,38 @@ def test_errors_pass_through_the_join() -> None:
         is model_err
     )
     assert isinstance(err.to_exception(), CorruptImage)
+
+
+def _bundle_join(outputs: list[RawOutput | ItemError], bundle: Bundle) -> tuple[Any, ...]:
+    return join_bundle(
+        outputs, bundle, model="m", task="classification", labels=LABELS, defaults=OptionDefaults()
+    )
+
+
+def test_a_bundle_joins_item_by_item_with_each_items_own_options() -> None:
+    broken = ItemError.from_exception("b", CorruptImage("broken"))
+    bundle = Bundle(
+        items=(_sample("a", options=Options(top_k=1)), broken, _sample("c", 640, 480, Options()))
+    )
+    outputs: list[RawOutput | ItemError] = [
+        _raw("a", [0.7, 0.2, 0.1], [1, 0, 2]),
+        broken,
+        _raw("c", [0.5, 0.3, 0.2], [2, 1, 0]),
+    ]
+    a, b, c = _bundle_join(outputs, bundle)
+    assert isinstance(a, Result) and isinstance(c, Result)
+    assert [p.label for p in a.predictions] == ["square"]
+    assert b is broken
+    assert [p.label for p in c.predictions] == ["triangle", "square", "circle"]  # default top 5
+    assert (a.image.width, c.image.width) == (400, 640)
+
+
+def test_a_bundle_refuses_swapped_or_missing_outputs() -> None:
+    bundle = Bundle(items=(_sample("a"), _sample("b")))
+    with pytest.raises(JoinMismatch, match="item b"):
+        _bundle_join([_raw("b", [1.0], [0]), _raw("a", [1.0], [1])], bundle)
+    with pytest.raises(JoinMismatch, match="1 model outputs met a bundle of 2"):
+        _bundle_join([_raw("a", [1.0], [0])], bundle)
+    error_for_other = ItemError("b", "inference_failed", "boom", 500)
+    with pytest.raises(JoinMismatch):
+        _bundle_join([error_for_other, _raw("a", [1.0], [1])], bundle)

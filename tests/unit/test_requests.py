@@ -8,7 +8,7 @@ import httpx
 import pytest
 
 from deployments.errors import BadRequest, InvalidOption, PayloadTooLarge
-from deployments.ingress import (
+from deployments.http import (
     authorized,
     deadline_from,
     image_parts,

@@ -1,0 +1,190 @@
+"""The request flow, once: bundles, deadlines, the replica-failure retry, the fan-out and the join.
+
+Transports (HTTP `/v1`, the Python handle API) parse and format; everything between receiving the
+bytes and holding one `Result` or `ItemError` per image happens here. For each bundle it calls the
+Preprocessor, hands that `DeploymentResponse` straight to the Model and both to the Postprocessor;
+Ray resolves them in the receiving replicas, so pixels never come back through the caller.
+
+- Single images are coalesced (`batching.Coalescer`): those that arrive while earlier bundles are
+  in flight travel on together; at low load an image goes at once, alone.
+- Items that arrive together (a multipart request, `predict_many`) are a bundle from the start.
+- Each item keeps its own deadline: past it, that item is answered 504 and its neighbours go on.
+- A replica that dies holding a bundle: each of its items is retried once, alone, so an input
+  that kills replicas takes at most two with it and its neighbours are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from ray.serve.handle import DeploymentHandle
+
+from deployments.batching import Coalescer, chunks
+from deployments.errors import DeadlineExceeded, Overloaded
+from deployments.metrics import StageMetrics
+from deployments.types import Item, ItemError, Result
+
+logger = logging.getLogger("ray.serve")
+
+# Failures that mean a replica (or its node) went away while it held the item: worth one retry.
+_REPLICA_FAILURES = (RayActorError, WorkerCrashedError, ObjectLostError)
+_AT_CAPACITY = "the service is at capacity; retry shortly"
+
+Answer = Result | ItemError
+
+
+@dataclass(frozen=True, slots=True)
+class BundleSettings:
+    """How items are grouped between stages (see `batching.Coalescer`)."""
+
+    max_items: int = 8  # images per bundle; a bigger multipart request travels as several
+    max_in_flight: int = 2  # partial bundles out at once before single images start to wait
+    max_wait_s: float = 0.005  # the longest a single image waits for company
+
+
+def failure_kind(exc: BaseException) -> str | None:
+    """'overloaded' (a full queue), 'replica' (a replica died holding the item) or None."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BackPressureError | DeploymentUnavailableError):
+            return "overloaded"
+        if isinstance(seen, _REPLICA_FAILURES):
+            return "replica"
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def _expired(item_id: str) -> ItemError:
+    return ItemError.from_exception(
+        item_id, DeadlineExceeded("the request's deadline passed before an answer")
+    )
+
+
+class Caller:
+    """One per Ingress replica: sends items through Preprocessor -> Model -> Postprocessor."""
+
+    def __init__(
+        self,
+        preprocessor: DeploymentHandle[Any],
+        model: DeploymentHandle[Any],
+        postprocessor: DeploymentHandle[Any],
+        bundles: BundleSettings,
+    ) -> None:
+        # Pinned by reference: a Bundle passes from the Preprocessor to the Model and the
+        # Postprocessor as an object reference, so pixels never come back through here (Serve's
+        # by-value mode, if switched on, would route every response through the caller).
+        self._pre = preprocessor.options(_by_reference=True)
+        self._model = model.options(method_name="predict", _by_reference=True)
+        self._post = postprocessor.options(_by_reference=True)
+        self._bundles = bundles
+        self._coalescer: Coalescer[Item, Answer] = Coalescer(
+            self._send, bundles.max_items, bundles.max_in_flight, bundles.max_wait_s
+        )
+        self._metrics = StageMetrics()
+
+    async def one(self, item: Item) -> Answer:
+        """One image, sent with whatever else is waiting; never raises for the client's input."""
+        started = time.perf_counter()
+        out = await self._within_deadline(self._coalescer.submit(item), [item])
+        return self._finish(out[0], started)
+
+    async def many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
+        """Items that arrived together, as bundles of at most `max_items`; `ItemError`s (already
+        decided by the transport) keep their places. One answer per entry, in order."""
+        started = time.perf_counter()
+        todo = [i for i in items if isinstance(i, Item)]
+        sent = await asyncio.gather(
+            *(
+                self._within_deadline(self._send(part), part)
+                for part in chunks(todo, self._bundles.max_items)
+            )
+        )
+        answers = iter(a for part in sent for a in part)
+        return [self._finish(next(answers) if isinstance(i, Item) else i, started) for i in items]
+
+    async def _within_deadline(
+        self, work: Awaitable[Answer | Sequence[Answer]], items: Sequence[Item]
+    ) -> list[Answer]:
+        # The items of one call share a deadline (one request, or one coalesced image).
+        deadline = items[0].deadline
+        timeout = None if deadline is None else max(0.0, deadline - time.time())
+        try:
+            out = await asyncio.wait_for(work, timeout=timeout)
+        except TimeoutError:  # the bundle goes on for the others; these are answered now
+            for item in items:
+                logger.info(
+                    "request %s item %s: deadline passed; answering 504",
+                    item.request_id,
+                    item.item_id,
+                )
+            return [_expired(i.item_id) for i in items]
+        return list(out) if isinstance(out, Sequence) else [out]
+
+    async def _send(self, items: list[Item]) -> list[Answer]:
+        """One bundle through the graph; after a replica failure each item is retried alone."""
+        try:
+            return list(await self._through(items))
+        except Exception as exc:
+            kind = failure_kind(exc)
+            if kind == "overloaded":
+                return [
+                    ItemError.from_exception(i.item_id, Overloaded(_AT_CAPACITY)) for i in items
+                ]
+            if kind != "replica":
+                raise
+            logger.warning(
+                "a replica failed holding %d item(s) (%s); retrying each alone once: %s",
+                len(items),
+                exc,
+                ", ".join(f"{i.request_id}/{i.item_id}" for i in items),
+            )
+        return list(await asyncio.gather(*(self._retry_alone(i) for i in items)))
+
+    async def _retry_alone(self, item: Item) -> Answer:
+        if item.deadline is not None and time.time() >= item.deadline:
+            return _expired(item.item_id)
+        try:
+            (out,) = await self._through([item])
+        except Exception as exc:
+            kind = failure_kind(exc)
+            if kind is None:
+                raise
+            if kind == "replica":
+                logger.error(
+                    "request %s item %s: replica failed again: %r",
+                    item.request_id,
+                    item.item_id,
+                    exc,
+                )
+                failed = Overloaded("a replica failed while holding this image, twice; retry")
+                return ItemError.from_exception(item.item_id, failed)
+            return ItemError.from_exception(item.item_id, Overloaded(_AT_CAPACITY))
+        return out
+
+    async def _through(self, items: list[Item]) -> tuple[Answer, ...]:
+        bundle: Any = self._pre.remote(tuple(items))
+        outputs: Any = self._model.remote(bundle)
+        post: Any = self._post.remote(outputs, bundle)
+        try:
+            answers: tuple[Answer, ...] = await post
+        except asyncio.CancelledError:
+            for response in (post, outputs, bundle):  # frees batch slots not yet run
+                response.cancel()
+            raise
+        return answers
+
+    def _finish(self, out: Answer, started: float) -> Answer:
+        if isinstance(out, ItemError):
+            self._metrics.outcome(out.code)
+            return out
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self._metrics.observe("total", elapsed_ms)
+        self._metrics.outcome("ok")
+        return replace(out, timings_ms={**out.timings_ms, "total": round(elapsed_ms, 3)})
