@@ -7,8 +7,10 @@
 # CPU pods. The tag must match rayVersion in the manifest and ray[serve] in pyproject.toml.
 FROM rayproject/ray:2.58.0-py311
 
-# The base image's user is the non-root `ray` (uid 1000, group users); it owns the Python env.
-USER ray
+# The base image's user is the non-root `ray` (uid 1000, group users = gid 100); it owns the
+# Python env. Numeric, so that Kubernetes can verify runAsNonRoot (kuberay/rayservice.yaml's
+# runAsUser must be this uid; tests/unit/test_kuberay.py checks it).
+USER 1000:100
 
 # Pinned dependencies first, in their own layer, so a code change does not reinstall torch.
 COPY --chown=ray:users pyproject.toml /tmp/pyproject.toml

@@ -275,26 +275,166 @@ def test_upgrade_strategy_is_set(service: dict[str, Any]) -> None:
     assert strategy["type"] in {"NewCluster", "NewClusterWithIncrementalUpgrade", "None"}
 
 
-def test_token_auth_uses_a_secret_defined_in_the_file(
-    cluster: dict[str, Any], documents: list[dict[str, Any]]
-) -> None:
+def test_token_auth_uses_a_secret(cluster: dict[str, Any]) -> None:
     auth = cluster["authOptions"]
     assert auth["mode"] == "token"
-    secrets = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Secret"}
-    assert auth["secretName"] in secrets
-    assert "auth_token" in secrets[auth["secretName"]]["stringData"], "KubeRay reads auth_token"
+    assert auth["secretName"] == "vision-ray-auth", "kuberay/README.md tells how to create it"
 
 
-def test_api_key_comes_from_an_optional_secret_on_every_worker(
+def test_no_secret_values_in_the_repo(documents: list[dict[str, Any]]) -> None:
+    assert not [d for d in documents if d["kind"] == "Secret"], "create Secrets with kubectl"
+    text = render.MANIFEST.read_text() + render.TEMPLATE.read_text()
+    assert "stringData" not in text and "REPLACE-ME" not in text
+
+
+def _secret_refs(value: Any) -> Iterator[dict[str, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in {"secretKeyRef", "secretRef", "secret"}:
+                yield item
+            yield from _secret_refs(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _secret_refs(item)
+
+
+def test_secret_references_are_required(documents: list[dict[str, Any]]) -> None:
+    refs = list(_secret_refs(documents))
+    assert refs, "the API key must come from a Secret"
+    for ref in refs:
+        assert ref.get("optional", False) is False, ref
+
+
+def test_every_ray_container_requires_the_api_key(cluster: dict[str, Any]) -> None:
+    for container in _containers(cluster):
+        env = {e["name"]: e for e in container.get("env", [])}
+        ref = env["VISION_API_KEY"]["valueFrom"]["secretKeyRef"]
+        assert ref == {"name": "vision-api-key", "key": "api_key"}, container["name"]
+        assert env["VISION_REQUIRE_API_KEY"]["value"] in {"1", "true"}, container["name"]
+
+
+def test_every_container_runs_restricted(cluster: dict[str, Any]) -> None:
+    (user,) = re.findall(r"^USER\s+(\S+)", DOCKERFILE, re.MULTILINE)
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) != 0, "a numeric non-root USER lets Kubernetes verify it"
+    contexts = {c["name"]: c.get("securityContext") for c in _containers(cluster)}
+    contexts["autoscaler"] = cluster["autoscalerOptions"].get("securityContext")
+    for name, context in contexts.items():
+        assert context, f"{name} has no securityContext"
+        assert context["runAsNonRoot"] is True, name
+        assert context["runAsUser"] == int(uid), f"{name}: runAsUser must be the image's USER"
+        if gid:
+            assert context["runAsGroup"] == int(gid), name
+        assert context["allowPrivilegeEscalation"] is False, name
+        assert context["capabilities"]["drop"] == ["ALL"], name
+        assert not context["capabilities"].get("add"), name
+        assert context["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert not context.get("privileged", False), name
+    for spec in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]:
+        pod = spec["template"]["spec"]
+        assert not pod.get("hostNetwork") and not pod.get("hostPID") and not pod.get("hostIPC")
+        assert not pod.get("initContainers"), "KubeRay's own init container copies the context"
+
+
+def _probe_targets(probe: dict[str, Any]) -> str:
+    if "httpGet" in probe:
+        return f"localhost:{probe['httpGet']['port']}{probe['httpGet']['path']}"
+    return " ".join(probe["exec"]["command"])
+
+
+def test_probes(cluster: dict[str, Any]) -> None:
+    serve_port = load_config()["http_options"]["port"]
+    for container in _containers(cluster):
+        liveness = _probe_targets(container["livenessProbe"])
+        assert f":{serve_port}" not in liveness, "liveness must not depend on the Model"
+        assert "/api/healthz" in liveness, container["name"]
+        assert container["livenessProbe"]["failureThreshold"] >= 3
+    (head,) = cluster["headGroupSpec"]["template"]["spec"]["containers"]
+    assert f":{serve_port}" not in _probe_targets(head["readinessProbe"]), (
+        "an unready head leaves the head service and KubeRay then never submits the Serve app"
+    )
+    for group in cluster["workerGroupSpecs"]:
+        (worker,) = group["template"]["spec"]["containers"]
+        probe = worker["readinessProbe"]
+        readiness = _probe_targets(probe)
+        # The service's own health, plus what KubeRay's replaced probe checked.
+        for target in ("/v1/health", "/-/healthz", "/api/local_raylet_healthz"):
+            assert target in readiness, (group["groupName"], target)
+        assert re.search(rf"localhost:{serve_port}/v1/health(\s|$)", readiness), readiness
+        assert probe["timeoutSeconds"] >= 2 + 2 + 5, "the wget timeouts must fit in the probe's"
+
+
+def _pod_labels(cluster: dict[str, Any], group: dict[str, Any] | None) -> dict[str, str]:
+    """The labels KubeRay v1.7 puts on a pod (labelPod in ray-operator/.../common/pod.go)."""
+    spec = cluster["headGroupSpec"] if group is None else group
+    labels = dict(spec["template"].get("metadata", {}).get("labels", {}))
+    labels.update(
+        {
+            "ray.io/is-ray-node": "yes",
+            "ray.io/node-type": "head" if group is None else "worker",
+            "ray.io/group": "headgroup" if group is None else group["groupName"],
+        }
+    )
+    return labels
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    assert set(selector) == {"matchLabels"}, "only matchLabels is checked here"
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def test_a_disruption_budget_per_worker_group(
     cluster: dict[str, Any], documents: list[dict[str, Any]]
 ) -> None:
-    secrets = {d["metadata"]["name"]: d for d in documents if d["kind"] == "Secret"}
-    for group in cluster["workerGroupSpecs"]:
-        for container in group["template"]["spec"]["containers"]:
-            env = {e["name"]: e for e in container.get("env", [])}
-            ref = env["VISION_API_KEY"]["valueFrom"]["secretKeyRef"]
-            assert ref["optional"] is True, group["groupName"]
-            assert ref["key"] in secrets[ref["name"]]["stringData"], group["groupName"]
+    budgets = [d for d in documents if d["kind"] == "PodDisruptionBudget"]
+    head = _pod_labels(cluster, None)
+    groups = cluster["workerGroupSpecs"]
+    for group in groups:
+        labels = _pod_labels(cluster, group)
+        (budget,) = [b for b in budgets if _selects(b["spec"]["selector"], labels)]
+        assert budget["apiVersion"] == "policy/v1"
+        assert "ray.io/cluster" not in budget["spec"]["selector"]["matchLabels"], (
+            "a RayService's clusters get generated names"
+        )
+        # RayCluster has no scale subresource: Kubernetes then accepts only an integer minAvailable.
+        assert "maxUnavailable" not in budget["spec"]
+        assert isinstance(budget["spec"]["minAvailable"], int)
+        assert budget["spec"]["minAvailable"] >= 1
+        assert not _selects(budget["spec"]["selector"], head), "the head is not a worker"
+        for other in groups:
+            if other is not group:
+                assert not _selects(budget["spec"]["selector"], _pod_labels(cluster, other))
+    assert len(budgets) == len(groups)
+
+
+def test_network_policy_admits_only_the_serve_port_from_outside(
+    cluster: dict[str, Any], documents: list[dict[str, Any]]
+) -> None:
+    serve_port = load_config()["http_options"]["port"]
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    spec = policy["spec"]
+    assert "Ingress" in spec["policyTypes"]
+    pods = [_pod_labels(cluster, None)] + [
+        _pod_labels(cluster, g) for g in cluster["workerGroupSpecs"]
+    ]
+    for labels in pods:
+        assert _selects(spec["podSelector"], labels), labels
+
+    open_ports: list[int] = []
+    for rule in spec["ingress"]:
+        sources = rule.get("from")
+        if not sources:
+            open_ports += [p["port"] for p in rule["ports"]]
+            continue
+        for source in sources:
+            assert "ipBlock" not in source, "an ipBlock admits pods from outside"
+            if "namespaceSelector" in source:
+                # The operator: a pod selector and a single port, never a whole namespace.
+                assert source["podSelector"]["matchLabels"], rule
+                assert [p["port"] for p in rule["ports"]] == [8265], rule
+            else:
+                assert source["podSelector"] == spec["podSelector"], "Ray's ports: own pods only"
+    assert open_ports == [serve_port]
 
 
 def test_only_the_serve_port_leaves_the_cluster(
@@ -308,9 +448,12 @@ def test_only_the_serve_port_leaves_the_cluster(
     assert {p["name"]: p["containerPort"] for p in head_container["ports"]}["serve"] == serve_port
 
     internal = {None, "ClusterIP"}
+    assert serve_service.get("type") in internal, "a LoadBalancer is opt-in (kuberay/README.md)"
     assert head.get("serviceType") in internal, "the head service would expose 6379/8265/10001"
     assert head.get("headService", {}).get("spec", {}).get("type") in internal
     assert not head.get("enableIngress", False), "an Ingress would expose the dashboard"
     assert not [d for d in documents if d["kind"] in {"Service", "Ingress", "Route"}]
+    for kind in {d["kind"] for d in documents}:
+        assert kind in {"RayService", "PodDisruptionBudget", "NetworkPolicy"}, kind
     for container in _containers(cluster):
         assert not [p for p in container.get("ports", []) if "hostPort" in p], container["name"]
