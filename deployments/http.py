@@ -3,7 +3,6 @@
 Everything here is a plain function a unit test can call; the Ingress only wires it to requests.
 """
 
-import hmac
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -20,10 +19,6 @@ from deployments.types import Options, Task
 
 OPTION_NAMES = ("top_k", "score_threshold", "max_detections")
 TIMEOUT_HEADER = "x-request-timeout-seconds"
-API_KEY_ENV = "VISION_API_KEY"
-API_KEY_FILE_ENV = (
-    "VISION_API_KEY_FILE"  # a mounted Secret; Ray logs runtime_env values, so never put keys there
-)
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 
 
@@ -227,24 +222,6 @@ def deadline_from(header: str | None, default_s: float | None, now: float) -> fl
     if timeout is None or timeout <= 0:
         return None
     return now + timeout - min(0.25, 0.1 * timeout)
-
-
-def load_api_key(environ: Mapping[str, str]) -> str | None:
-    """The API key from VISION_API_KEY, else from the file VISION_API_KEY_FILE names, else None."""
-    key = environ.get(API_KEY_ENV, "").strip()
-    path = environ.get(API_KEY_FILE_ENV, "")
-    if not key and path:
-        with open(path, encoding="utf-8") as f:
-            key = f.read().strip()
-    return key or None
-
-
-def authorized(header: str | None, api_key: str) -> bool:
-    """Constant-time check of `Authorization: Bearer <key>`."""
-    scheme, _, token = (header or "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        token.strip().encode(), api_key.encode()
-    )
 
 
 async def read_body(request: Request, limit: int) -> bytes:

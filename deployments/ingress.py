@@ -16,6 +16,7 @@ from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from deployments.auth import authorized, describe, load_api_key
 from deployments.caller import BundleSettings, Caller
 from deployments.errors import (
     BadRequest,
@@ -27,13 +28,11 @@ from deployments.errors import (
 from deployments.http import (
     TIMEOUT_HEADER,
     Part,
-    authorized,
     deadline_from,
     error_body,
     image_parts,
     is_image_type,
     json_response,
-    load_api_key,
     media_type,
     parse_multipart,
     parse_options,
@@ -80,9 +79,10 @@ class Ingress:
         self._post_ready = postprocessor.options(method_name="ready")
         self._describe = model.options(method_name="describe")
         self._settings = settings
-        # Read once; the key itself is never logged or echoed.
+        # Read once; the key itself is never logged or echoed. Unusable key settings raise
+        # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
         self._api_key = load_api_key(os.environ)
-        logger.info("API key %s", "required" if self._api_key else "not configured")
+        logger.info("API key %s", describe(self._api_key))
 
     # --- Python handle API -----------------------------------------------------------------
 

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import httpx
 import pytest
 
 from deployments.errors import BadRequest, InvalidOption, PayloadTooLarge
 from deployments.http import (
-    authorized,
     deadline_from,
     image_parts,
-    load_api_key,
     media_type,
     parse_multipart,
     parse_options,
@@ -87,21 +83,6 @@ def test_multipart_needs_image_parts_and_rejects_strangers() -> None:
     body, boundary = _multipart([("image", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(3)])
     with pytest.raises(PayloadTooLarge, match="limit is 2"):
         image_parts(parse_multipart(body, boundary), 2)
-
-
-def test_api_key_from_env_or_file(tmp_path: Path) -> None:
-    key_file = tmp_path / "key"
-    key_file.write_text("from-file\n")
-    assert load_api_key({}) is None
-    assert load_api_key({"VISION_API_KEY": " s3cret "}) == "s3cret"
-    assert load_api_key({"VISION_API_KEY_FILE": str(key_file)}) == "from-file"
-    assert load_api_key({"VISION_API_KEY": "env", "VISION_API_KEY_FILE": str(key_file)}) == "env"
-
-
-def test_bearer_check() -> None:
-    assert authorized("Bearer s3cret", "s3cret") and authorized("bearer  s3cret", "s3cret")
-    assert not authorized(None, "s3cret") and not authorized("s3cret", "s3cret")
-    assert not authorized("Bearer s3cre", "s3cret") and not authorized("Basic s3cret", "s3cret")
 
 
 def test_deadline_from_header_leaves_a_margin_before_the_proxy_gives_up() -> None:
