@@ -7,7 +7,7 @@
     │   │   └── EmptyImage        400  zero bytes where an image was expected
     │   ├── Unauthorized          401  missing or wrong API key
     │   ├── PayloadTooLarge       413  body, image bytes or image count over the limit
-    │   │   └── TooManyPixels     413  decoded size over the pixel limit (decompression bomb)
+    │   │   └── TooManyPixels     413  decoded or resized size over the pixel limit (bomb, sliver)
     │   ├── UnsupportedMediaType  415  Content-Type is not an image, octet-stream or multipart
     │   │   └── UnsupportedFormat 415  the bytes are not an image format we decode
     │   └── CorruptImage          422  a known format that fails to decode (truncated, bad CRC)

@@ -2,7 +2,9 @@
 
 Pure functions, no Ray. The steps, in order of cost:
   1. cheap checks on the bytes (empty, too large, unknown signature);
-  2. the header (format, size, EXIF orientation) and the pixel limit, before any pixel is decoded;
+  2. the header (format, size, EXIF orientation), then a plan of every image the decode will hold
+     (decoded, resized before the crop or pad), each checked against the pixel limit before any
+     pixel is decoded;
   3. decode (JPEG in draft mode when the target is much smaller), resize in stored orientation,
      then rotate the small result upright, pad or crop to the model input.
 Pillow's own limits stay on (its decompression-bomb check, truncated-file errors).
@@ -58,6 +60,8 @@ _WHITE = (255, 255, 255, 255)
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
     max_image_bytes: int = 20 * 1024 * 1024
+    # Bounds every image a decode holds, not only the file's own size: the decoded image and the
+    # resized one before the crop or pad (which outgrows the file when a thin sliver is upscaled).
     max_pixels: int = 40_000_000
 
 
@@ -71,6 +75,15 @@ class ResizeSpec:
     resize_size: int | None = None  # shorter side before the crop, for mode "resize_crop"
     pad_value: int = 114
     draft: bool = True  # let JPEG decode at 1/2, 1/4 or 1/8 scale when that is still >= target
+
+
+@dataclass(frozen=True, slots=True)
+class DecodePlan:
+    """Every image size a decode will allocate, known from the header alone."""
+
+    geometry: Geometry
+    stored: tuple[int, int]  # width, height as in the file (before the EXIF rotation)
+    resized: tuple[int, int]  # width, height in stored orientation, before the crop or pad
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +166,40 @@ def _orientation(img: Image.Image, fmt: str) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
+def plan_decode(
+    width: int, height: int, orientation: int, spec: ResizeSpec, limits: DecodeLimits
+) -> DecodePlan:
+    """Size every image the decode will hold, from the header; refuse one over the pixel limit.
+
+    `width` x `height` is the stored size, already checked against `limits.max_pixels`; the JPEG
+    draft only shrinks it. The resized image (before the crop or pad) is checked here: letterbox
+    and stretch never exceed the model input, but resize_crop upscales a thin sliver until its
+    shorter side fills the input, so a 1x20000 image would become 232x4640000. The model input
+    itself is always allowed (its size is the config's, not the image's). Pillow's two-pass
+    resize runs the cheaper pass first, so the buffer between its passes holds no more pixels
+    than the larger of the two images checked.
+    """
+    swaps = orientation in _SWAPS_AXES
+    shown_w, shown_h = (height, width) if swaps else (width, height)
+    geom = plan(spec.mode, shown_w, shown_h, spec.input_width, spec.input_height, spec.resize_size)
+    new_w, new_h = resized_size(geom)
+    allowed = max(limits.max_pixels, spec.input_width * spec.input_height)
+    if new_w * new_h > allowed:
+        shorter = min(new_w, new_h)
+        raise TooManyPixels(
+            f"the {shown_w}x{shown_h} image would be resized to {new_w}x{new_h} = "
+            f"{new_w * new_h / 1e6:.1f} megapixels before its {spec.input_width}x"
+            f"{spec.input_height} {'centre crop' if geom.mode == 'resize_crop' else 'model input'}"
+            f"; the limit is {allowed / 1e6:.1f} megapixels; crop it to an aspect ratio of at "
+            f"most {max(1, allowed // (shorter * shorter))}:1 before sending"
+        )
+    return DecodePlan(
+        geometry=geom,
+        stored=(width, height),
+        resized=(new_h, new_w) if swaps else (new_w, new_h),
+    )
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any Pillow mode to 8-bit RGB; alpha is composited over white."""
     mode = img.mode
@@ -160,14 +207,19 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         return img
     if mode.startswith("I;16") or mode == "I":
         # 16-bit (or 32-bit integer) samples: keep the top 8 bits instead of clipping at 255.
+        # In place: one 4-byte copy of the image, not one per arithmetic step.
         arr = np.asarray(img).astype(np.uint32)
         top = 65535 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255
-        gray = (arr * 255 // max(top, 1)).clip(0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
+        arr *= 255
+        arr //= max(top, 1)
+        np.clip(arr, 0, 255, out=arr)
+        return Image.fromarray(arr.astype(np.uint8)).convert("RGB")
     if mode == "F":
-        floats = np.asarray(img, dtype=np.float32)
-        floats = floats * 255.0 if floats.max(initial=0.0) <= 1.0 else floats
-        return Image.fromarray(floats.clip(0, 255).astype(np.uint8)).convert("RGB")
+        floats = np.array(img, dtype=np.float32)  # a writable copy, scaled in place
+        if floats.max(initial=0.0) <= 1.0:
+            floats *= 255.0
+        np.clip(floats, 0, 255, out=floats)
+        return Image.fromarray(floats.astype(np.uint8)).convert("RGB")
     has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     if has_alpha:
         rgba = img.convert("RGBA")
@@ -181,13 +233,13 @@ def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
     Raises a `ClientError` subclass for anything wrong with the bytes; never a bare exception.
     """
     img, fmt = open_image(data, limits)
-    stored_w, stored_h = img.size
     orientation = _orientation(img, fmt)
-    swaps = orientation in _SWAPS_AXES
-    width, height = (stored_h, stored_w) if swaps else (stored_w, stored_h)
-    geom = plan(spec.mode, width, height, spec.input_width, spec.input_height, spec.resize_size)
-    new_w, new_h = resized_size(geom)
-    target = (new_h, new_w) if swaps else (new_w, new_h)  # in stored orientation
+    try:
+        planned = plan_decode(*img.size, orientation, spec, limits)
+    except TooManyPixels:
+        img.close()
+        raise
+    geom, target = planned.geometry, planned.resized
     try:
         if spec.draft and fmt == "JPEG" and img.mode in ("RGB", "L"):
             img.draft(img.mode, target)
@@ -209,7 +261,12 @@ def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
         img.close()
     return Preprocessed(
         pixels=_place(resized, geom, spec.pad_value),
-        image=ImageInfo(width=width, height=height, format=fmt, orientation=orientation),
+        image=ImageInfo(
+            width=geom.source_width,
+            height=geom.source_height,
+            format=fmt,
+            orientation=orientation,
+        ),
         geometry=geom,
     )
 
