@@ -23,6 +23,7 @@ from deployments.errors import (
     CorruptImage,
     EmptyImage,
     PayloadTooLarge,
+    ServerError,
     TooManyPixels,
     UnsupportedFormat,
 )
@@ -252,6 +253,10 @@ def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
         resized = np.asarray(rgb)
     except Image.DecompressionBombError as exc:
         raise TooManyPixels(f"the {fmt} image is too large to decode safely: {exc}") from None
+    except MemoryError:  # our limit, not the client's file: never report it as corrupt
+        raise ServerError(
+            "the service ran out of memory decoding this image; retry later"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - Pillow raises many types for broken data
         raise CorruptImage(
             f"the {fmt} image could not be decoded ({_reason(exc)}); "

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from deployments.errors import ClientError, DeadlineExceeded
+from deployments.errors import DeadlineExceeded, VisionError
 from deployments.imaging import DecodeLimits, ResizeSpec, decode
 from deployments.metrics import StageMetrics
 from deployments.types import Bundle, Item, ItemError, Meta, Sample
@@ -49,7 +49,7 @@ class Preprocessor:
             done = await loop.run_in_executor(
                 self._pool, decode, item.data, self._resize, self._limits
             )
-        except ClientError as exc:
+        except VisionError as exc:  # the client's input, or a fault that is this item's alone
             logger.info(
                 "request %s item %s rejected: %s", item.request_id, item.item_id, exc.message
             )
