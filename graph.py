@@ -25,7 +25,9 @@ class Limits(BaseModel):
 
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="whole HTTP body")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="one encoded image")
-    max_pixels: int = Field(40_000_000, ge=1, description="one decoded image, and its resize before a crop (width x height)")
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="one decoded image, and its resize before a crop (w x h)"
+    )
     max_images_per_request: int = Field(64, ge=1, description="multipart image parts")
 
 
