@@ -41,7 +41,7 @@ class Bundles(BaseModel):
         2, ge=1, le=64, description="partial bundles in flight before single images wait"
     )
     max_wait_s: float = Field(
-        0.005, ge=0.0, le=1.0, description="the longest a single image waits for company"
+        0.05, ge=0.0, le=1.0, description="the longest a single image waits for company"
     )
 
 

@@ -46,7 +46,7 @@ class BundleSettings:
 
     max_items: int = 8  # images per bundle; a bigger multipart request travels as several
     max_in_flight: int = 2  # partial bundles out at once before single images start to wait
-    max_wait_s: float = 0.005  # the longest a single image waits for company
+    max_wait_s: float = 0.05  # the longest a single image waits for company
 
 
 def failure_kind(exc: BaseException) -> str | None:
@@ -179,6 +179,18 @@ class Caller:
                 response.cancel()
             raise
         return answers
+
+    def stats(self) -> dict[str, Any]:
+        """This replica's bundling so far: settings, bundles and images sent, mean bundle size."""
+        c = self._coalescer
+        return {
+            "max_items": self._bundles.max_items,
+            "max_in_flight": self._bundles.max_in_flight,
+            "max_wait_s": self._bundles.max_wait_s,
+            "coalesced_bundles": c.bundles_sent,
+            "coalesced_images": c.items_sent,
+            "mean_coalesced_size": round(c.items_sent / c.bundles_sent, 2) if c.bundles_sent else 0,
+        }
 
     def _finish(self, out: Answer, started: float) -> Answer:
         if isinstance(out, ItemError):

@@ -255,4 +255,5 @@ class Ingress:
         except Unauthorized as exc:
             return self._error(exc, request.headers.get("x-request-id", ""))
         info = await self._describe.remote()
-        return json_response(info.to_dict())
+        # The bundling of the Ingress replica that answered (the Model reports its own batching).
+        return json_response({**info.to_dict(), "bundles": self._caller.stats()})
