@@ -241,8 +241,10 @@ def run_raw(config: dict[str, Any], work: Path, sets: dict[str, Path], args: Any
     if proc.returncode != 0:
         raise BenchError(f"the raw pipeline failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
-    # Cores others used meanwhile; the raw process itself used about one core-second per second.
-    own_cpu = sum(s["cpu_ms_per_image"] * s["images"] / 1000 for s in result["sets"].values())
+    # Cores others used meanwhile: the machine's busy time less the raw process's own CPU.
+    own_cpu = result.get("process_cpu_s") or sum(
+        s["cpu_ms_per_image"] * s["images"] / 1000 for s in result["sets"].values()
+    )
     result["other_cores"] = max(0.0, (busy1 - busy0 - own_cpu) / wall) if wall else math.nan
     result["wall_s"] = wall
     return result

@@ -267,7 +267,9 @@ class ServeProcess:
             stop_session(proc)
 
 
-def stop_session(proc: subprocess.Popen[bytes]) -> None:
+def stop_session(
+    proc: subprocess.Popen[bytes], leader_s: float = 60.0, group_s: float = 20.0
+) -> None:
     """SIGINT to a session leader we started, then to its group; SIGKILL what is left.
 
     `start_new_session` makes the process the leader of a session and a group with its pid;
@@ -276,8 +278,8 @@ def stop_session(proc: subprocess.Popen[bytes]) -> None:
     """
     sid = proc.pid
     steps: tuple[tuple[str, signal.Signals, float], ...] = (
-        ("leader", signal.SIGINT, 60.0),
-        ("group", signal.SIGINT, 20.0),
+        ("leader", signal.SIGINT, leader_s),
+        ("group", signal.SIGINT, group_s),
         ("session", signal.SIGKILL, 10.0),
     )
     for target, sig, wait_s in steps:
@@ -361,9 +363,11 @@ class LitServeProcess:
         self.started_s = time.perf_counter() - began
 
     def stop(self) -> None:
+        # LitServe's launcher can sit on Ctrl-C for a long while; it holds no state worth waiting
+        # for here, so its processes get a short grace before SIGKILL.
         proc, self.proc = self.proc, None
         if proc is not None:
-            stop_session(proc)
+            stop_session(proc, leader_s=10.0, group_s=5.0)
 
 
 # `/proc/<pid>/comm` the LitServe peer's inference worker gives itself (bench/peers/litserve_app).
