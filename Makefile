@@ -32,7 +32,7 @@ lint: setup
 	$(PY) kuberay/render.py --check
 
 # The benchmark (bench/README.md): the raw pipeline, a plain Ray Serve app, LitServe (with
-# `pip install -e '.[bench]'`) and the graph, each started in turn on 127.0.0.1:8000; ~10 minutes.
+# `pip install -e '.[bench]'`) and the graph, each started in turn on 127.0.0.1:8000; ~6 minutes.
 bench: setup
 	$(PY) -m bench.run
 
