@@ -31,7 +31,8 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(PY) kuberay/render.py --check
 
-# The benchmark (bench/README.md): starts the service itself on 127.0.0.1:8000, under 10 minutes.
+# The benchmark (bench/README.md): the raw pipeline, a plain Ray Serve app, LitServe (with
+# `pip install -e '.[bench]'`) and the graph, each started in turn on 127.0.0.1:8000; ~6 minutes.
 bench: setup
 	$(PY) -m bench.run
 

@@ -78,9 +78,13 @@ class Pipeline:
         )
         self.k = 5
         self.timing = {"decode": 0.0, "forward": 0.0, "postprocess": 0.0}
+        # Process CPU seconds per stage (torch's intra-op threads included: the stages run one
+        # after another in this process, so the process clock while a stage runs is its cost).
+        self.cpu = {"decode": 0.0, "forward": 0.0, "postprocess": 0.0}
 
     def sample(self, data: bytes) -> Sample:
         start = time.perf_counter()
+        cpu = time.process_time()
         done = decode(data, self.resize, self.limits)
         meta = Meta(
             item_id=new_item_id(),
@@ -91,15 +95,18 @@ class Pipeline:
             preprocess_ms=(time.perf_counter() - start) * 1000.0,
         )
         self.timing["decode"] += time.perf_counter() - start
+        self.cpu["decode"] += time.process_time() - cpu
         return Sample(meta=meta, pixels=done.pixels)
 
     def infer(self, samples: list[Sample]) -> list[Any]:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         raws = self.runner.run(samples)
         self.timing["forward"] += time.perf_counter() - start
-        start = time.perf_counter()
+        self.cpu["forward"] += time.process_time() - cpu
+        start, cpu = time.perf_counter(), time.process_time()
         out = [self.result(s, r) for s, r in zip(samples, raws, strict=True)]
         self.timing["postprocess"] += time.perf_counter() - start
+        self.cpu["postprocess"] += time.process_time() - cpu
         return out
 
     def result(self, sample: Sample, raw: Any) -> Result:
@@ -138,6 +145,7 @@ def measure(
 
     # Throughput: decode `batch` images, one forward pass, top-k each; repeat.
     pipe.timing = dict.fromkeys(pipe.timing, 0.0)
+    pipe.cpu = dict.fromkeys(pipe.cpu, 0.0)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     done = 0
     while done < n_images:
@@ -153,6 +161,7 @@ def measure(
         "throughput_ips": done / wall,
         "cpu_ms_per_image": cpu / done * 1000.0,
         "stage_ms_per_image": {k: v / done * 1000.0 for k, v in pipe.timing.items()},
+        "stage_cpu_ms_per_image": {k: v / done * 1000.0 for k, v in pipe.cpu.items()},
         "forward_ms_per_batch": pipe.timing["forward"] / (done / batch) * 1000.0,
         "single_ms": {
             "p50": percentile(single, 50),
@@ -161,6 +170,46 @@ def measure(
             "n": len(single),
         },
     }
+
+
+def forward_cpu_by_batch(
+    pipe: Pipeline, images: list[bytes], max_batch: int, passes: int
+) -> dict[str, float]:
+    """Process CPU ms per image of one forward pass (stack, normalise, model, top-k) per size.
+
+    What the serving-overhead column subtracts for the batch sizes the served items were in. The
+    median of `passes` passes per size: on a shared machine one pass can pay for another
+    process's burst (torch's threads spin while one of them waits for a core).
+    """
+    samples = [pipe.sample(images[i % len(images)]) for i in range(max_batch)]
+    out: dict[str, float] = {}
+    for size in range(1, max_batch + 1):
+        chunk = samples[:size]
+        pipe.runner.run(chunk)  # first pass of a new shape pays for oneDNN's set-up
+        per_pass = []
+        for _ in range(passes):
+            cpu = time.process_time()
+            pipe.runner.run(chunk)
+            per_pass.append((time.process_time() - cpu) / size * 1000.0)
+        out[str(size)] = percentile(per_pass, 50)
+    return out
+
+
+def references(pipe: Pipeline, folder: Path, keep: int = 10) -> dict[str, dict[str, list[Any]]]:
+    """Per image file (by stem): the top-`keep` class ids and scores, computed alone (batch 1).
+
+    The load generator checks every served top-5 against these: a mis-joined item gets another
+    image's scores, which differ by far more than batch composition ever moves them.
+    """
+    out: dict[str, dict[str, list[Any]]] = {}
+    for path in sorted(folder.glob("*.jpg")):
+        sample = pipe.sample(path.read_bytes())
+        ids, scores, _ = pipe.runner.forward(sample.pixels[None])[0]
+        out[path.stem] = {
+            "class_ids": [int(c) for c in ids[:keep]],
+            "scores": [float(s) for s in scores[:keep]],
+        }
+    return out
 
 
 def payloads(pipe: Pipeline, data: bytes) -> dict[str, Any]:
@@ -209,6 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n-images", type=int, default=160)
     parser.add_argument("--n-single", type=int, default=40)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    parser.add_argument(
+        "--forward-passes",
+        type=int,
+        default=5,
+        help="passes per batch size 1..batch for the forward-pass CPU table (0: skip)",
+    )
     parser.add_argument("--profile", action="store_true", help="print a cProfile of the loop")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
@@ -232,10 +287,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, folder in sets.items():
         images = [p.read_bytes() for p in sorted(folder.glob("*.jpg"))]
         out["sets"][name] = measure(pipe, images, args.batch, args.n_images, args.n_single)
+        out.setdefault("references", {})[name] = references(pipe, folder)
     target_images = [p.read_bytes() for p in sorted(args.images.glob("*.jpg"))]
     out["payloads"] = payloads(pipe, target_images[0])
+    if args.forward_passes > 0:
+        out["forward_cpu_ms_per_image_by_batch"] = forward_cpu_by_batch(
+            pipe, target_images, args.batch, args.forward_passes
+        )
     if args.profile:
         print(profile(pipe, target_images, args.batch, args.n_images), file=sys.stderr)
+    out["process_cpu_s"] = time.process_time()  # all of it, start-up included
     args.out.write_text(json.dumps(out, indent=2))
     return 0
 

@@ -1,8 +1,10 @@
-"""The benchmark: raw in-process pipeline vs the served graph, same images, model and run.
+"""The benchmark: the served graph against its peers, measured in one run on the same images and
+model: the raw in-process pipeline, a plain one-deployment Ray Serve app, LitServe (when the
+`bench` extra is installed) and the graph itself, over HTTP with the same load generator.
 
-    .venv/bin/python -m bench.run                      # start the service on :8000, full sweep
+    .venv/bin/python -m bench.run                      # start each system on :8000 in turn
     .venv/bin/python -m bench.run --port 8100          # same, another port
-    .venv/bin/python -m bench.run --url http://127.0.0.1:8000   # a service someone else runs
+    .venv/bin/python -m bench.run --url http://127.0.0.1:8000   # a graph someone else runs
 
 See bench/README.md for what each number means.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import importlib.util
 import json
 import math
 import os
@@ -29,20 +32,23 @@ import yaml
 
 from bench import images as imgs
 from bench import report
-from bench.loadgen import Body, get_json, run_point
+from bench.loadgen import Body, get_json, run_open_loop, run_point
+from bench.peers import rayserve_plain
 from bench.service import (
     ROOT,
     BenchError,
     CpuMeter,
     CpuSnapshot,
+    LitServeProcess,
     ServeProcess,
     bench_config,
+    litserve_role,
     load_config,
     model_user_config,
     port_in_use,
     system_cpu_s,
 )
-from bench.stats import summarise
+from bench.stats import arrival_offsets, open_loop_plan, serving_overhead, summarise
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BOUNDARY = "benchboundary7d1f0c"
@@ -58,6 +64,12 @@ class Workload:
     images_per_request: int
     image_set: str  # "target" (640x480 ~150 KB) or "mixed"
     concurrency: tuple[int, ...] | None = None  # None: the sweep
+    system: str = "graph"  # graph, plain (one-deployment Ray Serve app) or litserve
+    open_loop: bool = False  # also run the open-loop points after the closed-loop sweep
+    # The processes (CPU roles) that run the forward pass and the decode: the serving-overhead
+    # column takes the raw pipeline's cost of each out of these.
+    forward_role: str = "Model"
+    decode_role: str = "Preprocessor"
 
 
 def workloads(base_uc: dict[str, Any], names: list[str]) -> list[Workload]:
@@ -69,6 +81,7 @@ def workloads(base_uc: dict[str, Any], names: list[str]) -> list[Workload]:
             {"max_batch_size": 8, "batch_wait_timeout_s": wait},
             1,
             "target",
+            open_loop=True,
         ),
         "multipart8": Workload(
             "multipart8",
@@ -99,27 +112,67 @@ def workloads(base_uc: dict[str, Any], names: list[str]) -> list[Workload]:
     return [known[n] for n in names]
 
 
+# The peers: the same single-image requests, same batching settings, same sweep.
+PEERS = {
+    "plain": Workload(
+        "plain",
+        "plain Ray Serve app: one deployment, @serve.batch(8, 10 ms), single-image requests",
+        {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        1,
+        "target",
+        system="plain",
+        open_loop=True,
+        forward_role=rayserve_plain.DEPLOYMENT,
+        decode_role=rayserve_plain.DEPLOYMENT,
+    ),
+    "litserve": Workload(
+        "litserve",
+        "LitServe: max_batch_size 8, batch_timeout 10 ms, single-image requests",
+        {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        1,
+        "target",
+        system="litserve",
+        open_loop=True,
+        forward_role="LitServe worker",
+        decode_role="LitServe worker",
+    ),
+}
+SYSTEMS = ("graph", "plain", "litserve")
+
+
+def litserve_available() -> bool:
+    return importlib.util.find_spec("litserve") is not None
+
+
 def request_counts(images_per_request: int, concurrency: int, scale: float) -> tuple[int, int]:
     """(warm-up, measured) requests for one point: enough rounds per worker, bounded in total."""
     warmup = max(3, concurrency // 2)
-    if images_per_request == 1:
-        measured = max(60, 6 * concurrency)
-    else:
-        measured = max(10, (3 * concurrency) // 2)
+    measured = max(60, 6 * concurrency) if images_per_request == 1 else max(12, 3 * concurrency)
     return warmup, max(4, int(measured * scale))
 
 
-def _bodies(set_: list[imgs.Jpeg], per_request: int) -> list[Body]:
+def _bodies(
+    set_: list[imgs.Jpeg], per_request: int, refs: dict[str, Any] | None = None
+) -> list[Body]:
+    """Request bodies over the set; with `refs` (raw references by image name) each body carries
+    the reference top-k of its images so every answer is checked for a mis-join."""
+
+    def ref(j: imgs.Jpeg) -> Any:
+        return refs[j.name] if refs is not None else None
+
     if per_request == 1:
-        return [Body(j.data, "image/jpeg", 1) for j in set_]
+        return [
+            Body(j.data, "image/jpeg", 1, (ref(j),) if refs is not None else None) for j in set_
+        ]
     out = []
     for i in range(len(set_)):
-        chosen = [set_[(i + k) % len(set_)].data for k in range(per_request)]
+        chosen = [set_[(i + k) % len(set_)] for k in range(per_request)]
         out.append(
             Body(
-                imgs.multipart_body(chosen, BOUNDARY),
+                imgs.multipart_body([j.data for j in chosen], BOUNDARY),
                 f"multipart/form-data; boundary={BOUNDARY}",
                 per_request,
+                tuple(ref(j) for j in chosen) if refs is not None else None,
             )
         )
     return out
@@ -188,8 +241,10 @@ def run_raw(config: dict[str, Any], work: Path, sets: dict[str, Path], args: Any
     if proc.returncode != 0:
         raise BenchError(f"the raw pipeline failed:\n{proc.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.read_text())
-    # Cores others used meanwhile; the raw process itself used about one core-second per second.
-    own_cpu = sum(s["cpu_ms_per_image"] * s["images"] / 1000 for s in result["sets"].values())
+    # Cores others used meanwhile: the machine's busy time less the raw process's own CPU.
+    own_cpu = result.get("process_cpu_s") or sum(
+        s["cpu_ms_per_image"] * s["images"] / 1000 for s in result["sets"].values()
+    )
     result["other_cores"] = max(0.0, (busy1 - busy0 - own_cpu) / wall) if wall else math.nan
     result["wall_s"] = wall
     return result
@@ -257,6 +312,7 @@ def measure_point(
         )
     )
     point: dict[str, Any] = {
+        "loop": "closed",
         "concurrency": concurrency,
         "warmup_requests": warmup,
         "planned_requests": measured,
@@ -270,25 +326,253 @@ def measure_point(
     return point
 
 
+def measure_open_point(
+    url: str,
+    bodies: list[Body],
+    fraction: float,
+    rate: float,
+    count: int,
+    seed: int,
+    process: str,
+    label: str,
+    meter: CpuMeter | None,
+    progress: bool,
+    headers: dict[str, str],
+) -> dict[str, Any]:
+    """One open-loop point: `count` single-image requests at `rate` per second (offered load)."""
+    snaps: dict[str, CpuSnapshot] = {}
+
+    def on_window(which: str) -> None:
+        if meter is not None:
+            snaps[which] = meter.snapshot()
+
+    offsets = arrival_offsets(rate, count, process, seed)
+    warmup = max(2, count // 10)
+    run = asyncio.run(
+        run_open_loop(
+            f"{url}/v1/predict",
+            bodies,
+            offsets,
+            warmup,
+            label,
+            on_window=on_window,
+            progress=progress,
+            headers=headers,
+        )
+    )
+    point: dict[str, Any] = {
+        "loop": "open",
+        "arrivals": process,
+        "fraction_of_peak": fraction,
+        "offered_rps": rate,
+        "requests": count,
+        "warmup_requests": warmup,
+        "wall_s": run.wall_s,
+        "marks": run.marks,
+        "summary": summarise(run.samples, run.window_s),
+    }
+    if meter is not None and "start" in snaps and "end" in snaps:
+        point["cpu"] = CpuMeter.delta(snaps["start"], snaps["end"])
+    return point
+
+
+def _print_point(name: str, point: dict[str, Any]) -> None:
+    s = point["summary"]
+    where = (
+        f"c={point['concurrency']:<3}"
+        if point["loop"] == "closed"
+        else f"open {point['fraction_of_peak']:.1f}x {point['offered_rps']:5.1f}/s"
+    )
+    print(
+        f"{name:>10} {where} {s['throughput_ips']:6.1f} img/s  "
+        f"p50 {s['latency_ms']['p50']:7.1f}  p99 {s['latency_ms']['p99']:7.1f} ms  "
+        f"batch {s['batch_size_mean']:.2f}  errors {s['errors']}  "
+        f"mis-joined {s['mismatched_items']}/{s['checked_items']}  "
+        f"({s['requests']} req, {point['wall_s']:.0f} s"
+        + (", time-capped" if point.get("truncated_by_time") else "")
+        + ")",
+        flush=True,
+    )
+
+
+@dataclass
+class Sweep:
+    """What every system's measurement shares."""
+
+    args: Any
+    sets: dict[str, list[imgs.Jpeg]]
+    refs: dict[str, Any] | None
+    concurrency: tuple[int, ...]
+    multipart_concurrency: tuple[int, ...]
+    fractions: tuple[float, ...]
+    headers: dict[str, str]
+    progress: bool
+
+
+def run_workload(
+    w: Workload, url: str, sw: Sweep, meter: CpuMeter | None, service: ServeProcess | None
+) -> dict[str, Any]:
+    """The closed-loop sweep of one workload, then (if it has them) its open-loop points."""
+    bodies = _bodies(sw.sets[w.image_set], w.images_per_request, (sw.refs or {}).get(w.image_set))
+    sweep = w.concurrency or (
+        sw.multipart_concurrency if w.images_per_request > 1 else sw.concurrency
+    )
+    points = []
+    for c in sweep:
+        settle_s = settle(meter) if meter is not None else None
+        warmup, measured = request_counts(w.images_per_request, c, sw.args.scale)
+        point = measure_point(
+            url,
+            bodies,
+            c,
+            warmup,
+            measured,
+            f"{w.name} c={c}",
+            meter,
+            sw.args.max_point_s,
+            sw.progress,
+            sw.headers,
+        )
+        if settle_s is not None:
+            point["settle_s"] = settle_s
+        if service is not None:
+            point["replicas"] = service.replicas()
+        _print_point(w.name, point)
+        points.append(point)
+    entry: dict[str, Any] = {
+        "system": w.system,
+        "description": w.description,
+        "user_config": w.user_config,
+        "images_per_request": w.images_per_request,
+        "image_set": w.image_set,
+        "forward_role": w.forward_role,
+        "decode_role": w.decode_role,
+        "points": points,
+        "open_loop": [],
+    }
+    ok = [p["summary"]["throughput_rps"] for p in points if p["summary"]["ok_requests"]]
+    peak = max(ok, default=0.0)
+    entry["peak_rps"] = peak
+    if w.open_loop and sw.fractions and w.images_per_request == 1 and peak > 0:
+        plan = open_loop_plan(peak, sw.fractions, sw.args.open_loop_s)
+        for i, (fraction, rate, count) in enumerate(plan):
+            if meter is not None:
+                settle(meter)
+            point = measure_open_point(
+                url,
+                bodies,
+                fraction,
+                rate,
+                count,
+                seed=1000 + i,
+                process=sw.args.arrivals,
+                label=f"{w.name} open {fraction:.1f}x",
+                meter=meter,
+                progress=sw.progress,
+                headers=sw.headers,
+            )
+            _print_point(w.name, point)
+            entry["open_loop"].append(point)
+    return entry
+
+
+def add_overheads(result: dict[str, Any]) -> None:
+    """Serving CPU outside the forward pass and the decode, per image and process, every point."""
+    raw = result.get("raw", {})
+    decode_ms = raw.get("decode_cpu_ms_per_image")
+    forward = raw.get("forward_cpu_ms_per_image_by_batch")
+    if decode_ms is None or not forward:
+        return
+    for cfg in result["configs"].values():
+        for p in [*cfg["points"], *cfg.get("open_loop", [])]:
+            cpu = p.get("cpu")
+            if not cpu:
+                continue
+            s = p["summary"]
+            p["overhead"] = serving_overhead(
+                cpu["by_role_s"],
+                s["images"],
+                s["batch_size_hist"],
+                decode_ms,
+                forward,
+                cfg["forward_role"],
+                cfg["decode_role"],
+            )
+
+
+def average_raw(result: dict[str, Any]) -> None:
+    """The raw numbers the tables and targets use: the mean of the passes before and after."""
+    passes = [r for r in (result["raw"].get("before"), result["raw"].get("after")) if r]
+    if not passes:
+        return
+    raw = result["raw"]
+
+    def avg(get: Any) -> float:
+        return sum(get(r) for r in passes) / len(passes)
+
+    raw["throughput_ips"] = avg(lambda r: r["sets"]["target"]["throughput_ips"])
+    raw["single_p50_ms"] = avg(lambda r: r["sets"]["target"]["single_ms"]["p50"])
+    cpu = [r["sets"]["target"].get("stage_cpu_ms_per_image") for r in passes]
+    if all(cpu):
+        raw["decode_cpu_ms_per_image"] = avg(
+            lambda r: r["sets"]["target"]["stage_cpu_ms_per_image"]["decode"]
+        )
+        raw["forward_cpu_ms_per_image_batch8"] = avg(
+            lambda r: r["sets"]["target"]["stage_cpu_ms_per_image"]["forward"]
+        )
+    tables = [
+        r["forward_cpu_ms_per_image_by_batch"]
+        for r in passes
+        if r.get("forward_cpu_ms_per_image_by_batch")
+    ]
+    if tables:
+        raw["forward_cpu_ms_per_image_by_batch"] = {
+            k: sum(t[k] for t in tables) / len(tables) for k in tables[0]
+        }
+    if "mixed" in passes[0]["sets"]:
+        raw["mixed_ips"] = avg(lambda r: r["sets"]["mixed"]["throughput_ips"])
+    raw["payloads"] = passes[0]["payloads"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="Benchmark the served graph against the raw in-process pipeline."
+        description="Benchmark the served graph against its peers and the raw in-process pipeline."
     )
     parser.add_argument(
-        "--port", type=int, default=8000, help="HTTP port for the service it starts"
+        "--port", type=int, default=8000, help="HTTP port for the systems it starts, in turn"
     )
-    parser.add_argument("--url", help="benchmark a running service instead of starting one")
+    parser.add_argument("--url", help="benchmark a running graph instead of starting one")
     parser.add_argument("--config", type=Path, default=ROOT / "serve_config.yaml")
     parser.add_argument(
-        "--configs",
-        default="batch8,multipart8,mixed,batch1",
-        help="configurations to run, in order (batch8, multipart8, mixed, batch1)",
+        "--systems",
+        default=",".join(SYSTEMS),
+        help="which systems, in order: graph, plain (one-deployment Ray Serve app), litserve "
+        "(skipped with a message when the `bench` extra is not installed)",
     )
-    parser.add_argument("--concurrency", default="1,8,32,64", help="the sweep, requests in flight")
+    parser.add_argument(
+        "--configs",
+        default="batch8,multipart8",
+        help="the graph's configurations, in order (batch8, multipart8, mixed, batch1)",
+    )
+    parser.add_argument("--concurrency", default="1,8,32", help="the sweep, requests in flight")
     parser.add_argument(
         "--multipart-concurrency",
-        default="1,8,32",
-        help="the sweep for multipart requests (8 images each: 32 requests = 256 images in flight)",
+        default="1,4",
+        help="the sweep for multipart requests (8 images each: 4 requests = 32 images in flight)",
+    )
+    parser.add_argument(
+        "--open-loop",
+        default="0.5,0.8,1.0,1.2",
+        help="open-loop offered loads as fractions of each system's closed-loop peak ('' = none)",
+    )
+    parser.add_argument(
+        "--open-loop-s",
+        type=float,
+        default=10.0,
+        help="schedule length of one open-loop point in seconds (20..2000 requests)",
+    )
+    parser.add_argument(
+        "--arrivals", choices=("poisson", "uniform"), default="poisson", help="open-loop arrivals"
     )
     parser.add_argument(
         "--api-key",
@@ -333,13 +617,23 @@ def main(argv: list[str] | None = None) -> int:
         if not sep:
             raise BenchError(f"--set needs DOTTED=VALUE; got {item!r}")
         overrides[key] = yaml.safe_load(value)
-    concurrency = tuple(int(c) for c in args.concurrency.split(","))
-    multipart_concurrency = tuple(int(c) for c in args.multipart_concurrency.split(","))
+    systems = [s for s in args.systems.split(",") if s]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise BenchError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     base = load_config(args.config)
     base_uc = model_user_config(bench_config(base, args.port, None, overrides))
     env = dict(item.partition("=")[::2] for item in args.env)
-    plan = workloads(base_uc, [n for n in args.configs.split(",") if n])
+    plan = (
+        workloads(base_uc, [n for n in args.configs.split(",") if n]) if "graph" in systems else []
+    )
+    skipped: dict[str, str] = {}
+    if "litserve" in systems and not litserve_available():
+        skipped["litserve"] = (
+            "LitServe is not installed: `pip install -e '.[bench]'` (pins litserve) to measure it"
+        )
+        systems.remove("litserve")
     progress = not args.no_progress
 
     import ray
@@ -357,11 +651,20 @@ def main(argv: list[str] | None = None) -> int:
         "commit": _git_commit(),
         "model": "resnet18",
         "url": args.url,
+        "systems": systems,
+        "skipped": skipped,
         "overrides": overrides,
         "env": env,
+        "arrivals": args.arrivals,
         "loadavg_start": os.getloadavg(),
     }
+    if "litserve" in systems:
+        import litserve
+
+        meta["litserve"] = litserve.__version__
     print(f"bench: {label}, {meta['command']}")
+    for name, why in skipped.items():
+        print(f"  skip {name}: {why}")
     meta["foreign_top"] = _foreign_top(set())
     for proc in meta["foreign_top"]:
         print(f"  also running: {proc['cpu_pct']:.0f}% {proc['cmd'][:100]}")
@@ -391,6 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             folders[name] = folder
         first_uc = plan[0].user_config if plan else base_uc
         config = bench_config(base, args.port, first_uc, overrides)
+        peer_config = config  # the peers take the model args of the graph's first config
 
         def raw_pass(when: str) -> None:
             if args.no_raw:
@@ -401,116 +705,36 @@ def main(argv: list[str] | None = None) -> int:
             tgt = r["sets"]["target"]
             print(
                 f"raw pipeline ({when}): {tgt['throughput_ips']:.1f} img/s at batch 8, "
-                f"single image p50 {tgt['single_ms']['p50']:.1f} ms, torch threads "
+                f"single image p50 {tgt['single_ms']['p50']:.1f} ms, decode CPU "
+                f"{tgt['stage_cpu_ms_per_image']['decode']:.1f} ms/img, forward CPU "
+                f"{tgt['stage_cpu_ms_per_image']['forward']:.1f} ms/img, torch threads "
                 f"{r['torch_threads']}, other load {r['other_cores']:.2f} cores "
                 f"({time.perf_counter() - t:.0f} s)"
             )
 
-        service: ServeProcess | None = None
-        url = args.url.rstrip("/") if args.url else None
-        try:
-            raw_pass("before")
-            if url is None:
-                if port_in_use(args.port):
-                    raise BenchError(
-                        f"port {args.port} is already in use on 127.0.0.1; pass --port with a "
-                        "free one, or --url to benchmark the service listening there"
-                    )
-                service = ServeProcess(config, work, args.port, env)
-                t = time.perf_counter()
-                print(f"starting serve run on port {args.port} …", flush=True)
-                service.start()
-                url = service.url
-                print(
-                    f"service up in {time.perf_counter() - t:.0f} s "
-                    f"(dashboard {service.dashboard or 'unavailable: restarts per config'})"
-                )
-            meter = CpuMeter(service.proc.pid) if service and service.proc else None
-            status, info = asyncio.run(get_json(f"{url}/v1/model", headers=headers))
-            if status != 200:
-                raise BenchError(f"GET {url}/v1/model answered {status}: {info}")
-            meta["service_model"] = {k: info.get(k) for k in ("model", "device", "batching")}
-            applied = model_user_config(config)
-            for w in plan:
-                if service is not None and w.user_config != applied:
-                    if meter is not None:
-                        settle(meter)
-                    t = time.perf_counter()
-                    config = bench_config(base, args.port, w.user_config, overrides)
-                    how = service.apply(config)
-                    applied = w.user_config
-                    meter = CpuMeter(service.proc.pid) if service.proc else None
-                    print(f"applied {w.user_config} by {how} in {time.perf_counter() - t:.0f} s")
-                elif service is None:
-                    _, info = asyncio.run(get_json(f"{url}/v1/model", headers=headers))
-                    live = info.get("batching", {})
-                    if live.get("max_batch_size") != w.user_config["max_batch_size"]:
-                        print(f"skip {w.name}: the service at {url} runs {live}")
-                        continue
-                bodies = _bodies(sets[w.image_set], w.images_per_request)
-                points = []
-                sweep = w.concurrency or (
-                    multipart_concurrency if w.images_per_request > 1 else concurrency
-                )
-                for c in sweep:
-                    if meter is not None:
-                        settle_s = settle(meter)
-                    warmup, measured = request_counts(w.images_per_request, c, args.scale)
-                    point = measure_point(
-                        url,
-                        bodies,
-                        c,
-                        warmup,
-                        measured,
-                        f"{w.name} c={c}",
-                        meter,
-                        args.max_point_s,
-                        progress,
-                        headers,
-                    )
-                    if meter is not None:
-                        point["settle_s"] = settle_s
-                    if service is not None:
-                        point["replicas"] = service.replicas()
-                    s = point["summary"]
-                    print(
-                        f"{w.name:>10} c={c:<3} {s['throughput_ips']:6.1f} img/s  "
-                        f"p50 {s['latency_ms']['p50']:7.1f}  p99 {s['latency_ms']['p99']:7.1f} ms  "
-                        f"batch {s['batch_size_mean']:.2f}  errors {s['errors']}  "
-                        f"({s['requests']} req, {point['wall_s']:.0f} s"
-                        + (", time-capped" if point["truncated_by_time"] else "")
-                        + ")",
-                        flush=True,
-                    )
-                    points.append(point)
-                result["configs"][w.name] = {
-                    "description": w.description,
-                    "user_config": w.user_config,
-                    "images_per_request": w.images_per_request,
-                    "image_set": w.image_set,
-                    "points": points,
-                }
-        finally:
-            if service is not None:
-                t = time.perf_counter()
-                service.stop()
-                print(f"service stopped ({time.perf_counter() - t:.0f} s)")
+        raw_pass("before")
+        refs = result["raw"]["before"].get("references") if "before" in result["raw"] else None
+        sw = Sweep(
+            args=args,
+            sets=sets,
+            refs=refs,
+            concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+            multipart_concurrency=tuple(int(c) for c in args.multipart_concurrency.split(",")),
+            fractions=tuple(float(f) for f in args.open_loop.split(",") if f.strip()),
+            headers=headers,
+            progress=progress,
+        )
+        for system in systems:
+            if system == "graph":
+                measure_graph(result, plan, base, overrides, env, config, work, sw)
+            elif system == "plain":
+                measure_plain(result, peer_config, work, sw)
+            else:
+                measure_litserve(result, peer_config, work, sw)
         raw_pass("after")
 
-    passes = [r for r in (result["raw"].get("before"), result["raw"].get("after")) if r]
-    if passes:
-        result["raw"]["throughput_ips"] = sum(
-            r["sets"]["target"]["throughput_ips"] for r in passes
-        ) / len(passes)
-        result["raw"]["single_p50_ms"] = sum(
-            r["sets"]["target"]["single_ms"]["p50"] for r in passes
-        ) / len(passes)
-        if "mixed" in passes[0]["sets"]:
-            result["raw"]["mixed_ips"] = sum(
-                r["sets"]["mixed"]["throughput_ips"] for r in passes
-            ) / len(passes)
-        result["raw"]["payloads"] = passes[0]["payloads"]
-
+    average_raw(result)
+    add_overheads(result)
     meta["loadavg_end"] = os.getloadavg()
     meta["foreign_cores"] = {
         "raw " + k: v["other_cores"]
@@ -520,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     served = [
         p["cpu"]["other_s"] / p["cpu"]["wall_s"]
         for cfg in result["configs"].values()
-        for p in cfg["points"]
+        for p in [*cfg["points"], *cfg.get("open_loop", [])]
         if p.get("cpu")
     ]
     if served:
@@ -534,6 +758,8 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / f"{label}.md").write_text(report.markdown(result, verdicts))
     written = report.plots(result, args.out)
     print()
+    print(report.headline(result))
+    print()
     for t in verdicts:
         print(t.line())
     print(
@@ -541,6 +767,104 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"wall time {meta['wall_s']:.0f} s ({meta['wall_s'] / 60:.1f} min)")
     return 0
+
+
+def measure_graph(
+    result: dict[str, Any],
+    plan: list[Workload],
+    base: dict[str, Any],
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    config: dict[str, Any],
+    work: Path,
+    sw: Sweep,
+) -> None:
+    """The graph: start it (unless --url), then each configuration's sweep, applied live."""
+    args, headers, meta = sw.args, sw.headers, result["meta"]
+    service: ServeProcess | None = None
+    url = args.url.rstrip("/") if args.url else None
+    try:
+        if url is None:
+            if port_in_use(args.port):
+                raise BenchError(
+                    f"port {args.port} is already in use on 127.0.0.1; pass --port with a "
+                    "free one, or --url to benchmark the service listening there"
+                )
+            service = ServeProcess(config, work, args.port, env)
+            t = time.perf_counter()
+            print(f"starting the graph (serve run) on port {args.port} …", flush=True)
+            service.start()
+            url = service.url
+            print(
+                f"graph up in {time.perf_counter() - t:.0f} s "
+                f"(dashboard {service.dashboard or 'unavailable: restarts per config'})"
+            )
+        meter = CpuMeter(service.proc.pid) if service and service.proc else None
+        status, info = asyncio.run(get_json(f"{url}/v1/model", headers=headers))
+        if status != 200:
+            raise BenchError(f"GET {url}/v1/model answered {status}: {info}")
+        meta["service_model"] = {k: info.get(k) for k in ("model", "device", "batching")}
+        applied = model_user_config(config)
+        for w in plan:
+            if service is not None and w.user_config != applied:
+                if meter is not None:
+                    settle(meter)
+                t = time.perf_counter()
+                config = bench_config(base, args.port, w.user_config, overrides)
+                how = service.apply(config)
+                applied = w.user_config
+                meter = CpuMeter(service.proc.pid) if service.proc else None
+                print(f"applied {w.user_config} by {how} in {time.perf_counter() - t:.0f} s")
+            elif service is None:
+                _, info = asyncio.run(get_json(f"{url}/v1/model", headers=headers))
+                live = info.get("batching", {})
+                if live.get("max_batch_size") != w.user_config["max_batch_size"]:
+                    print(f"skip {w.name}: the service at {url} runs {live}")
+                    continue
+            result["configs"][w.name] = run_workload(w, url, sw, meter, service)
+    finally:
+        if service is not None:
+            t = time.perf_counter()
+            service.stop()
+            print(f"graph stopped ({time.perf_counter() - t:.0f} s)")
+
+
+def measure_plain(
+    result: dict[str, Any], graph_config: dict[str, Any], work: Path, sw: Sweep
+) -> None:
+    """The plain Ray Serve peer, started with `serve run` like the graph, on the same port."""
+    port = sw.args.port
+    config = rayserve_plain.serve_config(graph_config, port)
+    service = ServeProcess(config, work, port, app=rayserve_plain.APP)
+    try:
+        t = time.perf_counter()
+        print(f"starting the plain Ray Serve peer (serve run) on port {port} …", flush=True)
+        service.start()
+        print(f"plain Ray Serve peer up in {time.perf_counter() - t:.0f} s")
+        meter = CpuMeter(service.proc.pid) if service.proc else None
+        result["configs"]["plain"] = run_workload(PEERS["plain"], service.url, sw, meter, service)
+    finally:
+        t = time.perf_counter()
+        service.stop()
+        print(f"plain Ray Serve peer stopped ({time.perf_counter() - t:.0f} s)")
+
+
+def measure_litserve(
+    result: dict[str, Any], graph_config: dict[str, Any], work: Path, sw: Sweep
+) -> None:
+    """The LitServe peer, in a session of its own, on the same port."""
+    server = LitServeProcess(graph_config, work, sw.args.port)
+    try:
+        t = time.perf_counter()
+        print(f"starting the LitServe peer on port {sw.args.port} …", flush=True)
+        server.start()
+        print(f"LitServe peer up in {time.perf_counter() - t:.0f} s")
+        meter = CpuMeter(server.proc.pid, litserve_role) if server.proc else None
+        result["configs"]["litserve"] = run_workload(PEERS["litserve"], server.url, sw, meter, None)
+    finally:
+        t = time.perf_counter()
+        server.stop()
+        print(f"LitServe peer stopped ({time.perf_counter() - t:.0f} s)")
 
 
 def entry() -> int:

@@ -19,6 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,8 @@ class ServeProcess:
     workdir: Path
     port: int
     env: dict[str, str] = field(default_factory=dict)
+    app: str = APP  # the application whose details and replicas are read
+    health_path: str = "/v1/health"
     proc: subprocess.Popen[bytes] | None = None
     dashboard: str | None = None
     started_s: float = 0.0
@@ -144,7 +147,7 @@ class ServeProcess:
     log_path: Path = field(init=False)
 
     def __post_init__(self) -> None:
-        self.log_path = self.workdir / "serve_run.log"
+        self.log_path = self.workdir / f"serve_run.{self.app}.log"
 
     @property
     def url(self) -> str:
@@ -156,27 +159,16 @@ class ServeProcess:
                 f"port {self.port} is already in use on 127.0.0.1; stop what listens there, "
                 "pass --port with a free one, or pass --url to benchmark that running service"
             )
-        path = self.workdir / f"serve_config.bench.{self.restarts}.yaml"
+        path = self.workdir / f"serve_config.{self.app}.{self.restarts}.yaml"
         path.write_text(yaml.safe_dump(self.config, sort_keys=False))
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | self.env
-        env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(
-            os.pathsep
-        )
         began = time.perf_counter()
-        log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [str(SERVE), "run", str(path), "--address", "local"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            # Launched from a backgrounded shell, SIGINT arrives ignored; stop() relies on it.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        self.proc = launch(
+            [str(SERVE), "run", str(path), "--address", "local"], self.log_path, self.env
         )
-        log.close()
         try:
-            wait_for(self._healthy, timeout_s, f"the service to answer on {self.url}/v1/health")
+            wait_for(
+                self._healthy, timeout_s, f"the service to answer on {self.url}{self.health_path}"
+            )
         except BenchError:
             tail = self.log_tail()
             self.stop()
@@ -195,7 +187,7 @@ class ServeProcess:
             raise BenchError(
                 f"serve run exited with status {self.proc.returncode}:\n{self.log_tail()}"
             )
-        status, _ = http_json("GET", f"{self.url}/v1/health", timeout_s=5)
+        status, _ = http_json("GET", f"{self.url}{self.health_path}", timeout_s=5)
         return status == 200
 
     def log_tail(self, chars: int = 4000) -> str:
@@ -245,7 +237,7 @@ class ServeProcess:
         details = self.serve_details()
         if details is None:
             return True
-        app = details.get("applications", {}).get(APP, {})
+        app = details.get("applications", {}).get(self.app, {})
         deployments = app.get("deployments", {}).values()
         return app.get("status") == "RUNNING" and all(
             d.get("status") == "HEALTHY" for d in deployments
@@ -262,49 +254,137 @@ class ServeProcess:
         details = self.serve_details()
         if details is None:
             return {}
-        app = details.get("applications", {}).get(APP, {})
+        app = details.get("applications", {}).get(self.app, {})
         return {
             name: sum(1 for r in d.get("replicas", []) if r.get("state") == "RUNNING")
             for name, d in app.get("deployments", {}).items()
         }
 
     def stop(self) -> None:
-        """SIGINT to `serve run` (it shuts Serve down), then to its group; SIGKILL stragglers.
+        """SIGINT to `serve run` (it shuts Serve down), then to its group; SIGKILL stragglers."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_session(proc)
 
-        `start_new_session` makes `serve run` the leader of a session and a group with its pid;
-        Ray's workers get groups of their own inside that session, so stragglers are found by
-        session id: every one of them is a process this benchmark started.
-        """
-        proc = self.proc
-        if proc is None:
-            return
-        self.proc = None
-        sid = proc.pid
-        steps: tuple[tuple[str, signal.Signals, float], ...] = (
-            ("leader", signal.SIGINT, 60.0),
-            ("group", signal.SIGINT, 20.0),
-            ("session", signal.SIGKILL, 10.0),
+
+def stop_session(
+    proc: subprocess.Popen[bytes], leader_s: float = 60.0, group_s: float = 20.0
+) -> None:
+    """SIGINT to a session leader we started, then to its group; SIGKILL what is left.
+
+    `start_new_session` makes the process the leader of a session and a group with its pid;
+    Ray's workers (and LitServe's) get groups of their own inside that session, so stragglers
+    are found by session id: every one of them is a process this benchmark started.
+    """
+    sid = proc.pid
+    steps: tuple[tuple[str, signal.Signals, float], ...] = (
+        ("leader", signal.SIGINT, leader_s),
+        ("group", signal.SIGINT, group_s),
+        ("session", signal.SIGKILL, 10.0),
+    )
+    for target, sig, wait_s in steps:
+        try:
+            if target == "leader":
+                if proc.poll() is None:
+                    proc.send_signal(sig)
+            elif target == "group":
+                os.killpg(sid, sig)
+            else:
+                for pid in session_pids(sid):
+                    os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if proc.poll() is not None and not session_pids(sid):
+                return
+            time.sleep(0.25)
+    left = session_pids(sid)
+    if left:
+        print(f"  warning: processes {left} of session {sid} outlived SIGKILL", file=sys.stderr)
+
+
+def launch(cmd: list[str], log_path: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start `cmd` in the repo root, in a session of its own, logging to `log_path`."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | extra_env
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            cmd,
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            # Launched from a backgrounded shell, SIGINT arrives ignored; stop relies on it.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
-        for target, sig, wait_s in steps:
-            try:
-                if target == "leader":
-                    if proc.poll() is None:
-                        proc.send_signal(sig)
-                elif target == "group":
-                    os.killpg(sid, sig)
-                else:
-                    for pid in session_pids(sid):
-                        os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-            deadline = time.monotonic() + wait_s
-            while time.monotonic() < deadline:
-                if proc.poll() is not None and not session_pids(sid):
-                    return
-                time.sleep(0.25)
-        left = session_pids(sid)
-        if left:
-            print(f"  warning: processes {left} of session {sid} outlived SIGKILL", file=sys.stderr)
+
+
+@dataclass
+class LitServeProcess:
+    """The LitServe peer (`python -m bench.peers.litserve_app`) in a session of its own."""
+
+    config: dict[str, Any]  # the graph's generated config: the peer takes its model args
+    workdir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+    started_s: float = 0.0
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "litserve.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 300.0) -> None:
+        if port_in_use(self.port):
+            raise BenchError(f"port {self.port} is already in use on 127.0.0.1")
+        path = self.workdir / "litserve_config.yaml"
+        path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        cmd = [sys.executable, "-m", "bench.peers.litserve_app", "--config", str(path)]
+        began = time.perf_counter()
+        self.proc = launch([*cmd, "--port", str(self.port)], self.log_path, {})
+
+        def healthy() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise BenchError(f"LitServe exited with status {self.proc.returncode}")
+            status, _ = http_json("GET", f"{self.url}/health", timeout_s=5)
+            return status == 200
+
+        try:
+            wait_for(healthy, timeout_s, f"LitServe to answer on {self.url}/health")
+        except BenchError as exc:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            self.stop()
+            raise BenchError(f"{exc}; LitServe log tail:\n{tail}") from None
+        self.started_s = time.perf_counter() - began
+
+    def stop(self) -> None:
+        # LitServe's launcher can sit on Ctrl-C for a long while; it holds no state worth waiting
+        # for here, so its processes get a short grace before SIGKILL.
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_session(proc, leader_s=10.0, group_s=5.0)
+
+
+# `/proc/<pid>/comm` the LitServe peer's inference worker gives itself (bench/peers/litserve_app).
+LITSERVE_WORKER_COMM = "bench-lsworker"
+
+
+def litserve_role(pid: int, sid: int) -> str:
+    """LitServe's processes: the inference worker (it renames itself), the launcher, the rest."""
+    try:
+        comm = Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "gone"
+    if comm == LITSERVE_WORKER_COMM:
+        return "LitServe worker"
+    if pid == sid:
+        return "LitServe main"
+    return "LitServe API server/queues"
 
 
 # --- CPU accounting from /proc ------------------------------------------------------------------
@@ -388,8 +468,9 @@ def session_pids(sid: int) -> list[int]:
 class CpuMeter:
     """CPU seconds per role in the service's session, the client's own, and the machine's."""
 
-    def __init__(self, sid: int | None) -> None:
+    def __init__(self, sid: int | None, role: Callable[[int, int], str] | None = None) -> None:
         self.sid = sid
+        self.role = role or (lambda pid, _sid: _role(pid))
 
     def snapshot(self) -> CpuSnapshot:
         by_pid: dict[int, tuple[str, float]] = {}
@@ -401,7 +482,7 @@ class CpuMeter:
                 stat = _read_stat(pid)
                 if stat is None or stat[1] != self.sid:
                     continue
-                by_pid[pid] = (_role(pid), stat[2])
+                by_pid[pid] = (self.role(pid, self.sid), stat[2])
         busy, total = system_cpu_s()
         times = os.times()
         return CpuSnapshot(time.perf_counter(), by_pid, busy, total, times.user + times.system)

@@ -6,6 +6,7 @@ No Ray, no HTTP, no torch: `tests/unit/test_bench.py` checks these directly.
 from __future__ import annotations
 
 import math
+import random
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -64,6 +65,8 @@ class Sample:
     status: int
     images: int  # images answered successfully in this request
     failed_items: int = 0  # multipart items answered with an error
+    checked: int = 0  # answered items compared with their image's reference top-5
+    mismatched: int = 0  # ... and found to carry another image's answer (a mis-join)
     batch_sizes: list[int] = field(default_factory=list)
     timings: list[dict[str, float]] = field(default_factory=list)
 
@@ -98,6 +101,8 @@ def summarise(samples: Sequence[Sample], window_s: float) -> dict[str, Any]:
         },
         "errors": sum(errors.values()) + item_errors,
         "errors_by_status": dict(errors) | ({"item": item_errors} if item_errors else {}),
+        "checked_items": sum(s.checked for s in ok),
+        "mismatched_items": sum(s.mismatched for s in ok),
         "batch_size_hist": {str(k): v for k, v in hist.items()},
         "batch_size_mean": weighted_mean_batch(hist),
         "batch_size_mean_per_pass": pass_mean_batch(hist),
@@ -176,3 +181,214 @@ def idle_latency_target(
 def effective_batch_wait_ms(max_batch_size: int, batch_wait_timeout_s: float) -> float:
     """The wait an idle request pays: none when a batch of one is already full."""
     return 0.0 if max_batch_size <= 1 else batch_wait_timeout_s * 1000.0
+
+
+# --- mis-joins: every served top-5 against the in-process reference for that exact image ------
+
+SCORE_TOLERANCE = 1e-4  # batch composition moves a score by ~1e-8; two images differ by ~1e-3
+
+
+def top_k_matches(
+    predictions: Sequence[Mapping[str, Any]],
+    reference: Mapping[str, Sequence[Any]],
+    k: int = 5,
+    tolerance: float = SCORE_TOLERANCE,
+) -> bool:
+    """Whether a served top-k is the reference image's: same classes, same scores within tolerance.
+
+    `reference` holds the image's top (k + a few) class ids and scores computed alone in-process,
+    so near-ties that swap order between batch sizes still match. The ids alone would not do: a
+    randomly initialised model ranks the same few classes first for every image, but the scores
+    differ per image.
+    """
+    ref = dict(zip(reference["class_ids"], reference["scores"], strict=True))
+    if len(predictions) != min(k, len(ref)):
+        return False
+    for p in predictions:
+        score = ref.get(int(p["class_id"]))
+        if score is None or abs(float(p["score"]) - float(score)) > tolerance:
+            return False
+    return True
+
+
+# --- serving overhead: service CPU outside the forward pass and the decode, by process -----------
+
+PROCESS_GROUP_ORDER = (
+    "Ingress",
+    "Preprocessor",
+    "Model",
+    "Postprocessor",
+    "HTTP proxy",
+    "raylet",
+    "GCS/controller/other",
+)
+_OTHER_ROLES = frozenset(
+    {
+        "controller",
+        "gcs_server",
+        "dashboard",
+        "dashboard agent",
+        "runtime_env agent",
+        "log monitor",
+        "monitor",
+        "serve run driver",
+        "ray worker (idle)",
+        "gone",
+        "other",
+    }
+)
+
+
+def process_group(role: str) -> str:
+    """The column a process's CPU lands in: a Serve replica by its deployment name, the HTTP
+    proxy, the raylet, or everything else Ray runs (GCS, Serve controller, dashboard, monitors).
+    Roles of peers that are not Ray (LitServe's processes) pass through unchanged."""
+    if role in ("HTTP proxy", "raylet"):
+        return role
+    if role in _OTHER_ROLES or role.startswith(("ray::", "other")):
+        return "GCS/controller/other"
+    return role
+
+
+def forward_cpu_per_image(table: Mapping[str, float], batch_size: int) -> float:
+    """Raw forward CPU ms per image at `batch_size`, the nearest measured size when not measured."""
+    if not table:
+        return math.nan
+    sizes = sorted(int(k) for k in table)
+    nearest = min(sizes, key=lambda s: (abs(s - batch_size), -s))
+    return float(table[str(nearest)])
+
+
+def serving_overhead(
+    by_role_s: Mapping[str, float],
+    images: int,
+    batch_hist: Mapping[int, int] | Mapping[str, int],
+    decode_cpu_ms: float,
+    forward_cpu_ms_by_batch: Mapping[str, float],
+    forward_role: str,
+    decode_role: str,
+) -> dict[str, Any]:
+    """Service CPU ms per image with the work any server must do taken out, split by process.
+
+    The forward pass costs what the raw pipeline measured per image at the batch size each item
+    was actually in (`batch_hist`, per item); it is taken from the process that runs the model.
+    The decode costs the raw pipeline's decode CPU per image, taken from the process that decodes.
+    What is left is serving: HTTP, (de)serialisation, hops between processes, queues, Ray's own
+    processes. Items without a reported batch size count at the largest measured size.
+    """
+    if images <= 0:
+        return {
+            "total_ms": math.nan,
+            "by_group_ms": {},
+            "forward_ms": math.nan,
+            "decode_ms": math.nan,
+        }
+    groups: dict[str, float] = {}
+    for role, secs in by_role_s.items():
+        g = process_group(role)
+        groups[g] = groups.get(g, 0.0) + secs * 1000.0
+    hist = {int(k): int(v) for k, v in batch_hist.items()}
+    counted = sum(hist.values())
+    largest = max((int(k) for k in forward_cpu_ms_by_batch), default=1)
+    forward_ms = sum(n * forward_cpu_per_image(forward_cpu_ms_by_batch, b) for b, n in hist.items())
+    forward_ms += max(0, images - counted) * forward_cpu_per_image(forward_cpu_ms_by_batch, largest)
+    decode_ms = images * decode_cpu_ms
+    for role, ms in ((forward_role, forward_ms), (decode_role, decode_ms)):
+        key = role if role in groups else "unattributed"
+        groups[key] = groups.get(key, 0.0) - ms
+    order = {g: i for i, g in enumerate(PROCESS_GROUP_ORDER)}
+    by_group = {
+        g: ms / images
+        for g, ms in sorted(groups.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0]))
+    }
+    return {
+        "total_ms": sum(by_group.values()),
+        "by_group_ms": by_group,
+        "forward_ms": forward_ms / images,
+        "decode_ms": decode_ms / images,
+    }
+
+
+# --- open loop: a fixed arrival rate, bounded in count and time ---------------------------------
+
+
+def arrival_offsets(
+    rate: float, count: int, process: str = "poisson", seed: int = 0
+) -> list[float]:
+    """Send times in seconds from the start: Poisson (exponential gaps, seeded) or uniform."""
+    if rate <= 0 or count <= 0:
+        return []
+    if process == "uniform":
+        return [i / rate for i in range(count)]
+    if process != "poisson":
+        raise ValueError(f"arrival process must be poisson or uniform; got {process!r}")
+    rng = random.Random(seed)
+    t, out = 0.0, []
+    for _ in range(count):
+        out.append(t)
+        t += rng.expovariate(rate)
+    return out
+
+
+def open_loop_plan(
+    peak_rps: float,
+    fractions: Sequence[float],
+    duration_s: float,
+    min_requests: int = 20,
+    max_requests: int = 2000,
+) -> list[tuple[float, float, int]]:
+    """(fraction of the closed-loop peak, offered requests/s, requests) per open-loop point."""
+    plan = []
+    for f in fractions:
+        rate = f * peak_rps
+        if not rate > 0:
+            continue
+        n = max(min_requests, min(max_requests, round(rate * duration_s)))
+        plan.append((f, rate, n))
+    return plan
+
+
+# --- the issue's targets, generic forms -----------------------------------------------------------
+
+
+def ratio_target(name: str, measured: float, reference: float, ratio: float, what: str) -> Target:
+    """measured >= ratio x reference (throughputs)."""
+    limit = ratio * reference
+    ok = reference > 0 and measured >= limit
+    detail = (
+        f"{measured:.1f} img/s vs {ratio:.2f} x {what} {reference:.1f} = {limit:.1f} "
+        f"({measured / reference:.2f} x)"
+        if reference > 0
+        else f"no {what} measurement"
+    )
+    return Target(name, ok, measured, limit, detail)
+
+
+def ceiling_target(name: str, measured: float, limit: float, unit: str) -> Target:
+    """measured <= limit; a NaN measurement misses."""
+    return Target(
+        name, measured <= limit, measured, limit, f"{measured:.1f} vs <= {limit:g} {unit}"
+    )
+
+
+def peer_latency_target(name: str, p50_ms: float, peer_p50_ms: float, slack_ms: float) -> Target:
+    """p50 <= the peer's p50 + slack."""
+    limit = peer_p50_ms + slack_ms
+    return Target(
+        name,
+        p50_ms <= limit,
+        p50_ms,
+        limit,
+        f"p50 {p50_ms:.1f} ms vs peer {peer_p50_ms:.1f} + {slack_ms:g} = {limit:.1f} ms "
+        f"({p50_ms - peer_p50_ms:+.1f} ms)",
+    )
+
+
+def mismatch_target(name: str, mismatched: int, checked: int) -> Target:
+    return Target(
+        name,
+        mismatched == 0 and checked > 0,
+        float(mismatched),
+        0.0,
+        f"{mismatched} of {checked} answered items did not match their image's reference top-5",
+    )

@@ -2,28 +2,41 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
 import orjson
 import pytest
 
+from bench import report
 from bench.images import multipart_body
 from bench.loadgen import parse_response
+from bench.peers.rayserve_plain import serve_config as plain_serve_config
 from bench.run import request_counts
 from bench.service import bench_config, set_path
 from bench.stats import (
     Sample,
+    arrival_offsets,
     batch_fill_target,
+    ceiling_target,
     effective_batch_wait_ms,
+    forward_cpu_per_image,
     forward_passes,
     histogram,
     idle_latency_target,
+    mismatch_target,
+    open_loop_plan,
     p99_target,
     pass_mean_batch,
+    peer_latency_target,
     percentile,
+    process_group,
+    ratio_target,
+    serving_overhead,
     summarise,
     throughput_target,
+    top_k_matches,
     weighted_mean_batch,
 )
 from deployments.http import image_parts, parse_multipart
@@ -110,7 +123,8 @@ def test_targets_compare_with_the_right_limits() -> None:
 def test_request_counts_scale_with_concurrency() -> None:
     assert request_counts(1, 1, 1.0) == (3, 60)
     assert request_counts(1, 64, 1.0) == (32, 384)
-    assert request_counts(8, 32, 1.0) == (16, 48)
+    assert request_counts(8, 4, 1.0) == (3, 12)
+    assert request_counts(8, 32, 1.0) == (16, 96)
     assert request_counts(1, 32, 0.01)[1] == 4
 
 
@@ -149,3 +163,251 @@ def test_bench_config_overrides_model_port_and_user_config() -> None:
     assert base["http_options"]["port"] == 8000  # the base is not modified
     set_path(config, "applications.0.args.decode_threads", 1)
     assert config["applications"][0]["args"]["decode_threads"] == 1
+
+
+REF_A = {
+    "class_ids": [238, 58, 381, 590, 76, 10, 11],
+    "scores": [0.0137, 0.0118, 0.0105, 0.0077, 0.0067, 0.006, 0.005],
+}
+REF_B = {
+    "class_ids": [238, 58, 381, 590, 76, 10, 11],
+    "scores": [0.0235, 0.0171, 0.0152, 0.0095, 0.0081, 0.007, 0.006],
+}
+
+
+def _preds(
+    ref: dict[str, list[float]], order: tuple[int, ...] = (0, 1, 2, 3, 4)
+) -> list[dict[str, float]]:
+    return [{"class_id": ref["class_ids"][i], "score": ref["scores"][i] + 1e-8} for i in order]
+
+
+def test_top_k_matches_by_scores_not_just_classes() -> None:
+    assert top_k_matches(_preds(REF_A), REF_A)
+    assert top_k_matches(_preds(REF_A, (0, 2, 1, 3, 4)), REF_A)  # a near-tie swapped
+    # Same five classes (a random model ranks them first for every image), other scores.
+    assert not top_k_matches(_preds(REF_B), REF_A)
+    assert not top_k_matches(_preds(REF_A)[:4], REF_A)  # too few
+    wrong = _preds(REF_A)
+    wrong[4] = {"class_id": 999, "score": REF_A["scores"][4]}
+    assert not top_k_matches(wrong, REF_A)
+
+
+def test_parse_response_counts_mis_joined_items() -> None:
+    single = orjson.dumps({"predictions": _preds(REF_A), "batch_size": 8})
+    ok = parse_response(200, single, 0.0, 1.0, 1, (REF_A,))
+    assert (ok.checked, ok.mismatched) == (1, 0)
+    swapped = parse_response(200, single, 0.0, 1.0, 1, (REF_B,))
+    assert (swapped.checked, swapped.mismatched) == (1, 1)
+    multi = orjson.dumps(
+        {
+            "results": [
+                {"predictions": _preds(REF_B), "batch_size": 2},
+                {"item_id": "x", "error": {}},
+                {"predictions": _preds(REF_B), "batch_size": 2},
+            ]
+        }
+    )
+    m = parse_response(200, multi, 0.0, 1.0, 3, (REF_A, REF_B, REF_B))
+    assert (m.images, m.failed_items, m.checked, m.mismatched) == (2, 1, 2, 1)
+    # An answer without batch_size (a peer) still counts; no refs means no check.
+    bare = parse_response(200, orjson.dumps({"predictions": []}), 0.0, 1.0, 1)
+    assert (bare.images, bare.batch_sizes, bare.checked) == (1, [], 0)
+    assert summarise([ok, swapped], 1.0)["mismatched_items"] == 1
+
+
+def test_process_groups() -> None:
+    for role in ("Ingress", "Preprocessor", "Model", "Postprocessor", "Classifier"):
+        assert process_group(role) == role
+    assert process_group("HTTP proxy") == "HTTP proxy" and process_group("raylet") == "raylet"
+    for role in ("gcs_server", "controller", "dashboard", "ray::DashboardAgent", "other (sh)"):
+        assert process_group(role) == "GCS/controller/other"
+    assert process_group("LitServe worker") == "LitServe worker"
+
+
+def test_forward_cpu_per_image_picks_the_nearest_size() -> None:
+    table = {"1": 60.0, "2": 50.0, "8": 40.0}
+    assert forward_cpu_per_image(table, 8) == 40.0
+    assert forward_cpu_per_image(table, 7) == 40.0
+    assert forward_cpu_per_image(table, 3) == 50.0
+    assert math.isnan(forward_cpu_per_image({}, 1))
+
+
+def test_serving_overhead_takes_forward_and_decode_out_of_their_processes() -> None:
+    # 10 images: 8 in a pass of 8, 2 in passes of 1; forward 40 ms/img at 8, 60 at 1; decode 4.
+    by_role = {
+        "Model": 0.440 + 0.012 * 10,  # forward 8 x 40 + 2 x 60 = 440 ms, + 12 ms/img
+        "Preprocessor": 0.04 + 0.02,  # decode 40 ms + 2 ms/img
+        "Ingress": 0.05,
+        "HTTP proxy": 0.03,
+        "raylet": 0.01,
+        "gcs_server": 0.005,
+        "controller": 0.005,
+    }
+    o = serving_overhead(
+        by_role, 10, {"8": 8, "1": 2}, 4.0, {"1": 60.0, "8": 40.0}, "Model", "Preprocessor"
+    )
+    assert o["forward_ms"] == pytest.approx(44.0) and o["decode_ms"] == pytest.approx(4.0)
+    g = o["by_group_ms"]
+    assert g["Model"] == pytest.approx(12.0) and g["Preprocessor"] == pytest.approx(2.0)
+    assert g["Ingress"] == pytest.approx(5.0) and g["GCS/controller/other"] == pytest.approx(1.0)
+    assert list(g) == [
+        "Ingress",
+        "Preprocessor",
+        "Model",
+        "HTTP proxy",
+        "raylet",
+        "GCS/controller/other",
+    ]
+    assert o["total_ms"] == pytest.approx(12 + 2 + 5 + 3 + 1 + 1)
+    # A peer that does both in one process; items without a batch size count at the largest.
+    p = serving_overhead(
+        {"Classifier": 0.5}, 10, {}, 4.0, {"1": 60.0, "8": 40.0}, "Classifier", "Classifier"
+    )
+    assert p["by_group_ms"] == {"Classifier": pytest.approx(50 - 40 - 4)}
+    # A renamed process is not silently dropped: the work lands in "unattributed".
+    q = serving_overhead({"Worker": 0.5}, 10, {}, 4.0, {"8": 40.0}, "Model", "Model")
+    assert q["by_group_ms"]["unattributed"] == pytest.approx(-44.0)
+    assert math.isnan(serving_overhead({}, 0, {}, 4.0, {"8": 40.0}, "M", "M")["total_ms"])
+
+
+def test_arrivals_and_open_loop_plan() -> None:
+    uniform = arrival_offsets(4.0, 5, "uniform")
+    assert uniform == [0.0, 0.25, 0.5, 0.75, 1.0]
+    poisson = arrival_offsets(20.0, 4000, "poisson", seed=3)
+    assert poisson == arrival_offsets(20.0, 4000, "poisson", seed=3)  # seeded
+    assert poisson[0] == 0.0 and all(b >= a for a, b in itertools.pairwise(poisson))
+    assert 4000 / poisson[-1] == pytest.approx(20.0, rel=0.05)
+    assert arrival_offsets(0.0, 10) == []
+    with pytest.raises(ValueError, match="poisson or uniform"):
+        arrival_offsets(1.0, 3, "bursty")
+    plan = open_loop_plan(20.0, (0.5, 1.2), 10.0)
+    assert plan == [(0.5, 10.0, 100), (1.2, 24.0, 240)]
+    assert open_loop_plan(1.0, (0.5,), 10.0, min_requests=20) == [(0.5, 0.5, 20)]
+    assert open_loop_plan(0.0, (0.5,), 10.0) == []
+
+
+def test_new_target_forms() -> None:
+    assert ratio_target("r", 34.0, 40.0, 0.85, "raw").passed
+    assert not ratio_target("r", 33.9, 40.0, 0.85, "raw").passed
+    assert not ratio_target("r", 1.0, math.nan, 1.0, "plain").passed
+    assert ceiling_target("c", 10.0, 10.0, "ms/img").passed
+    assert not ceiling_target("c", math.nan, 10.0, "ms/img").passed
+    assert peer_latency_target("l", 95.0, 90.0, 5.0).passed
+    assert not peer_latency_target("l", 95.1, 90.0, 5.0).passed
+    assert mismatch_target("m", 0, 10).passed
+    assert not mismatch_target("m", 1, 10).passed and not mismatch_target("m", 0, 0).passed
+
+
+def test_plain_peer_config_takes_the_graph_model_args() -> None:
+    graph = {
+        "proxy_location": "EveryNode",
+        "applications": [{"name": "vision", "args": {"model": {"name": "resnet18"}}}],
+    }
+    cfg = plain_serve_config(graph, 8100)
+    assert cfg["http_options"] == {"host": "127.0.0.1", "port": 8100}
+    app = cfg["applications"][0]
+    assert app["import_path"] == "bench.peers.rayserve_plain:build_app"
+    assert app["args"] == {"app_args": {"model": {"name": "resnet18"}}}
+
+
+def _point(c: int, ips: float, p50: float, batch: float, cpu_s: float, images: int) -> dict:
+    summary = {
+        "requests": images,
+        "ok_requests": images,
+        "images": images,
+        "throughput_ips": ips,
+        "throughput_rps": ips,
+        "latency_ms": {"mean": p50, "p50": p50, "p90": p50, "p99": 2 * p50, "max": 2 * p50},
+        "errors": 0,
+        "errors_by_status": {},
+        "checked_items": images,
+        "mismatched_items": 0,
+        "batch_size_hist": {"8": images} if batch == 8 else {"1": images},
+        "batch_size_mean": batch,
+        "server_ms": dict.fromkeys(
+            ("preprocess", "batch_wait", "inference", "postprocess", "total"), 1.0
+        ),
+    }
+    cpu = {"wall_s": 1.0, "service_s": cpu_s, "client_s": 0.0, "other_s": 0.0, "by_role_s": {}}
+    return {"loop": "closed", "concurrency": c, "summary": summary, "cpu": cpu, "wall_s": 1.0}
+
+
+def test_report_targets_and_tables_from_one_run() -> None:
+    def cfg(system: str, per_request: int, points: list[dict]) -> dict:
+        return {
+            "system": system,
+            "description": system,
+            "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+            "images_per_request": per_request,
+            "image_set": "target",
+            "forward_role": "Model",
+            "decode_role": "Preprocessor",
+            "points": points,
+            "open_loop": [],
+            "peak_rps": 0.0,
+        }
+
+    batch8 = cfg(
+        "graph", 1, [_point(1, 11.0, 90.0, 1, 1.0, 60), _point(32, 35.0, 900.0, 8, 2.0, 192)]
+    )
+    batch8["points"][1]["overhead"] = {
+        "total_ms": 9.0,
+        "by_group_ms": {"Ingress": 9.0},
+        "forward_ms": 40.0,
+        "decode_ms": 4.0,
+    }
+    open_point = dict(
+        _point(0, 30.0, 200.0, 8, 1.0, 100),
+        loop="open",
+        fraction_of_peak=0.8,
+        offered_rps=28.0,
+        marks={"send_lag_ms_p99": 0.5},
+    )
+    batch8["open_loop"] = [open_point]
+    multi = cfg("graph", 8, [_point(4, 39.0, 800.0, 8, 2.0, 96)])
+    multi["points"][0]["overhead"] = {
+        "total_ms": 5.0,
+        "by_group_ms": {},
+        "forward_ms": 40.0,
+        "decode_ms": 4.0,
+    }
+    plain = cfg(
+        "plain", 1, [_point(1, 12.0, 86.0, 1, 1.0, 60), _point(32, 30.0, 1000.0, 3, 2.0, 192)]
+    )
+    plain["points"][1]["summary"]["mismatched_items"] = 1
+    result = {
+        "meta": {
+            "label": "t",
+            "started": "now",
+            "cpus": 2,
+            "model": "resnet18",
+            "ray": "r",
+            "torch": "t",
+            "commit": "c",
+            "command": "x",
+        },
+        "raw": {
+            "throughput_ips": 40.0,
+            "single_p50_ms": 30.0,
+            "decode_cpu_ms_per_image": 4.0,
+            "forward_cpu_ms_per_image_by_batch": {"1": 60.0, "8": 40.0},
+        },
+        "configs": {"batch8": batch8, "multipart8": multi, "plain": plain},
+    }
+    verdicts = {t.name: t for t in report.targets(result)}
+    assert verdicts["batch8 32 in flight >= 0.85 x in-process"].passed  # 35 >= 34
+    assert verdicts["batch8 32 in flight >= 1.0 x plain Ray Serve"].passed
+    assert verdicts["batch8 32 in flight serving CPU outside forward+decode <= 10 ms/img"].passed
+    assert verdicts["multipart8 32 images in flight (4 requests) >= 0.95 x in-process"].passed
+    assert not verdicts[
+        "multipart8 32 images in flight serving CPU outside forward+decode <= 4 ms/img"
+    ].passed
+    assert verdicts["batch8 1 in flight p50 <= plain Ray Serve p50 + 5 ms"].passed  # 90 <= 91
+    assert verdicts["batch8 c=32 (32 images in flight) mean batch >= 0.9 x 8"].passed
+    assert not any("c=1 " in n for n in verdicts)  # 1 image in flight cannot fill a batch
+    assert verdicts["graph: 0 mis-joined items"].passed
+    assert not verdicts["plain Ray Serve: 0 mis-joined items"].passed
+    md = report.markdown(result, list(verdicts.values()))
+    assert "## Open loop" in md and "| batch8 | 0.80 | 28.0 |" in md
+    assert "**9.0**" in md  # the headline overhead
+    assert "| batch8 | 32 | 35.0 | 0.88 | 1.17 | 9.0 |" in md

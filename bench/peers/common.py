@@ -1,0 +1,76 @@
+"""The work every peer does, built from the graph's own generated config so nothing differs.
+
+decode: `deployments.imaging.decode` with the graph's `ResizeSpec` and `DecodeLimits`;
+model: `deployments.models.load` (resnet18, `weights: none`, seed 0); forward pass:
+`deployments.inference.Runner.forward` (uint8 NHWC in, softmax top-k out); labels:
+`deployments.predictions.label_for`. No Ray, no HTTP: the peers wrap this in their own stack.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from deployments.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.inference import Runner, pick_device
+from deployments.models import load, resolve
+from deployments.predictions import label_for
+from graph import AppArgs
+
+TOP_K = 5
+
+
+class Classifier:
+    """decode -> batched forward -> top-5, for one process; thread-safe for decoding."""
+
+    def __init__(self, app_args: dict[str, Any], torch_threads: int | None = None) -> None:
+        args = AppArgs.model_validate(app_args)
+        threads = torch_threads or args.model.torch_threads
+        if threads:
+            torch.set_num_threads(threads)
+        self.args = args
+        self.resolved = r = resolve(args.model)
+        self.resize = ResizeSpec(
+            mode=r.resize,
+            input_width=r.input_width,
+            input_height=r.input_height,
+            resize_size=r.resize_size,
+            pad_value=args.model.pad_value,
+            draft=args.jpeg_draft,
+        )
+        self.limits = DecodeLimits(
+            max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
+        )
+        self.runner = Runner(
+            module=load(args.model, r),
+            task=r.task,
+            device=pick_device(),
+            mean=r.mean,
+            std=r.std,
+            max_top_k=args.model.max_top_k,
+        )
+        self.runner.warm_up([1, 8], r.input_height, r.input_width)
+
+    def decode(self, data: bytes) -> npt.NDArray[np.uint8]:
+        return decode(data, self.resize, self.limits).pixels
+
+    def forward(self, pixels: Sequence[npt.NDArray[np.uint8]]) -> list[dict[str, Any]]:
+        """One forward pass over `pixels`; per image the JSON body the peer answers with."""
+        outputs = self.runner.forward(np.stack(pixels))
+        n = len(pixels)
+        return [self.body(ids, scores, n) for ids, scores, _ in outputs]
+
+    def body(self, ids: Any, scores: Any, batch_size: int) -> dict[str, Any]:
+        labels = self.resolved.labels
+        return {
+            "model": self.resolved.name,
+            "predictions": [
+                {"label": label_for(labels, int(c)), "class_id": int(c), "score": float(s)}
+                for c, s in zip(ids[:TOP_K], scores[:TOP_K], strict=True)
+            ],
+            "batch_size": batch_size,
+        }
