@@ -50,31 +50,6 @@ def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) ->
     return bool(a[0][0] == b[0][0] and np.allclose(a[1][:5], b[1][:5], atol=1e-4))
 
 
-def test_concurrent_images_batch_and_each_gets_its_own_answer() -> None:
-    blobs = [images.jpeg(160 + 23 * i, 120 + 17 * (47 - i), seed=1000 + i) for i in range(48)]
-    _deploy(max_batch_size=1, wait_s=0.0)
-    solo_responses = [asyncio.run(post_many([b]))[0] for b in blobs]
-    assert {r.json()["batch_size"] for r in solo_responses} == {1}
-    solo = _answers(solo_responses)
-    # The images are told apart by the model, so a swap between two of them would show.
-    for i in range(len(blobs)):
-        assert sum(_same(solo[i], solo[j]) for j in range(len(blobs))) == 1, (
-            f"image {i} is not distinctive"
-        )
-
-    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S)
-    batched_responses = asyncio.run(post_many(blobs))
-    batched = _answers(batched_responses)
-    sizes = [r.json()["batch_size"] for r in batched_responses]
-    assert max(sizes) == 8 and min(sizes) > 1, f"batches did not form: {sizes}"
-    for i, (got, want) in enumerate(zip(batched, solo, strict=True)):
-        matches = [j for j in range(len(blobs)) if _same(got, solo[j])]
-        assert matches == [i], f"image {i} got the answer of {matches}"
-        assert _same(got, want)
-    widths = [r.json()["image"]["width"] for r in batched_responses]
-    assert widths == [160 + 23 * i for i in range(48)]
-
-
 def _colours(responses: list[httpx.Response]) -> list[tuple[int, int, int] | None]:
     return [colour_in(r.json()["predictions"]) for r in responses]
 
@@ -111,6 +86,31 @@ def test_reconfigure_changes_batch_size_live_without_restart() -> None:
     assert _colours(responses) == colours
     sizes_at_16 = [r.json()["batch_size"] for r in responses]
     assert max(sizes_at_16) > 4, f"batch size did not grow: {sizes_at_16}"
+
+
+def test_concurrent_images_batch_and_each_gets_its_own_answer() -> None:
+    blobs = [images.jpeg(160 + 23 * i, 120 + 17 * (47 - i), seed=1000 + i) for i in range(48)]
+    _deploy(max_batch_size=1, wait_s=0.0)
+    solo_responses = [asyncio.run(post_many([b]))[0] for b in blobs]
+    assert {r.json()["batch_size"] for r in solo_responses} == {1}
+    solo = _answers(solo_responses)
+    # The images are told apart by the model, so a swap between two of them would show.
+    for i in range(len(blobs)):
+        assert sum(_same(solo[i], solo[j]) for j in range(len(blobs))) == 1, (
+            f"image {i} is not distinctive"
+        )
+
+    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S)
+    batched_responses = asyncio.run(post_many(blobs))
+    batched = _answers(batched_responses)
+    sizes = [r.json()["batch_size"] for r in batched_responses]
+    assert max(sizes) == 8 and min(sizes) > 1, f"batches did not form: {sizes}"
+    for i, (got, want) in enumerate(zip(batched, solo, strict=True)):
+        matches = [j for j in range(len(blobs)) if _same(got, solo[j])]
+        assert matches == [i], f"image {i} got the answer of {matches}"
+        assert _same(got, want)
+    widths = [r.json()["image"]["width"] for r in batched_responses]
+    assert widths == [160 + 23 * i for i in range(48)]
 
 
 def test_invalid_batch_settings_are_refused_with_a_message_naming_them() -> None:
