@@ -10,16 +10,18 @@ import httpx
 import numpy as np
 
 from tests import images
+from tests.fixtures.models import colour_in
 from tests.serving import BASE_URL, app_config, deploy, post_many
 
 CLASSIFIER = {"name": "resnet18", "weights": "none", "seed": 0}
+ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
 LONG_WAIT_S = 2.0
 
 
-def _deploy(max_batch_size: int, wait_s: float) -> None:
+def _deploy(max_batch_size: int, wait_s: float, model: dict[str, Any] = CLASSIFIER) -> None:
     deploy(
         app_config(
-            model=CLASSIFIER,
+            model=model,
             user_configs={
                 "Model": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
                 "Postprocessor": {"top_k": 10},
@@ -48,6 +50,44 @@ def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) ->
     return bool(a[0][0] == b[0][0] and np.allclose(a[1][:5], b[1][:5], atol=1e-4))
 
 
+def _colours(responses: list[httpx.Response]) -> list[tuple[int, int, int] | None]:
+    return [colour_in(r.json()["predictions"]) for r in responses]
+
+
+def test_a_corrupt_image_in_a_batch_fails_alone() -> None:
+    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S, model=ECHO)
+    colours = images.distinct_colours(7, seed=2000)
+    good = [images.solid_png(c, 256, 192) for c in colours]
+    bodies = [*good[:3], images.truncated_jpeg(), *good[3:]]
+    responses = asyncio.run(post_many(bodies, content_type="application/octet-stream"))
+    assert responses[3].status_code == 422
+    assert responses[3].json()["error"]["code"] == "corrupt_image"
+    ok = [r for i, r in enumerate(responses) if i != 3]
+    assert [r.status_code for r in ok] == [200] * 7
+    assert _colours(ok) == colours, "an image got another image's answer"
+    # The seven good ones filled one forward pass together; the bad one never entered it.
+    assert {r.json()["batch_size"] for r in ok} == {7}
+
+
+def test_reconfigure_changes_batch_size_live_without_restart() -> None:
+    _deploy(max_batch_size=4, wait_s=LONG_WAIT_S, model=ECHO)
+    before = _model_info()
+    colours = images.distinct_colours(16, seed=3000)
+    blobs = [images.solid_png(c, 200, 150) for c in colours]
+    responses = asyncio.run(post_many(blobs, content_type="image/png"))
+    assert _colours(responses) == colours
+    assert max(r.json()["batch_size"] for r in responses) == 4
+
+    _deploy(max_batch_size=16, wait_s=LONG_WAIT_S, model=ECHO)
+    after = _model_info()
+    assert after["replica"] == before["replica"], "the Model replica was restarted"
+    assert after["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": LONG_WAIT_S}
+    responses = asyncio.run(post_many(blobs, content_type="image/png"))
+    assert _colours(responses) == colours
+    sizes_at_16 = [r.json()["batch_size"] for r in responses]
+    assert max(sizes_at_16) > 4, f"batch size did not grow: {sizes_at_16}"
+
+
 def test_concurrent_images_batch_and_each_gets_its_own_answer() -> None:
     blobs = [images.jpeg(160 + 23 * i, 120 + 17 * (47 - i), seed=1000 + i) for i in range(48)]
     _deploy(max_batch_size=1, wait_s=0.0)
@@ -73,34 +113,6 @@ def test_concurrent_images_batch_and_each_gets_its_own_answer() -> None:
         assert _same(got, want)
     widths = [r.json()["image"]["width"] for r in batched_responses]
     assert widths == [160 + 23 * i for i in range(48)]
-
-
-def test_a_corrupt_image_in_a_batch_fails_alone() -> None:
-    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S)
-    good = [images.jpeg(256, 192, seed=2000 + i) for i in range(7)]
-    bodies = [*good[:3], images.truncated_jpeg(), *good[3:]]
-    responses = asyncio.run(post_many(bodies))
-    assert responses[3].status_code == 422
-    assert responses[3].json()["error"]["code"] == "corrupt_image"
-    ok = [r for i, r in enumerate(responses) if i != 3]
-    assert all(r.status_code == 200 for r in ok)
-    # The seven good ones filled one forward pass together; the bad one never entered it.
-    assert {r.json()["batch_size"] for r in ok} == {7}
-
-
-def test_reconfigure_changes_batch_size_live_without_restart() -> None:
-    _deploy(max_batch_size=4, wait_s=LONG_WAIT_S)
-    before = _model_info()
-    blobs = [images.jpeg(200, 150, seed=3000 + i) for i in range(16)]
-    sizes_at_4 = [r.json()["batch_size"] for r in asyncio.run(post_many(blobs))]
-    assert max(sizes_at_4) == 4
-
-    _deploy(max_batch_size=16, wait_s=LONG_WAIT_S)
-    after = _model_info()
-    assert after["replica"] == before["replica"], "the Model replica was restarted"
-    assert after["batching"] == {"max_batch_size": 16, "batch_wait_timeout_s": LONG_WAIT_S}
-    sizes_at_16 = [r.json()["batch_size"] for r in asyncio.run(post_many(blobs))]
-    assert max(sizes_at_16) > 4, f"batch size did not grow: {sizes_at_16}"
 
 
 def test_invalid_batch_settings_are_refused_with_a_message_naming_them() -> None:

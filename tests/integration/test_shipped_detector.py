@@ -25,6 +25,12 @@ SIZES = [
 ]  # fmt: skip
 ORIENTATIONS = (3, 6, 8)
 BATCH = 8
+# Judged per image, at the default score threshold (0.5). Measured on these 40 images: 37 have
+# every object found and 3 (all 4:1, objects 8-17 px at the model's input) miss exactly one; no
+# image has a box that matches nothing. So each image may miss one of several objects, never its
+# only one, and may have one stray box: another image's boxes (a swapped join) fail all of that.
+MAX_MISSED_PER_IMAGE = 1
+MAX_SPURIOUS_PER_IMAGE = 1
 
 
 def _images() -> list[GeneratedImage]:
@@ -56,14 +62,22 @@ def shipped_app() -> None:
     )
 
 
-def _best_iou(truth_label: str, truth_box: Any, predictions: list[dict[str, Any]]) -> float:
-    return max(
-        (iou(tuple(p["box"]), truth_box) for p in predictions if p["label"] == truth_label),
-        default=0.0,
-    )
+def _best_iou(label: str, box: Any, others: list[tuple[str, Any]]) -> float:
+    return max((iou(tuple(b), box) for lab, b in others if lab == label), default=0.0)
 
 
-def test_boxes_match_ground_truth_in_original_pixels_under_batching(shipped_app: None) -> None:
+def _judge(image: GeneratedImage, preds: list[dict[str, Any]]) -> tuple[int, int]:
+    """(true objects of this image found with IoU >= 0.5, its boxes that match nothing)."""
+    boxes = [(p["label"], p["box"]) for p in preds]
+    truths = [(t.label, t.box) for t in image.objects]
+    found = sum(_best_iou(t.label, t.box, boxes) >= 0.5 for t in image.objects)
+    spurious = sum(_best_iou(label, tuple(box), truths) < 0.5 for label, box in boxes)
+    return found, spurious
+
+
+def test_every_image_gets_its_own_boxes_in_original_pixels_under_batching(
+    shipped_app: None,
+) -> None:
     images = _images()
     assert {im.orientation for im in images} >= {3, 6, 8}
     headers = [
@@ -71,26 +85,19 @@ def test_boxes_match_ground_truth_in_original_pixels_under_batching(shipped_app:
         for k, im in enumerate(images)
     ]
     responses = asyncio.run(post_many([im.data for im in images], headers=headers))
-    matched = total = predicted = spurious = 0
+    wrong = []
     for k, (image, r) in enumerate(zip(images, responses, strict=True)):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["request_id"] == f"shape-{k}"
         assert (body["image"]["width"], body["image"]["height"]) == (image.width, image.height)
         assert body["image"]["orientation"] == image.orientation
-        preds = body["predictions"]
-        for truth in image.objects:
-            total += 1
-            matched += _best_iou(truth.label, truth.box, preds) >= 0.5
-        predicted += len(preds)
-        spurious += sum(
-            max((iou(tuple(p["box"]), t.box) for t in image.objects if t.label == p["label"]),
-                default=0.0) < 0.5
-            for p in preds
-        )  # fmt: skip
+        found, spurious = _judge(image, body["predictions"])
+        enough = max(1, len(image.objects) - MAX_MISSED_PER_IMAGE)
+        if found < enough or spurious > MAX_SPURIOUS_PER_IMAGE:
+            wrong.append(f"image {k}: {found} of {len(image.objects)} found, {spurious} spurious")
+    assert not wrong, "; ".join(wrong)
     assert max(r.json()["batch_size"] for r in responses) == BATCH, "no full batch formed"
-    assert matched >= 0.95 * total, f"only {matched} of {total} objects found with IoU >= 0.5"
-    assert spurious <= 0.05 * predicted, f"{spurious} of {predicted} predictions match nothing"
 
 
 def test_model_endpoint_describes_the_detector(shipped_app: None) -> None:
