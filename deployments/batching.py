@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
@@ -87,7 +88,11 @@ class Coalescer(Generic[T, R]):
                     bundle.append((item, future))
             if not bundle:
                 continue
-            task = asyncio.get_running_loop().create_task(self._run(bundle))
+            # A bundle belongs to no one caller: it runs in a fresh context, so request-scoped
+            # context variables (a request id, say) of whoever triggered it do not leak into it.
+            task = asyncio.get_running_loop().create_task(
+                self._run(bundle), context=contextvars.Context()
+            )
             self._in_flight.add(task)
             task.add_done_callback(self._finished)
             self.bundles_sent += 1

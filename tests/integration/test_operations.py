@@ -104,9 +104,11 @@ def test_log_lines_about_an_item_name_its_request_and_item() -> None:
     assert re.search(
         rf"request {request_id} item [0-9a-f]{{32}} rejected: the JPEG image", rejected[0]
     )
-    # Serve's own access lines carry the request id in every stage the good item went through.
+    # Serve's access line at the Ingress carries the request id. The inner stages are called once
+    # per bundle, which may hold items of several requests: they log no access lines, and their
+    # own lines name each item's request and item id, as the rejection above does.
     stages = {m.group(1) for line in found if (m := re.search(r"vision_(\w+) ", line))}
-    assert {"Ingress", "Preprocessor", "Model", "Postprocessor"} <= stages
+    assert "Ingress" in stages
     assert len(item_id) == 32
 
 
