@@ -6,10 +6,10 @@ serve run serve_config.yaml         # the deploy-time source of truth (calls bui
 
 from typing import cast
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
-from deployments.caller import BundleSettings
+from deployments.caller import BundleSettings, PoisonSettings
 from deployments.imaging import DecodeLimits, ResizeSpec
 from deployments.ingress import Ingress, IngressSettings
 from deployments.model import Model
@@ -28,7 +28,23 @@ class Limits(BaseModel):
     max_pixels: int = Field(
         40_000_000, ge=1, description="one decoded image, and its resize before a crop (w x h)"
     )
-    max_images_per_request: int = Field(64, ge=1, description="multipart image parts")
+    max_images_per_request: int = Field(
+        64, ge=1, description="multipart parts (of any name), counted while the body arrives"
+    )
+    max_body_bytes_in_flight: int = Field(
+        256 * 1024 * 1024,
+        ge=1,
+        description="request bodies one Ingress replica holds at once (503 past it)",
+    )
+
+    @model_validator(mode="after")
+    def _budget_fits_a_body(self) -> "Limits":
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                "limits.max_body_bytes_in_flight must be at least limits.max_body_bytes, or a "
+                "body of the allowed size could never be admitted"
+            )
+        return self
 
 
 class Bundles(BaseModel):
@@ -45,6 +61,17 @@ class Bundles(BaseModel):
     )
 
 
+class Poison(BaseModel):
+    """Images that crashed a replica twice (once in a bundle, once alone) are refused a while."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    quarantine_ttl_s: float = Field(
+        600.0, gt=0, le=86_400, description="how long such an image's sha256 is refused (422)"
+    )
+    max_quarantined: int = Field(10_000, ge=1, description="hashes kept; the oldest go first")
+
+
 class AppArgs(BaseModel):
     """Builder args (structure). Hot knobs live in each deployment's `user_config` instead."""
 
@@ -53,13 +80,27 @@ class AppArgs(BaseModel):
     model: ModelSpec = Field(default_factory=ModelSpec)
     limits: Limits = Field(default_factory=Limits)
     decode_threads: int = Field(2, ge=1, description="decoder threads per Preprocessor replica")
-    request_timeout_s: float | None = Field(
+    request_timeout_s: float = Field(
         30.0,
-        description="deadline for requests that state none (x-request-timeout-seconds); "
-        "null or <= 0: none",
+        gt=0,
+        allow_inf_nan=False,
+        description="deadline for requests that state none (x-request-timeout-seconds)",
+    )
+    max_request_timeout_s: float = Field(
+        120.0,
+        gt=0,
+        allow_inf_nan=False,
+        description="the longest deadline a request may ask for; longer ones are capped",
     )
     jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale")
     bundles: Bundles = Field(default_factory=lambda: Bundles())
+    poison: Poison = Field(default_factory=lambda: Poison())
+
+    @model_validator(mode="after")
+    def _default_deadline_within_cap(self) -> "AppArgs":
+        if self.request_timeout_s > self.max_request_timeout_s:
+            raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
+        return self
 
 
 # What `serve run graph:app` serves: the shipped shapes detector, as serve_config.yaml does.
@@ -95,12 +136,18 @@ def build_app(args: AppArgs) -> Application:
         task=resolved.task,
         max_top_k=args.model.max_top_k,
         max_body_bytes=args.limits.max_body_bytes,
+        max_image_bytes=args.limits.max_image_bytes,
         max_images_per_request=args.limits.max_images_per_request,
+        max_body_bytes_in_flight=args.limits.max_body_bytes_in_flight,
         request_timeout_s=args.request_timeout_s,
+        max_request_timeout_s=args.max_request_timeout_s,
         bundles=BundleSettings(
             max_items=args.bundles.max_items,
             max_in_flight=args.bundles.max_in_flight,
             max_wait_s=args.bundles.max_wait_s,
+        ),
+        poison=PoisonSettings(
+            ttl_s=args.poison.quarantine_ttl_s, max_entries=args.poison.max_quarantined
         ),
     )
     return _deployment(Ingress).bind(

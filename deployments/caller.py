@@ -9,8 +9,11 @@ Ray resolves them in the receiving replicas, so pixels never come back through t
   in flight travel on together; at low load an image goes at once, alone.
 - Items that arrive together (a multipart request, `predict_many`) are a bundle from the start.
 - Each item keeps its own deadline: past it, that item is answered 504 and its neighbours go on.
-- A replica that dies holding a bundle: each of its items is retried once, alone, so an input
-  that kills replicas takes at most two with it and its neighbours are answered.
+- A replica that dies holding a bundle: each of its items is retried once, alone, one retry at a
+  time per caller, so an input that kills replicas takes at most two with it and its neighbours
+  are answered. One whose solo retry dies too is quarantined by content hash (`poison`) and
+  refused with 422 for a while; its request retries nothing more (the rest get 503), so a
+  multipart of many such inputs cannot take two replicas each.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from deployments.batching import Coalescer, chunks
-from deployments.errors import DeadlineExceeded, Overloaded
+from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage
 from deployments.metrics import StageMetrics
+from deployments.poison import PoisonSettings, Quarantine, Retries, content_hash
 from deployments.types import Item, ItemError, Result
 
 logger = logging.getLogger("ray.serve")
@@ -38,6 +42,10 @@ _REPLICA_FAILURES = (RayActorError, WorkerCrashedError, ObjectLostError)
 _AT_CAPACITY = "the service is at capacity; retry shortly"
 
 Answer = Result | ItemError
+# Hashing releases the GIL; above this an image is hashed off the event loop.
+_HASH_INLINE_BYTES = 256 * 1024
+
+__all__ = ["BundleSettings", "Caller", "PoisonSettings", "failure_kind"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +84,7 @@ class Caller:
         model: DeploymentHandle[Any],
         postprocessor: DeploymentHandle[Any],
         bundles: BundleSettings,
+        poison: PoisonSettings | None = None,
     ) -> None:
         # Pinned by reference: a Bundle passes from the Preprocessor to the Model and the
         # Postprocessor as an object reference, so pixels never come back through here (Serve's
@@ -88,10 +97,18 @@ class Caller:
             self._send, bundles.max_items, bundles.max_in_flight, bundles.max_wait_s
         )
         self._metrics = StageMetrics()
+        poison = poison or PoisonSettings()
+        self._quarantine = Quarantine(poison.ttl_s, poison.max_entries)
+        # Solo retries go one at a time, so a retry that kills its replica takes no other
+        # retry with it (which would then count as a second kill of an innocent image).
+        self._retry_lock = asyncio.Lock()
 
     async def one(self, item: Item) -> Answer:
         """One image, sent with whatever else is waiting; never raises for the client's input."""
         started = time.perf_counter()
+        refused = await self._refused(item)
+        if refused is not None:
+            return self._finish(refused, started)
         out = await self._within_deadline(self._coalescer.submit(item), [item])
         return self._finish(out[0], started)
 
@@ -99,10 +116,12 @@ class Caller:
         """Items that arrived together, as bundles of at most `max_items`; `ItemError`s (already
         decided by the transport) keep their places. One answer per entry, in order."""
         started = time.perf_counter()
+        items = [(await self._refused(i) or i) if isinstance(i, Item) else i for i in items]
         todo = [i for i in items if isinstance(i, Item)]
+        retries = Retries()  # one request: its retries stop at its first double failure
         sent = await asyncio.gather(
             *(
-                self._within_deadline(self._send(part), part)
+                self._within_deadline(self._send(part, retries), part)
                 for part in chunks(todo, self._bundles.max_items)
             )
         )
@@ -127,8 +146,32 @@ class Caller:
             return [_expired(i.item_id) for i in items]
         return list(out) if isinstance(out, Sequence) else [out]
 
-    async def _send(self, items: list[Item]) -> list[Answer]:
-        """One bundle through the graph; after a replica failure each item is retried alone."""
+    async def _refused(self, item: Item) -> ItemError | None:
+        """The 422 for an image in quarantine; None for the rest (no hashing while it is empty)."""
+        if not len(self._quarantine):
+            return None
+        left = self._quarantine.refused_for(await self._hash(item.data))
+        if left is None:
+            return None
+        logger.info("request %s item %s: quarantined image refused", item.request_id, item.item_id)
+        refused = PoisonImage(
+            f"this image crashed the service twice; the same bytes are refused for another "
+            f"{left:.0f} s (of {self._quarantine.ttl_s:.0f} s)"
+        )
+        return ItemError.from_exception(item.item_id, refused)
+
+    @staticmethod
+    async def _hash(data: bytes) -> str:
+        if len(data) <= _HASH_INLINE_BYTES:
+            return content_hash(data)
+        return await asyncio.to_thread(content_hash, data)
+
+    async def _send(self, items: list[Item], retries: Retries | None = None) -> list[Answer]:
+        """One bundle through the graph; after a replica failure each item is retried alone.
+
+        `retries` is the request's when all items belong to one; coalesced single images are
+        each their own request.
+        """
         try:
             return list(await self._through(items))
         except Exception as exc:
@@ -145,28 +188,60 @@ class Caller:
                 exc,
                 ", ".join(f"{i.request_id}/{i.item_id}" for i in items),
             )
-        return list(await asyncio.gather(*(self._retry_alone(i) for i in items)))
+        return list(
+            await asyncio.gather(
+                *(
+                    self._retry_alone(i, retries if retries is not None else Retries())
+                    for i in items
+                )
+            )
+        )
 
-    async def _retry_alone(self, item: Item) -> Answer:
-        if item.deadline is not None and time.time() >= item.deadline:
-            return _expired(item.item_id)
-        try:
-            (out,) = await self._through([item])
-        except Exception as exc:
-            kind = failure_kind(exc)
-            if kind is None:
-                raise
-            if kind == "replica":
-                logger.error(
-                    "request %s item %s: replica failed again: %r",
+    async def _retry_alone(self, item: Item, retries: Retries) -> Answer:
+        async with self._retry_lock:
+            if not retries.allow():
+                logger.warning(
+                    "request %s item %s: not retried; another image of this request crashed "
+                    "a replica twice",
                     item.request_id,
                     item.item_id,
-                    exc,
                 )
-                failed = Overloaded("a replica failed while holding this image, twice; retry")
-                return ItemError.from_exception(item.item_id, failed)
-            return ItemError.from_exception(item.item_id, Overloaded(_AT_CAPACITY))
-        return out
+                skipped = Overloaded(
+                    "a replica failed while holding this image; it was not retried because "
+                    "another image in this request crashed the service twice; send it again"
+                )
+                return ItemError.from_exception(item.item_id, skipped)
+            if item.deadline is not None and time.time() >= item.deadline:
+                return _expired(item.item_id)
+            try:
+                (out,) = await self._through([item])
+            except Exception as exc:
+                kind = failure_kind(exc)
+                if kind is None:
+                    raise
+                if kind == "replica":
+                    return await self._double_failure(item, retries, exc)
+                return ItemError.from_exception(item.item_id, Overloaded(_AT_CAPACITY))
+            return out
+
+    async def _double_failure(self, item: Item, retries: Retries, exc: BaseException) -> Answer:
+        """Its bundle's replica died, then its own: quarantine the bytes, stop the request."""
+        retries.stop()
+        self._quarantine.add(await self._hash(item.data))
+        ttl = self._quarantine.ttl_s
+        logger.error(
+            "request %s item %s: a replica failed again with this image alone (%r); its bytes "
+            "are refused for %.0f s",
+            item.request_id,
+            item.item_id,
+            exc,
+            ttl,
+        )
+        failed = Overloaded(
+            f"a replica failed while holding this image, twice (the second time alone); the "
+            f"same bytes are now refused for {ttl:.0f} s"
+        )
+        return ItemError.from_exception(item.item_id, failed)
 
     async def _through(self, items: list[Item]) -> tuple[Answer, ...]:
         bundle: Any = self._pre.remote(tuple(items))

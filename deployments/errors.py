@@ -6,11 +6,13 @@
     │   │   ├── InvalidOption     400  a per-request option is out of range or unknown
     │   │   └── EmptyImage        400  zero bytes where an image was expected
     │   ├── Unauthorized          401  missing or wrong API key
+    │   ├── RequestTimeout        408  the body did not arrive within the request's deadline
     │   ├── PayloadTooLarge       413  body, image bytes or image count over the limit
     │   │   └── TooManyPixels     413  decoded or resized size over the pixel limit (bomb, sliver)
     │   ├── UnsupportedMediaType  415  Content-Type is not an image, octet-stream or multipart
     │   │   └── UnsupportedFormat 415  the bytes are not an image format we decode
-    │   └── CorruptImage          422  a known format that fails to decode (truncated, bad CRC)
+    │   ├── CorruptImage          422  a known format that fails to decode (truncated, bad CRC)
+    │   └── PoisonImage           422  these exact bytes crashed the service twice; refused a while
     └── ServerError                    the service failed (5xx)
         ├── InferenceFailed       500  the forward pass failed for this item
         ├── JoinMismatch          500  a result met the wrong metadata (a bug; never joined)
@@ -60,6 +62,11 @@ class Unauthorized(ClientError):
     code = "unauthorized"
 
 
+class RequestTimeout(ClientError):
+    status = 408
+    code = "request_timeout"
+
+
 class PayloadTooLarge(ClientError):
     status = 413
     code = "payload_too_large"
@@ -81,6 +88,11 @@ class UnsupportedFormat(UnsupportedMediaType):
 class CorruptImage(ClientError):
     status = 422
     code = "corrupt_image"
+
+
+class PoisonImage(ClientError):
+    status = 422
+    code = "poison_image"
 
 
 class ServerError(VisionError):

@@ -1,25 +1,38 @@
-"""The HTTP edge, pure and Ray-free: options, media types, multipart, deadlines, error bodies.
+"""The HTTP edge, pure and Ray-free: options, media types, multipart, deadlines, body budgets,
+error bodies.
 
 Everything here is a plain function a unit test can call; the Ingress only wires it to requests.
 """
 
+from __future__ import annotations
+
+import asyncio
 import math
 import re
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments.errors import BadRequest, InvalidOption, PayloadTooLarge, VisionError
+from deployments.errors import (
+    BadRequest,
+    InvalidOption,
+    Overloaded,
+    PayloadTooLarge,
+    RequestTimeout,
+    VisionError,
+)
 from deployments.types import Options, Task
 
 OPTION_NAMES = ("top_k", "score_threshold", "max_detections")
 TIMEOUT_HEADER = "x-request-timeout-seconds"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
+T = TypeVar("T")
 
 
 def valid_request_id(value: str) -> bool:
@@ -121,64 +134,140 @@ def is_image_type(value: str) -> bool:
     return value.startswith("image/") or value == "application/octet-stream"
 
 
-def parse_multipart(body: bytes, boundary: str | None) -> list[Part]:
-    """Every part of a multipart/form-data body, in order."""
-    if not boundary:
-        raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type")
-    parts: list[Part] = []
-    headers: dict[str, str] = {}
-    field: list[bytes] = []
-    value: list[bytes] = []
-    data: list[bytes] = []
+MAX_PART_HEADER_BYTES = 16 * 1024  # one part's headers; a real file part needs ~200 bytes
+# The event loop yields after each slice of this many body bytes, so one big chunk never holds it.
+_SLICE_BYTES = 64 * 1024
 
-    def on_part_begin() -> None:
-        headers.clear()
-        data.clear()
 
-    def on_header_field(buf: bytes, start: int, end: int) -> None:
-        field.append(buf[start:end])
+@dataclass(frozen=True, slots=True)
+class MultipartLimits:
+    """What one multipart body may hold; crossing any of them is a 413 the moment it happens."""
 
-    def on_header_value(buf: bytes, start: int, end: int) -> None:
-        value.append(buf[start:end])
+    max_parts: int = 64  # every part counts, whatever its name
+    max_part_bytes: int = 20 * 1024 * 1024  # one part's data (an encoded image)
+    max_header_bytes: int = MAX_PART_HEADER_BYTES  # one part's headers, names and values
 
-    def on_header_end() -> None:
-        headers[b"".join(field).decode("latin-1").lower()] = b"".join(value).decode("latin-1")
-        field.clear()
-        value.clear()
 
-    def on_part_data(buf: bytes, start: int, end: int) -> None:
-        data.append(buf[start:end])
+class MultipartReader:
+    """Parses multipart/form-data as it arrives, chunk by chunk.
 
-    def on_part_end() -> None:
-        _, disposition = parse_options_header(headers.get("content-disposition", ""))
+    Work per `feed` is linear in the chunk and bounded by the limits: the part count, a part's
+    header bytes and a part's data bytes are checked in the parser's callbacks, so a hostile body
+    (a million tiny parts, endless headers) is refused within the chunk that crosses a limit.
+    """
+
+    def __init__(self, boundary: str | None, limits: MultipartLimits | None = None) -> None:
+        if not boundary:
+            raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type")
+        self._limits = limits or MultipartLimits()
+        self.parts: list[Part] = []
+        self._headers: dict[str, str] = {}
+        self._field: list[bytes] = []
+        self._value: list[bytes] = []
+        self._data: list[bytes] = []
+        self._header_bytes = 0
+        self._data_bytes = 0
+        self._started = 0
+        callbacks: Any = {
+            "on_part_begin": self._on_part_begin,
+            "on_header_field": self._on_header_field,
+            "on_header_value": self._on_header_value,
+            "on_header_end": self._on_header_end,
+            "on_part_data": self._on_part_data,
+            "on_part_end": self._on_part_end,
+        }
+        # The parser itself also bounds one header line (4 KiB) and headers per part (8).
+        try:
+            self._parser = MultipartParser(boundary, callbacks=callbacks)
+        except Exception as exc:  # noqa: BLE001 - e.g. a boundary over 256 characters
+            raise BadRequest(f"the multipart boundary is unusable: {exc}") from None
+
+    def feed(self, chunk: bytes) -> None:
+        """Parse the next piece of the body; raises `PayloadTooLarge` past a limit."""
+        self._write(chunk)
+
+    def finish(self) -> list[Part]:
+        """Every part, in order, once the whole body has been fed."""
+        try:
+            self._parser.finalize()
+        except Exception as exc:  # noqa: BLE001 - the parser's error types are not a stable API
+            raise BadRequest(f"the multipart body is malformed: {exc}") from None
+        if self._started != len(self.parts):
+            raise BadRequest("the multipart body is malformed: it ends inside a part")
+        return self.parts
+
+    def _write(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except VisionError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the parser's error types are not a stable API
+            raise BadRequest(f"the multipart body is malformed: {exc}") from None
+
+    def _on_part_begin(self) -> None:
+        self._started += 1
+        if self._started > self._limits.max_parts:
+            raise PayloadTooLarge(
+                f"the multipart body has more than {self._limits.max_parts} parts; "
+                f"the limit is {self._limits.max_parts} (max_images_per_request)"
+            )
+        self._headers = {}
+        self._data = []
+        self._header_bytes = 0
+        self._data_bytes = 0
+
+    def _count_header(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self._limits.max_header_bytes:
+            raise PayloadTooLarge(
+                f"part {self._started}'s headers are over the limit of "
+                f"{self._limits.max_header_bytes} bytes"
+            )
+
+    def _on_header_field(self, buf: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
+        self._field.append(buf[start:end])
+
+    def _on_header_value(self, buf: bytes, start: int, end: int) -> None:
+        self._count_header(end - start)
+        self._value.append(buf[start:end])
+
+    def _on_header_end(self) -> None:
+        name = b"".join(self._field).decode("latin-1").lower()
+        self._headers[name] = b"".join(self._value).decode("latin-1")
+        self._field.clear()
+        self._value.clear()
+
+    def _on_part_data(self, buf: bytes, start: int, end: int) -> None:
+        self._data_bytes += end - start
+        if self._data_bytes > self._limits.max_part_bytes:
+            raise PayloadTooLarge(
+                f"part {self._started} is over the limit of {self._limits.max_part_bytes} bytes "
+                "(max_image_bytes)"
+            )
+        self._data.append(buf[start:end])
+
+    def _on_part_end(self) -> None:
+        _, disposition = parse_options_header(self._headers.get("content-disposition", ""))
         name = disposition.get(b"name", b"").decode("utf-8", "replace")
         filename = disposition.get(b"filename")
-        parts.append(
+        self.parts.append(
             Part(
                 name=name,
                 filename=filename.decode("utf-8", "replace") if filename is not None else None,
-                content_type=headers.get("content-type", ""),
-                data=b"".join(data),
+                content_type=self._headers.get("content-type", ""),
+                data=b"".join(self._data),
             )
         )
 
-    parser = MultipartParser(
-        boundary,
-        callbacks={
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
-    try:
-        parser.write(body)
-        parser.finalize()
-    except Exception as exc:  # noqa: BLE001 - the parser's error types are not a stable API
-        raise BadRequest(f"the multipart body is malformed: {exc}") from None
-    return parts
+
+def parse_multipart(
+    body: bytes, boundary: str | None, limits: MultipartLimits | None = None
+) -> list[Part]:
+    """Every part of a whole multipart/form-data body, in order (`MultipartReader` at once)."""
+    reader = MultipartReader(boundary, limits)
+    reader.feed(body)
+    return reader.finish()
 
 
 def image_parts(parts: Sequence[Part], max_images: int) -> list[Part]:
@@ -201,42 +290,144 @@ def error_body(exc: VisionError, request_id: str) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message}, "request_id": request_id}
 
 
-def deadline_from(header: str | None, default_s: float | None, now: float) -> float | None:
+def deadline_from(
+    value: str | float | None,
+    default_s: float,
+    now: float,
+    max_s: float,
+    name: str = TIMEOUT_HEADER,
+) -> float:
     """Wall-clock deadline for a request, answering a little before Serve's proxy gives up.
 
     Serve's proxy also honours `x-request-timeout-seconds` and answers 408 when it expires; we
     aim to answer 504 first, with `min(0.25 s, 10 %)` of the budget left for the way back.
-    A value <= 0 turns the deadline off, as it does for the proxy.
+    Every request has one: a value <= 0, or not finite, is a 400 (the proxy would read it as
+    "no timeout"), and one above `max_s` is capped at `max_s`.
     """
-    if header is None:
+    if value is None:
         timeout = default_s
     else:
         try:
-            timeout = float(header)
+            timeout = float(value)
         except ValueError:
+            raise BadRequest(f"{name} must be a number of seconds; got {value!r}") from None
+        if not (math.isfinite(timeout) and timeout > 0):
             raise BadRequest(
-                f"{TIMEOUT_HEADER} must be a number of seconds; got {header!r}"
-            ) from None
-        if not math.isfinite(timeout):
-            raise BadRequest(f"{TIMEOUT_HEADER} must be a finite number of seconds")
-    if timeout is None or timeout <= 0:
-        return None
+                f"{name} must be a positive, finite number of seconds (at most {max_s:g} are "
+                f"used); got {value!r}"
+            )
+    timeout = min(timeout, max_s)
     return now + timeout - min(0.25, 0.1 * timeout)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refused with 413 as soon as it is known to be over `limit`."""
+class BodyBudget:
+    """Bytes of request bodies one Ingress replica holds at once; past `limit`, 503.
+
+    A request reserves its declared Content-Length up front, or its bytes as they arrive, and
+    gives them back when it has been answered (`Reservation.release`, in a `finally`).
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError("the body budget must be at least 1 byte")
+        self.limit = limit
+        self.held = 0
+
+    def reservation(self) -> Reservation:
+        return Reservation(self)
+
+    def _take(self, n: int) -> None:
+        if self.held + n > self.limit:
+            raise Overloaded(
+                f"request bodies in flight would exceed this replica's budget of {self.limit} "
+                "bytes (limits.max_body_bytes_in_flight); retry shortly"
+            )
+        self.held += n
+
+    def _give(self, n: int) -> None:
+        self.held -= n
+
+
+class Reservation:
+    """One request's share of a `BodyBudget`."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.held = 0
+
+    def ensure(self, total: int) -> None:
+        """Hold at least `total` bytes; raises `Overloaded` when the budget has no room."""
+        if total > self.held:
+            self._budget._take(total - self.held)
+            self.held = total
+
+    def release(self) -> None:
+        self._budget._give(self.held)
+        self.held = 0
+
+
+def declared_length(request: Request, limit: int) -> int | None:
+    """The Content-Length, refused with 413 when it is over `limit`; None when not declared."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    if declared is None or not declared.isdigit():
+        return None
+    if int(declared) > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit} bytes")
-    chunks: list[bytes] = []
+    return int(declared)
+
+
+async def body_slices(
+    request: Request, limit: int, reservation: Reservation
+) -> AsyncIterator[bytes]:
+    """The body as it arrives, in slices of at most 64 KiB, each counted against `limit` and
+    reserved before it is yielded; the event loop is yielded between slices."""
     size = 0
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        for start in range(0, len(chunk), _SLICE_BYTES):
+            piece = chunk[start : start + _SLICE_BYTES]
+            size += len(piece)
+            if size > limit:
+                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+            reservation.ensure(size)
+            yield piece
+            await asyncio.sleep(0)  # let health checks and other requests in
+
+
+async def read_body(request: Request, limit: int, reservation: Reservation) -> bytes:
+    """The whole raw body, refused with 413 as soon as it is known to be over `limit`."""
+    declared = declared_length(request, limit)
+    if declared is not None:
+        reservation.ensure(declared)
+    return b"".join([piece async for piece in body_slices(request, limit, reservation)])
+
+
+async def read_multipart(
+    request: Request,
+    limit: int,
+    reservation: Reservation,
+    boundary: str | None,
+    limits: MultipartLimits,
+) -> list[Part]:
+    """Every part of a multipart body, parsed while it arrives; refused (413) at the first chunk
+    that crosses a limit, before the rest of the body is read."""
+    reader = MultipartReader(boundary, limits)
+    declared = declared_length(request, limit)
+    if declared is not None:
+        reservation.ensure(declared)
+    async for piece in body_slices(request, limit, reservation):
+        reader.feed(piece)
+    return reader.finish()
+
+
+async def within_deadline(read: Awaitable[T], deadline: float) -> T:
+    """`read` (of a request body), or `RequestTimeout` (408) once `deadline` has passed."""
+    try:
+        return await asyncio.wait_for(read, timeout=max(0.0, deadline - time.time()))
+    except TimeoutError:
+        raise RequestTimeout(
+            "the request body did not arrive before the request's deadline "
+            f"({TIMEOUT_HEADER} or the default); send it faster or allow more time"
+        ) from None
 
 
 def json_response(

@@ -15,18 +15,21 @@ from fastapi import FastAPI, Query, Request
 from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from starlette.requests import ClientDisconnect
 
 from deployments.auth import authorized, describe, load_api_key
-from deployments.caller import BundleSettings, Caller
+from deployments.caller import BundleSettings, Caller, PoisonSettings
 from deployments.errors import (
     BadRequest,
-    ClientError,
     Unauthorized,
     UnsupportedMediaType,
     VisionError,
 )
 from deployments.http import (
+    MAX_PART_HEADER_BYTES,
     TIMEOUT_HEADER,
+    BodyBudget,
+    MultipartLimits,
     Part,
     deadline_from,
     error_body,
@@ -34,10 +37,11 @@ from deployments.http import (
     is_image_type,
     json_response,
     media_type,
-    parse_multipart,
     parse_options,
     read_body,
+    read_multipart,
     valid_request_id,
+    within_deadline,
 )
 from deployments.schema import ERRORS, PREDICT_BODY, MultiResultOut, ResultOut
 from deployments.types import Item, ItemError, Options, Result, Task, new_item_id
@@ -50,10 +54,14 @@ class IngressSettings:
     task: Task
     max_top_k: int = 100
     max_body_bytes: int = 64 * 1024 * 1024
-    max_images_per_request: int = 64
+    max_image_bytes: int = 20 * 1024 * 1024  # one multipart part's data
+    max_images_per_request: int = 64  # multipart parts of any name
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024  # all bodies this replica holds at once
     retry_after_s: int = 1
-    request_timeout_s: float | None = 30.0  # default deadline when a request states none
+    request_timeout_s: float = 30.0  # default deadline when a request states none
+    max_request_timeout_s: float = 120.0  # a request may ask for more; it gets this
     bundles: BundleSettings = field(default_factory=BundleSettings)
+    poison: PoisonSettings = field(default_factory=PoisonSettings)
 
 
 app = FastAPI(
@@ -73,7 +81,13 @@ class Ingress:
         postprocessor: DeploymentHandle[Any],
         settings: IngressSettings,
     ) -> None:
-        self._caller = Caller(preprocessor, model, postprocessor, settings.bundles)
+        self._caller = Caller(preprocessor, model, postprocessor, settings.bundles, settings.poison)
+        self._budget = BodyBudget(settings.max_body_bytes_in_flight)
+        self._multipart = MultipartLimits(
+            max_parts=settings.max_images_per_request,
+            max_part_bytes=settings.max_image_bytes,
+            max_header_bytes=MAX_PART_HEADER_BYTES,
+        )
         self._pre_ready = preprocessor.options(method_name="ready")
         self._model_ready = model.options(method_name="ready")
         self._post_ready = postprocessor.options(method_name="ready")
@@ -120,9 +134,15 @@ class Ingress:
         deadline = self._deadline(timeout_s)
         return await self._caller.many([self._item(i, options, rid, deadline) for i in images])
 
-    def _deadline(self, timeout_s: float | None) -> float | None:
-        header = None if timeout_s is None else str(timeout_s)
-        return deadline_from(header, self._settings.request_timeout_s, time.time())
+    def _deadline(self, timeout_s: float | None) -> float:
+        settings = self._settings
+        return deadline_from(
+            timeout_s,
+            settings.request_timeout_s,
+            time.time(),
+            settings.max_request_timeout_s,
+            name="timeout_s",
+        )
 
     def _options(
         self, top_k: int | None, score_threshold: float | None, max_detections: int | None
@@ -135,7 +155,7 @@ class Ingress:
         return parse_options(given, self._settings.task, self._settings.max_top_k)
 
     @staticmethod
-    def _item(data: bytes, options: Options, request_id: str, deadline: float | None) -> Item:
+    def _item(data: bytes, options: Options, request_id: str, deadline: float) -> Item:
         return Item(
             item_id=new_item_id(),
             request_id=request_id,
@@ -168,13 +188,18 @@ class Ingress:
 
     async def _predict_http(self, request: Request) -> Response:
         request_id = request.headers.get("x-request-id") or new_item_id()
+        # Body bytes this request holds, from the moment they are known until it is answered.
+        reservation = self._budget.reservation()
         try:
             if not valid_request_id(request_id):
                 raise BadRequest("x-request-id must be 1-200 printable ASCII characters")
             self._authorize(request)
             settings = self._settings
             deadline = deadline_from(
-                request.headers.get(TIMEOUT_HEADER), settings.request_timeout_s, time.time()
+                request.headers.get(TIMEOUT_HEADER),
+                settings.request_timeout_s,
+                time.time(),
+                settings.max_request_timeout_s,
             )
             options = parse_options(
                 request.query_params.multi_items(), settings.task, settings.max_top_k
@@ -186,29 +211,40 @@ class Ingress:
                     "Content-Type image/* or application/octet-stream, or as multipart/form-data "
                     "with file parts named 'image'"
                 )
-            body = await read_body(request, settings.max_body_bytes)
+            limit = settings.max_body_bytes
             if kind == "multipart/form-data":
+                # Parsed while it arrives, so a hostile body is refused at the chunk that
+                # crosses a limit; the read as a whole is bounded by the request's deadline.
+                boundary = params.get("boundary")
+                read = read_multipart(request, limit, reservation, boundary, self._multipart)
                 parts = image_parts(
-                    parse_multipart(body, params.get("boundary")), settings.max_images_per_request
+                    await within_deadline(read, deadline), settings.max_images_per_request
                 )
                 items = [self._part_item(p, options, request_id, deadline) for p in parts]
                 results = await self._caller.many(items)
                 return json_response(
                     {"request_id": request_id, "results": [r.to_dict() for r in results]}
                 )
+            body = await within_deadline(read_body(request, limit, reservation), deadline)
             out = await self._caller.one(self._item(body, options, request_id, deadline))
             if isinstance(out, ItemError):
                 return self._error(out.to_exception(), request_id)
             return json_response(out.to_dict())
-        except ClientError as exc:
+        except VisionError as exc:  # a client's mistake, or a 503 from the body budget
             return self._error(exc, request_id)
+        except ClientDisconnect:
+            logger.info("request %s: the client left before its body arrived", request_id)
+            gone = BadRequest("the client disconnected before sending the whole body")
+            return self._error(gone, request_id)
         except Exception:
             logger.exception("request %s failed", request_id)
             internal = VisionError("the service failed on this request; it has been logged")
             return json_response(error_body(internal, request_id), status=500)
+        finally:
+            reservation.release()
 
     def _part_item(
-        self, part: Part, options: Options, request_id: str, deadline: float | None
+        self, part: Part, options: Options, request_id: str, deadline: float
     ) -> Item | ItemError:
         kind, _ = media_type(part.content_type)
         if is_image_type(kind):

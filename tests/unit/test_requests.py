@@ -5,8 +5,11 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from deployments.errors import BadRequest, InvalidOption, PayloadTooLarge
+from deployments.errors import BadRequest, InvalidOption, Overloaded, PayloadTooLarge
 from deployments.http import (
+    BodyBudget,
+    MultipartLimits,
+    MultipartReader,
     deadline_from,
     image_parts,
     media_type,
@@ -86,9 +89,86 @@ def test_multipart_needs_image_parts_and_rejects_strangers() -> None:
 
 
 def test_deadline_from_header_leaves_a_margin_before_the_proxy_gives_up() -> None:
-    assert deadline_from(None, None, 100.0) is None
-    assert deadline_from("0", 30.0, 100.0) is None  # <= 0 turns it off, as for the proxy
-    assert deadline_from(None, 30.0, 100.0) == pytest.approx(129.75)
-    assert deadline_from("1", 30.0, 100.0) == pytest.approx(100.9)
+    assert deadline_from(None, 30.0, 100.0, 120.0) == pytest.approx(129.75)
+    assert deadline_from("1", 30.0, 100.0, 120.0) == pytest.approx(100.9)
+    assert deadline_from(2.5, 30.0, 100.0, 120.0) == pytest.approx(102.25)
     with pytest.raises(BadRequest, match="x-request-timeout-seconds"):
-        deadline_from("soon", 30.0, 100.0)
+        deadline_from("soon", 30.0, 100.0, 120.0)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "0.0", "nan", "inf", "-inf", 0.0, -3.0])
+def test_a_client_cannot_switch_its_deadline_off(value: str | float) -> None:
+    with pytest.raises(BadRequest, match="positive, finite") as caught:
+        deadline_from(value, 30.0, 100.0, 120.0)
+    assert caught.value.status == 400
+    with pytest.raises(BadRequest, match="timeout_s"):
+        deadline_from(value, 30.0, 100.0, 120.0, name="timeout_s")
+
+
+def test_a_deadline_above_the_cap_is_capped() -> None:
+    assert deadline_from("1e9", 30.0, 100.0, 120.0) == pytest.approx(219.75)
+    assert deadline_from(None, 30.0, 100.0, 10.0) == pytest.approx(109.75)
+
+
+def _body_of_tiny_parts(count: int) -> tuple[bytes, str]:
+    boundary = "b"
+    part = b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\nx\r\n'
+    return part * count + b"--b--\r\n", boundary
+
+
+def test_streaming_multipart_gives_the_same_parts_fed_in_any_chunks() -> None:
+    blobs = [bytes([i]) * (3000 + i) for i in range(4)]
+    body, boundary = _multipart(
+        [("image", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
+    )
+    for size in (1, 7, 100, len(body)):
+        reader = MultipartReader(boundary)
+        for start in range(0, len(body), size):
+            reader.feed(body[start : start + size])
+        assert [p.data for p in reader.finish()] == blobs
+
+
+def test_every_part_counts_and_the_limit_is_hit_inside_the_chunk() -> None:
+    body, boundary = _body_of_tiny_parts(1_000_000)  # ~50 MB of parts named 'x'
+    reader = MultipartReader(boundary, MultipartLimits(max_parts=64))
+    with pytest.raises(PayloadTooLarge, match="more than 64 parts") as caught:
+        reader.feed(body[: 64 * 1024])  # the first chunk is enough to know
+    assert "max_images_per_request" in caught.value.message
+    assert len(reader.parts) == 64
+
+
+def test_part_headers_and_part_data_are_bounded_while_streaming() -> None:
+    huge_header = b"--b\r\n" + (b"X-Junk: " + b"a" * 3000 + b"\r\n") * 7
+    reader = MultipartReader("b", MultipartLimits(max_header_bytes=16 * 1024))
+    with pytest.raises(PayloadTooLarge, match="headers are over the limit of 16384 bytes"):
+        reader.feed(huge_header)
+    big, boundary = _multipart([("image", ("a.png", b"z" * 5000, "image/png"))])
+    with pytest.raises(PayloadTooLarge, match="part 1 is over the limit of 4096 bytes"):
+        parse_multipart(big, boundary, MultipartLimits(max_part_bytes=4096))
+
+
+def test_a_boundary_the_parser_refuses_is_a_400() -> None:
+    with pytest.raises(BadRequest, match="boundary"):
+        MultipartReader("b" * 300)
+
+
+def test_a_body_that_ends_inside_a_part_is_malformed() -> None:
+    body, boundary = _multipart([("image", ("a.png", b"z" * 100, "image/png"))])
+    with pytest.raises(BadRequest, match="malformed"):
+        parse_multipart(body[:-20], boundary)
+
+
+def test_body_budget_reserves_and_always_gives_back() -> None:
+    budget = BodyBudget(1000)
+    first, second = budget.reservation(), budget.reservation()
+    first.ensure(600)
+    first.ensure(400)  # already held: nothing more
+    with pytest.raises(Overloaded, match="budget of 1000 bytes") as caught:
+        second.ensure(500)
+    assert caught.value.status == 503 and budget.held == 600
+    second.ensure(400)
+    assert budget.held == 1000
+    first.release()
+    second.release()
+    second.release()  # twice is harmless
+    assert budget.held == 0
