@@ -9,6 +9,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from deployments.errors import ERRORS_BY_CODE
+
 
 class ImageOut(BaseModel):
     width: int
@@ -73,13 +75,15 @@ PREDICT_BODY = {
         },
     }
 }
+def _codes_by_status() -> dict[int, list[str]]:
+    found: dict[int, set[str]] = {}
+    for code, cls in ERRORS_BY_CODE.items():
+        found.setdefault(cls.status, set()).add(code)
+    return {status: sorted(codes) for status, codes in sorted(found.items())}
+
+
+# Every status the API answers with, and its codes, read from the error tree itself.
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorOut, "description": text}
-    for status, text in {
-        400: "malformed request or invalid option",
-        413: "body, image or pixel count over the limit",
-        415: "not an image media type or format",
-        422: "corrupt or undecodable image",
-        503: "overloaded; retry after the Retry-After header",
-    }.items()
+    status: {"model": ErrorOut, "description": "error codes: " + ", ".join(codes)}
+    for status, codes in _codes_by_status().items()
 }

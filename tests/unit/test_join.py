@@ -7,10 +7,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from deployments.errors import CorruptImage, JoinMismatch
+from deployments.errors import ERRORS_BY_CODE, CorruptImage, JoinMismatch
 from deployments.geometry import boxes_to_input, plan
 from deployments.postprocessor import OptionDefaults, join, join_bundle
 from deployments.predictions import detections, top_k
+from deployments.schema import ERRORS, ItemErrorOut, ResultOut
 from deployments.types import (
     Bundle,
     ImageInfo,
@@ -169,3 +170,21 @@ def test_a_bundle_refuses_swapped_or_missing_outputs() -> None:
     error_for_other = ItemError("b", "inference_failed", "boom", 500)
     with pytest.raises(JoinMismatch):
         _bundle_join([error_for_other, _raw("a", [1.0], [1])], bundle)
+
+
+def test_bodies_match_the_documented_schema() -> None:
+    out = join(
+        _raw("a", [0.7, 0.2], [1, 0]),
+        _sample("a"),
+        model="m",
+        task="classification",
+        labels=LABELS,
+        defaults=OptionDefaults(),
+    )
+    assert isinstance(out, Result)
+    body = out.to_dict()
+    assert ResultOut.model_validate(body).model_dump(exclude_none=True) == body
+    err = ItemError.from_exception("b", CorruptImage("broken"))
+    assert ItemErrorOut.model_validate(err.to_dict()).model_dump() == err.to_dict()
+    documented = {c for d in ERRORS.values() for c in d["description"].split(": ")[1].split(", ")}
+    assert documented == set(ERRORS_BY_CODE)
