@@ -104,7 +104,9 @@ def test_model_scales_out_onto_new_gpu_nodes_and_back(cluster: FakeAutoscalingCl
                     "autoscaling_config": {
                         "min_replicas": 1,
                         "max_replicas": MAX_MODEL_REPLICAS,
-                        "target_ongoing_requests": 2,
+                        # Ongoing requests at the Model are bundles: 16 single images in
+                        # flight travel as about 3 of them.
+                        "target_ongoing_requests": 1,
                         "upscale_delay_s": 2,
                         "downscale_delay_s": 8,
                         "look_back_period_s": 12,
