@@ -96,7 +96,8 @@ def summarise(collapsed: Path, top: int = 8) -> tuple[int, Counter[str], Counter
         # The innermost frame of our own code or a library that is not the event loop says more
         # than "select()"; but idle time is already excluded by py-spy.
         areas[area(file)] += n
-        leaves[f"{func} ({file.rsplit('/', 2)[-2] + '/' + file.rsplit('/', 1)[-1]})"] += n
+        where = "/".join(file.rsplit("/", 2)[-2:])  # the last two path parts, or all there is
+        leaves[f"{func} ({where})"] += n
         total += n
     return total, areas, leaves
 
