@@ -2,8 +2,9 @@
 
 Transports (HTTP `/v1`, the Python handle API) parse and format; everything between receiving the
 bytes and holding one `Result` or `ItemError` per image happens here. For each bundle it calls the
-Preprocessor, hands that `DeploymentResponse` straight to the Model and both to the Postprocessor;
-Ray resolves them in the receiving replicas, so pixels never come back through the caller.
+Preprocessor, hands the reference to its answer to the Model and to the Postprocessor, and the
+Model's response to the Postprocessor; Ray resolves them in the receiving replicas, so pixels
+never come back through the caller.
 
 - Single images are coalesced (`batching.Coalescer`): those that arrive while earlier bundles are
   in flight travel on together; at low load an image goes at once, alone.
@@ -244,14 +245,21 @@ class Caller:
         return ItemError.from_exception(item.item_id, failed)
 
     async def _through(self, items: list[Item]) -> tuple[Answer, ...]:
-        bundle: Any = self._pre.remote(tuple(items))
-        outputs: Any = self._model.remote(bundle)
-        post: Any = self._post.remote(outputs, bundle)
+        pre: Any = self._pre.remote(tuple(items))
+        outputs: Any = None
+        post: Any = None
         try:
+            # The bundle goes to two calls. Resolved to an ObjectRef once, here: a response
+            # handed to two calls is resolved by each, and the second spins on the event loop
+            # until the Preprocessor has finished (bench/README.md: the Ingress's busiest code).
+            bundle = await pre._to_object_ref()
+            outputs = self._model.remote(bundle)
+            post = self._post.remote(outputs, bundle)
             answers: tuple[Answer, ...] = await post
         except asyncio.CancelledError:
-            for response in (post, outputs, bundle):  # frees batch slots not yet run
-                response.cancel()
+            for response in (post, outputs, pre):  # frees batch slots not yet run
+                if response is not None:
+                    response.cancel()
             raise
         return answers
 

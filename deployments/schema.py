@@ -75,6 +75,8 @@ PREDICT_BODY = {
         },
     }
 }
+
+
 def _codes_by_status() -> dict[int, list[str]]:
     found: dict[int, set[str]] = {}
     for code, cls in ERRORS_BY_CODE.items():
