@@ -13,7 +13,8 @@ Preprocessor, Model and Postprocessor, only while that stage has both replicas r
 Each image sent is judged:
 
 - ok: a 200 answer naming its colour (a bad image's clear 4xx counts as ok too);
-- clear: a 503 or 504 (with a body saying why) for a good image: the client knows to retry;
+- clear: a 503 or 504 (with a body saying why) for a good image: the client knows to retry; or
+  Serve's proxy's 408 for a request with a short deadline (the proxy timed it out first);
 - unexpected: any other answer (a 500 or 502 from Serve's proxy, a 200 for a bad image, a good
   image refused as poison, ...), reported with the stages killed while it was in flight;
 - lost: no HTTP answer at all (connection error, client timeout);
@@ -156,8 +157,12 @@ def _error_code(body: Any) -> str:
     return "proxy"  # not our error body: Serve's proxy (or something before it) answered
 
 
-def judge_item(colour: Colour | None, status: int, answer: Any) -> Verdict:
-    """One image's answer: `answer` is the single-image body or the multipart entry."""
+def judge_item(colour: Colour | None, status: int, answer: Any, deadline: bool = False) -> Verdict:
+    """One image's answer: `answer` is the single-image body or the multipart entry.
+
+    `deadline`: the request asked for a deadline. Serve's proxy times such a request out with
+    its own 408 when it runs out first (short deadlines, a busy machine): a clear answer too.
+    """
     if status == 200:
         if colour is None:
             return Verdict("unexpected", 200, "bad_image_answered")
@@ -171,6 +176,8 @@ def judge_item(colour: Colour | None, status: int, answer: Any) -> Verdict:
         return Verdict("ok", status, code)
     if status in (503, 504) and code != "proxy":
         return Verdict("clear", status, code)
+    if status == 408 and deadline:
+        return Verdict("clear", status, code)
     return Verdict("unexpected", status, code)
 
 
@@ -179,10 +186,10 @@ def judge(planned: Planned, status: int | None, body: Any, exc: str = "") -> lis
     n = len(planned.colours)
     if status is None:
         return [Verdict("lost", None, exc or "no_answer")] * n
+    deadline = planned.deadline_s is not None
     if planned.kind == "single" or status != 200:
-        if planned.kind == "multipart":  # the whole request failed: every image shares it
-            return [judge_item(c, status, body) for c in planned.colours]
-        return [judge_item(planned.colours[0], status, body)]
+        # A single image, or a multipart request that failed as a whole: its images share it.
+        return [judge_item(c, status, body, deadline) for c in planned.colours]
     results = body.get("results") if isinstance(body, dict) else None
     results = results if isinstance(results, list) else []
     out = []

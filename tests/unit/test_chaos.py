@@ -4,6 +4,7 @@ the kill schedule, the request mix and the summary's bar."""
 from __future__ import annotations
 
 import io
+import itertools
 import random
 from typing import Any
 
@@ -49,6 +50,10 @@ def test_single_image_verdicts() -> None:
     # Serve's proxy answering for a dead Ingress: an answer, but not a clear one.
     assert _verdicts(judge(single, 500, "Internal Server Error")) == ["unexpected"]
     assert _verdicts(judge(single, 422, {"error": {"code": "poison_image"}})) == ["unexpected"]
+    # The proxy's own 408 is a clear answer only for a request that asked for a deadline.
+    assert _verdicts(judge(single, 408, "Request Timeout")) == ["unexpected"]
+    short = Planned("single", (RED,), ("",), deadline_s=0.1)
+    assert _verdicts(judge(short, 408, "Request Timeout")) == ["clear"]
     lost = judge(single, None, None, "ReadError")
     assert lost == [Verdict("lost", None, "ReadError")]
 
@@ -83,7 +88,7 @@ def test_kill_plan_is_seeded_bounded_and_visits_every_stage() -> None:
     plan = plan_kills(9, 180.0)
     assert plan == plan_kills(9, 180.0)
     times = [t for t, _ in plan]
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(10.0 <= g <= 20.0 for g in gaps), gaps
     assert times[-1] < 170.0
     assert {stage for _, stage in plan} == set(STAGES)
