@@ -238,6 +238,7 @@ class Record:
     end: float
     status: int | None
     verdicts: list[Verdict]
+    request_id: str = ""
 
 
 def summarise(
@@ -356,6 +357,7 @@ class Run:
     records: list[Record] = field(default_factory=list)
     kills: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
     t0: float = 0.0
 
     def now(self) -> float:
@@ -366,7 +368,9 @@ class Run:
             bad_image(b, rng) if c is None else solid_png(c)
             for c, b in zip(planned.colours, planned.bad, strict=True)
         ]
-        headers = {}
+        request_id = f"chaos-{self.seed}-{len(self.started)}"  # in every log line of every stage
+        self.started.append(request_id)
+        headers = {"x-request-id": request_id}
         if planned.deadline_s is not None:
             headers["x-request-timeout-seconds"] = str(planned.deadline_s)
         start = self.now()
@@ -389,7 +393,7 @@ class Run:
             exc_name = type(exc).__name__
         end = self.now()
         self.records.append(
-            Record(planned, start, end, status, judge(planned, status, body, exc_name))
+            Record(planned, start, end, status, judge(planned, status, body, exc_name), request_id)
         )
 
     async def load(self, planner: Planner) -> None:
@@ -520,6 +524,7 @@ def main(argv: list[str] | None = None) -> int:
             "skipped_kills": run.skipped,
             "non_ok_requests": [
                 {
+                    "request_id": r.request_id,
                     "kind": r.planned.kind,
                     "images": len(r.planned.colours),
                     "deadline_s": r.planned.deadline_s,
