@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup run test lint bench evaluate
+.PHONY: setup run test lint bench evaluate chaos
 
 setup: $(STAMP)
 
@@ -39,3 +39,9 @@ bench: setup
 # Accuracy of the served shapes detector over HTTP (starts the service itself on a free port).
 evaluate: setup
 	$(PY) -m shapes.evaluate --json artifacts/evaluate.json
+
+# Replicas of every stage SIGKILLed at random under mixed load (README, Operations: Chaos): the
+# echo model, 2 replicas per stage, 127.0.0.1:8200 only; ~4 minutes; exit 1 if an image is lost
+# or answered with another image's result. `make chaos CHAOS_ARGS='--seconds 60'` for a short run.
+chaos: setup
+	$(PY) -m scripts.chaos $(CHAOS_ARGS)

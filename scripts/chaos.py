@@ -1,0 +1,554 @@
+"""`make chaos`: mixed load against the real graph while replicas of every stage are SIGKILLed.
+
+    .venv/bin/python -m scripts.chaos [--seconds 180] [--seed 9] [--port 8200] [--json PATH]
+
+Starts `serve run` on 127.0.0.1 only (bench.service.ServeProcess, its own session, stopped
+cleanly) from `serve_config.yaml` with the `echo` test model, whose top-3 labels spell each
+image's mean colour, and two replicas of every stage. For `--seconds` it sends single images,
+multipart requests of 2-8 images, a few bad images (truncated JPEG, garbage bytes) and some
+requests with short deadlines; every good image has a colour no other image in the run has. A
+seeded killer SIGKILLs one replica process every 10-20 s, cycling through Ingress,
+Preprocessor, Model and Postprocessor, only while that stage has both replicas running.
+
+Each image sent is judged:
+
+- ok: a 200 answer naming its colour (a bad image's clear 4xx counts as ok too);
+- clear: a 503 or 504 (with a body saying why) for a good image: the client knows to retry; or
+  Serve's proxy's 408 for a request with a short deadline (the proxy timed it out first);
+- unexpected: any other answer (a 500 or 502 from Serve's proxy, a 200 for a bad image, a good
+  image refused as poison, ...), reported with the stages killed while it was in flight;
+- lost: no HTTP answer at all (connection error, client timeout);
+- missing: a 200 that has no answer for this image;
+- misjoined: a 200 whose answer names another colour.
+
+The bar is 0 lost, 0 missing and 0 misjoined; the exit status is 1 when it is missed. Lost items
+are also split by whether an Ingress kill happened while they were in flight. A JSON summary goes
+to artifacts/chaos.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import random
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ("Ingress", "Preprocessor", "Model", "Postprocessor")
+ECHO = {"name": "tests.fixtures.models:echo", "weights": "none", "seed": 0, "torch_threads": 1}
+# Logical CPUs per replica: two replicas of each stage ask for 1.5 in all on a 2-core machine.
+NUM_CPUS = {"Ingress": 0.1, "Preprocessor": 0.25, "Model": 0.3, "Postprocessor": 0.1}
+CHANNELS = "rgb"
+
+Colour = tuple[int, int, int]
+
+# --- pure helpers (unit-tested without Ray) -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Planned:
+    """One request: its images (a colour, or None for a bad image) and its deadline, if short."""
+
+    kind: str  # "single" or "multipart"
+    colours: tuple[Colour | None, ...]
+    bad: tuple[str, ...]  # per image: "" for a good one, else "truncated_jpeg" / "garbage"
+    deadline_s: float | None = None
+
+
+class Planner:
+    """Seeded request mix; every good image gets a colour never used before in the run."""
+
+    def __init__(
+        self,
+        seed: int,
+        p_multipart: float = 0.3,
+        p_bad: float = 0.04,
+        p_short_deadline: float = 0.1,
+        short_deadline_s: tuple[float, float] = (0.05, 0.5),
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.used: set[Colour] = set()
+        self.p_multipart = p_multipart
+        self.p_bad = p_bad
+        self.p_short_deadline = p_short_deadline
+        self.short_deadline_s = short_deadline_s
+
+    def colour(self) -> Colour:
+        while True:
+            c = (self.rng.randrange(256), self.rng.randrange(256), self.rng.randrange(256))
+            if c not in self.used:
+                self.used.add(c)
+                return c
+
+    def next(self) -> Planned:
+        rng = self.rng
+        multipart = rng.random() < self.p_multipart
+        n = rng.randint(2, 8) if multipart else 1
+        colours: list[Colour | None] = []
+        bad: list[str] = []
+        for _ in range(n):
+            if rng.random() < self.p_bad:
+                colours.append(None)
+                bad.append(rng.choice(("truncated_jpeg", "garbage")))
+            else:
+                colours.append(self.colour())
+                bad.append("")
+        deadline = None
+        if rng.random() < self.p_short_deadline:
+            deadline = round(rng.uniform(*self.short_deadline_s), 3)
+        kind = "multipart" if multipart else "single"
+        return Planned(kind, tuple(colours), tuple(bad), deadline)
+
+
+def solid_png(colour: Colour, width: int = 48, height: int = 40) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def bad_image(kind: str, rng: random.Random) -> bytes:
+    """Bytes the service must refuse with a 4xx: a JPEG cut short, or bytes of no format."""
+    if kind == "truncated_jpeg":
+        buf = io.BytesIO()
+        img = Image.effect_noise((64, 48), 60).convert("RGB")
+        img.save(buf, "JPEG", quality=90)
+        data = buf.getvalue()
+        return data[: len(data) // 2]
+    return bytes(rng.randrange(256) for _ in range(512))
+
+
+def colour_in(predictions: Any) -> Colour | None:
+    """The colour an `echo` answer names (as tests.fixtures.models.colour_in), or None."""
+    if not isinstance(predictions, list) or len(predictions) < 3:
+        return None
+    try:
+        top = [str(p["label"]) for p in predictions[:3]]
+        if [label[:1] for label in top] != list(CHANNELS):
+            return None
+        r, g, b = (int(label[1:]) for label in top)
+    except (KeyError, TypeError, ValueError):
+        return None
+    return r, g, b
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # ok / clear / unexpected / lost / missing / misjoined
+    status: int | None  # the item's status (a multipart entry's own), None without an answer
+    code: str  # the error code, "ok", "proxy" (a non-JSON error body) or the exception's name
+
+
+def _error_code(body: Any) -> str:
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        return str(body["error"].get("code", "?"))
+    return "proxy"  # not our error body: Serve's proxy (or something before it) answered
+
+
+def judge_item(colour: Colour | None, status: int, answer: Any, deadline: bool = False) -> Verdict:
+    """One image's answer: `answer` is the single-image body or the multipart entry.
+
+    `deadline`: the request asked for a deadline. Serve's proxy times such a request out with
+    its own 408 when it runs out first (short deadlines, a busy machine): a clear answer too.
+    """
+    if status == 200:
+        if colour is None:
+            return Verdict("unexpected", 200, "bad_image_answered")
+        named = colour_in(answer.get("predictions")) if isinstance(answer, dict) else None
+        if named is None:
+            return Verdict("missing", 200, "no_predictions")
+        return Verdict("ok" if named == colour else "misjoined", 200, "ok")
+    code = _error_code(answer)
+    # A bad image: a clear 4xx from us is the right answer.
+    if colour is None and 400 <= status < 500 and code not in ("proxy", "poison_image"):
+        return Verdict("ok", status, code)
+    if status in (503, 504) and code != "proxy":
+        return Verdict("clear", status, code)
+    if status == 408 and deadline:
+        return Verdict("clear", status, code)
+    return Verdict("unexpected", status, code)
+
+
+def judge(planned: Planned, status: int | None, body: Any, exc: str = "") -> list[Verdict]:
+    """A verdict per image of one request, in order."""
+    n = len(planned.colours)
+    if status is None:
+        return [Verdict("lost", None, exc or "no_answer")] * n
+    deadline = planned.deadline_s is not None
+    if planned.kind == "single" or status != 200:
+        # A single image, or a multipart request that failed as a whole: its images share it.
+        return [judge_item(c, status, body, deadline) for c in planned.colours]
+    results = body.get("results") if isinstance(body, dict) else None
+    results = results if isinstance(results, list) else []
+    out = []
+    for i, colour in enumerate(planned.colours):
+        if i >= len(results):
+            out.append(Verdict("missing", 200, "no_entry"))
+            continue
+        entry = results[i]
+        error = entry.get("error") if isinstance(entry, dict) else None
+        if isinstance(error, dict):
+            out.append(judge_item(colour, int(error.get("status", 0)), entry))
+        else:
+            out.append(judge_item(colour, 200, entry))
+    if len(results) > n:  # answers for images never sent: a join gone wrong
+        out.extend([Verdict("misjoined", 200, "extra_entry")] * (len(results) - n))
+    return out
+
+
+def plan_kills(
+    seed: int, seconds: float, gap_s: tuple[float, float] = (10.0, 20.0), first_s: float = 5.0
+) -> list[tuple[float, str]]:
+    """(seconds after the load starts, stage) for each kill: seeded gaps, every stage in turn
+    (a fresh seeded order each round), none in the last `gap_s[0]` seconds of the run."""
+    rng = random.Random(seed)
+    out: list[tuple[float, str]] = []
+    t = first_s + rng.uniform(0, gap_s[0])
+    order: list[str] = []
+    while t < seconds - gap_s[0]:
+        if not order:
+            order = list(STAGES)
+            rng.shuffle(order)
+        out.append((round(t, 2), order.pop(0)))
+        t += rng.uniform(*gap_s)
+    return out
+
+
+def kills_during(kills: Iterable[dict[str, Any]], start: float, end: float) -> list[str]:
+    """Stages killed while a request was in flight (kill times and the window on one clock)."""
+    return sorted({k["stage"] for k in kills if start <= k["t"] <= end})
+
+
+@dataclass
+class Record:
+    planned: Planned
+    start: float
+    end: float
+    status: int | None
+    verdicts: list[Verdict]
+    request_id: str = ""
+
+
+def summarise(
+    records: Sequence[Record], kills: Sequence[dict[str, Any]], skipped: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """The counts `make chaos` prints and writes; `passed` is the bar (0 lost/missing/misjoined)."""
+    statuses = Counter(str(r.status) if r.status is not None else "no answer" for r in records)
+    items = [v for r in records for v in r.verdicts]
+    verdicts = Counter(v.verdict for v in items)
+    item_status = Counter(
+        f"{v.status} {v.code}" if v.status is not None else f"no answer ({v.code})" for v in items
+    )
+    lost_by_cause: Counter[str] = Counter()
+    unexpected_by_cause: Counter[str] = Counter()
+    for r in records:
+        during = kills_during(kills, r.start, r.end)
+        cause = "+".join(during) + " kill in flight" if during else "no kill in flight"
+        for v in r.verdicts:
+            if v.verdict == "lost":
+                lost_by_cause[cause] += 1
+            elif v.verdict == "unexpected":
+                unexpected_by_cause[f"{v.status} {v.code}, {cause}"] += 1
+    lost = verdicts["lost"] + verdicts["missing"]
+    by_kind = Counter(r.planned.kind for r in records)
+    return {
+        "requests": len(records),
+        "requests_by_kind": dict(by_kind),
+        "short_deadline_requests": sum(1 for r in records if r.planned.deadline_s is not None),
+        "statuses": dict(sorted(statuses.items())),
+        "images": len(items),
+        "bad_images": sum(1 for r in records for b in r.planned.bad if b),
+        "item_verdicts": {k: verdicts[k] for k in ("ok", "clear", "unexpected")},
+        "item_statuses": dict(sorted(item_status.items())),
+        "lost": lost,
+        "lost_no_answer": verdicts["lost"],
+        "lost_missing_in_200": verdicts["missing"],
+        "lost_by_cause": dict(lost_by_cause),
+        "misjoined": verdicts["misjoined"],
+        "unexpected_by_cause": dict(unexpected_by_cause),
+        "kills": len(kills),
+        "kills_by_stage": {s: sum(1 for k in kills if k["stage"] == s) for s in STAGES},
+        "kills_skipped": len(skipped),
+        "passed": lost == 0 and verdicts["misjoined"] == 0,
+    }
+
+
+def report_lines(summary: dict[str, Any]) -> list[str]:
+    s = summary
+    kinds = ", ".join(f"{v} {k}" for k, v in sorted(s["requests_by_kind"].items()))
+    lines = [
+        f"requests: {s['requests']} ({kinds}; {s['short_deadline_requests']} with a short "
+        f"deadline), {s['images']} images ({s['bad_images']} bad)",
+        "statuses: " + ", ".join(f"{k}: {v}" for k, v in s["statuses"].items()),
+        "images: " + ", ".join(f"{k} {v}" for k, v in s["item_verdicts"].items()),
+        "image statuses: " + ", ".join(f"{k}: {v}" for k, v in s["item_statuses"].items()),
+        "kills: "
+        + ", ".join(f"{k} {v}" for k, v in s["kills_by_stage"].items())
+        + f" ({s['kills']} in all, {s['kills_skipped']} skipped: stage not back to 2 replicas)",
+        f"lost: {s['lost']} (no answer {s['lost_no_answer']}, missing from a 200 "
+        f"{s['lost_missing_in_200']})"
+        + (
+            " by cause: " + ", ".join(f"{k}: {v}" for k, v in s["lost_by_cause"].items())
+            if s["lost_by_cause"]
+            else ""
+        ),
+        f"misjoined: {s['misjoined']}",
+    ]
+    if s["unexpected_by_cause"]:
+        lines.append(
+            "unexpected answers: "
+            + "; ".join(f"{k}: {v}" for k, v in s["unexpected_by_cause"].items())
+        )
+    lines.append(
+        "PASS: 0 lost, 0 misjoined" if s["passed"] else "MISS: the bar is 0 lost, 0 misjoined"
+    )
+    return lines
+
+
+# --- the run (starts Ray) -----------------------------------------------------------------------
+
+
+def chaos_config(base: dict[str, Any], port: int, replicas: int = 2) -> dict[str, Any]:
+    """serve_config.yaml with the echo model, loopback on `port`, `replicas` of every stage."""
+    from bench.service import bench_config
+
+    config = bench_config(base, port)
+    app = config["applications"][0]
+    app["args"]["model"] = dict(ECHO)
+    for d in app["deployments"]:
+        d.pop("autoscaling_config", None)
+        d["num_replicas"] = replicas
+        d.setdefault("ray_actor_options", {})["num_cpus"] = NUM_CPUS[d["name"]]
+    return config
+
+
+def stage_pids(sid: int) -> dict[str, list[int]]:
+    from bench.service import _role, session_pids
+
+    out: dict[str, list[int]] = {s: [] for s in STAGES}
+    for pid in session_pids(sid):
+        role = _role(pid)
+        if role in out:
+            out[role].append(pid)
+    return out
+
+
+@dataclass
+class Run:
+    url: str
+    seed: int
+    seconds: float
+    concurrency: int
+    timeout_s: float
+    sid: int
+    serve: Any  # bench.service.ServeProcess
+    records: list[Record] = field(default_factory=list)
+    kills: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    started: list[str] = field(default_factory=list)
+    t0: float = 0.0
+
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    async def send(self, client: httpx.AsyncClient, planned: Planned, rng: random.Random) -> None:
+        blobs = [
+            bad_image(b, rng) if c is None else solid_png(c)
+            for c, b in zip(planned.colours, planned.bad, strict=True)
+        ]
+        request_id = f"chaos-{self.seed}-{len(self.started)}"  # in every log line of every stage
+        self.started.append(request_id)
+        headers = {"x-request-id": request_id}
+        if planned.deadline_s is not None:
+            headers["x-request-timeout-seconds"] = str(planned.deadline_s)
+        start = self.now()
+        status: int | None = None
+        body: Any = None
+        exc_name = ""
+        try:
+            if planned.kind == "single":
+                headers["content-type"] = "image/png"
+                response = await client.post("/v1/predict", content=blobs[0], headers=headers)
+            else:
+                files = [("image", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
+                response = await client.post("/v1/predict", files=files, headers=headers)
+            status = response.status_code
+            try:
+                body = response.json()
+            except ValueError:
+                body = response.text[:200]
+        except httpx.HTTPError as exc:
+            exc_name = type(exc).__name__
+        end = self.now()
+        self.records.append(
+            Record(planned, start, end, status, judge(planned, status, body, exc_name), request_id)
+        )
+
+    async def load(self, planner: Planner) -> None:
+        limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=0)
+        stop_at = self.seconds
+
+        async def worker(i: int) -> None:
+            rng = random.Random(self.seed * 1000 + i)
+            while self.now() < stop_at:
+                await self.send(client, planner.next(), rng)
+
+        async with httpx.AsyncClient(
+            base_url=self.url, timeout=self.timeout_s, limits=limits
+        ) as client:
+            await asyncio.gather(*(worker(i) for i in range(self.concurrency)))
+
+    async def killer(self, plan: list[tuple[float, str]]) -> None:
+        rng = random.Random(self.seed + 1)
+        for at, stage in plan:
+            await asyncio.sleep(max(0.0, at - self.now()))
+            pids: list[int] = []
+            waited_until = self.now() + 15.0
+            while self.now() < waited_until:  # both replicas running: never the last one
+                pids = (await asyncio.to_thread(stage_pids, self.sid))[stage]
+                running = (await asyncio.to_thread(self.serve.replicas)).get(stage, 2)
+                if len(pids) >= 2 and running >= 2:
+                    break
+                await asyncio.sleep(0.5)
+            else:
+                self.skipped.append({"t": round(self.now(), 2), "stage": stage, "pids": pids})
+                print(f"  [{self.now():6.1f} s] skip {stage}: {len(pids)} replica(s) up")
+                continue
+            victim = rng.choice(sorted(pids))
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                self.skipped.append({"t": round(self.now(), 2), "stage": stage, "pids": pids})
+                continue
+            self.kills.append({"t": round(self.now(), 3), "stage": stage, "pid": victim})
+            print(f"  [{self.now():6.1f} s] SIGKILL {stage} replica pid {victim}", flush=True)
+
+    async def main(self) -> None:
+        self.t0 = time.monotonic()
+        planner = Planner(self.seed)
+        plan = plan_kills(self.seed, self.seconds)
+        await asyncio.gather(self.load(planner), self.killer(plan))
+
+
+def wait_recovered(serve: Any, sid: int, url: str, timeout_s: float = 120.0) -> float | None:
+    """Seconds until every stage has 2 replica processes, 2 RUNNING, and health answers 200."""
+    from bench.service import http_json
+
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        pids = stage_pids(sid)
+        running = serve.replicas()
+        ok = all(len(pids[s]) == 2 and running.get(s, 2) == 2 for s in STAGES)
+        if ok and http_json("GET", f"{url}/v1/health", timeout_s=10)[0] == 200:
+            return time.monotonic() - began
+        time.sleep(1.0)
+    return None
+
+
+async def after_check(url: str, planner: Planner, n: int = 16) -> int:
+    """Fresh colours once the kills have stopped: how many come back right (all should)."""
+    colours = [planner.colour() for _ in range(n)]
+    async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/predict", content=solid_png(c), headers={"content-type": "image/png"}
+                )
+                for c in colours
+            ),
+            return_exceptions=True,
+        )
+    return sum(
+        1
+        for r, c in zip(responses, colours, strict=True)
+        if isinstance(r, httpx.Response)
+        and r.status_code == 200
+        and colour_in(r.json().get("predictions")) == c
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=180.0, help="load duration (180)")
+    parser.add_argument("--seed", type=int, default=9)
+    parser.add_argument("--port", type=int, default=8200, help="HTTP port on 127.0.0.1 (8200)")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="client timeout, s (60)")
+    parser.add_argument("--json", type=Path, default=ROOT / "artifacts" / "chaos.json")
+    args = parser.parse_args(argv)
+
+    from bench.service import ServeProcess, load_config
+
+    workdir = ROOT / "artifacts" / "chaos"
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = chaos_config(load_config(ROOT / "serve_config.yaml"), args.port)
+    serve = ServeProcess(config, workdir, args.port)
+    began = time.monotonic()
+    print(f"starting serve run on {serve.url} (2 replicas per stage, echo model) ...", flush=True)
+    serve.start()
+    assert serve.proc is not None
+    sid = serve.proc.pid
+    print(f"started in {serve.started_s:.0f} s; replicas: {stage_pids(sid)}", flush=True)
+    try:
+        run = Run(serve.url, args.seed, args.seconds, args.concurrency, args.timeout, sid, serve)
+        print(f"load for {args.seconds:.0f} s, {args.concurrency} in flight, seed {args.seed}")
+        asyncio.run(run.main())
+        load_wall = run.now()
+        recovered = wait_recovered(serve, sid, serve.url)
+        after_ok = asyncio.run(after_check(serve.url, Planner(args.seed + 7)))
+    finally:
+        serve.stop()
+    summary = summarise(run.records, run.kills, run.skipped)
+    summary.update(
+        {
+            "seconds": args.seconds,
+            "seed": args.seed,
+            "concurrency": args.concurrency,
+            "load_wall_s": round(load_wall, 1),
+            "wall_s": round(time.monotonic() - began, 1),
+            "recovered_after_s": None if recovered is None else round(recovered, 1),
+            "after_check_ok": f"{after_ok}/16",
+            "kill_log": run.kills,
+            "skipped_kills": run.skipped,
+            "non_ok_requests": [
+                {
+                    "request_id": r.request_id,
+                    "kind": r.planned.kind,
+                    "images": len(r.planned.colours),
+                    "deadline_s": r.planned.deadline_s,
+                    "start": round(r.start, 3),
+                    "end": round(r.end, 3),
+                    "status": r.status,
+                    "verdicts": [asdict(v) for v in r.verdicts if v.verdict != "ok"],
+                    "kills_in_flight": kills_during(run.kills, r.start, r.end),
+                }
+                for r in run.records
+                if any(v.verdict not in ("ok", "clear") for v in r.verdicts)
+            ],
+        }
+    )
+    if recovered is None or after_ok != 16:
+        summary["passed"] = False
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(summary, indent=1))
+    print("\n".join(report_lines(summary)))
+    rec = "no" if recovered is None else f"{recovered:.0f} s"
+    print(f"recovered to 2 replicas per stage after the load: {rec}; after-check {after_ok}/16")
+    print(f"wall {summary['wall_s']:.0f} s; summary in {args.json}")
+    return 0 if summary["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

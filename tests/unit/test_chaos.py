@@ -1,0 +1,139 @@
+"""`make chaos`'s bookkeeping (scripts/chaos.py), without Ray: how each image's answer is judged,
+the kill schedule, the request mix and the summary's bar."""
+
+from __future__ import annotations
+
+import io
+import itertools
+import random
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from scripts.chaos import (
+    STAGES,
+    Planned,
+    Planner,
+    Record,
+    Verdict,
+    bad_image,
+    judge,
+    plan_kills,
+    summarise,
+)
+from tests.fixtures.models import labels_for
+
+RED: tuple[int, int, int] = (200, 10, 30)
+BLUE: tuple[int, int, int] = (5, 6, 250)
+
+
+def _answer(colour: tuple[int, int, int]) -> dict[str, Any]:
+    return {"predictions": [{"label": label, "score": 1.0} for label in labels_for(colour)]}
+
+
+def _error(status: int, code: str) -> dict[str, Any]:
+    return {"item_id": "x", "error": {"code": code, "message": "m", "status": status}}
+
+
+def _verdicts(out: list[Verdict]) -> list[str]:
+    return [v.verdict for v in out]
+
+
+def test_single_image_verdicts() -> None:
+    single = Planned("single", (RED,), ("",))
+    assert _verdicts(judge(single, 200, _answer(RED))) == ["ok"]
+    assert _verdicts(judge(single, 200, _answer(BLUE))) == ["misjoined"]
+    assert _verdicts(judge(single, 200, {"predictions": []})) == ["missing"]
+    assert _verdicts(judge(single, 503, {"error": {"code": "overloaded"}})) == ["clear"]
+    assert _verdicts(judge(single, 504, {"error": {"code": "deadline_exceeded"}})) == ["clear"]
+    # Serve's proxy answering for a dead Ingress: an answer, but not a clear one.
+    assert _verdicts(judge(single, 500, "Internal Server Error")) == ["unexpected"]
+    assert _verdicts(judge(single, 422, {"error": {"code": "poison_image"}})) == ["unexpected"]
+    # The proxy's own 408 is a clear answer only for a request that asked for a deadline.
+    assert _verdicts(judge(single, 408, "Request Timeout")) == ["unexpected"]
+    short = Planned("single", (RED,), ("",), deadline_s=0.1)
+    assert _verdicts(judge(short, 408, "Request Timeout")) == ["clear"]
+    lost = judge(single, None, None, "ReadError")
+    assert lost == [Verdict("lost", None, "ReadError")]
+
+
+def test_bad_images_want_a_clear_4xx() -> None:
+    bad = Planned("single", (None,), ("truncated_jpeg",))
+    assert _verdicts(judge(bad, 422, {"error": {"code": "corrupt_image"}})) == ["ok"]
+    assert _verdicts(judge(bad, 415, {"error": {"code": "unsupported_format"}})) == ["ok"]
+    assert _verdicts(judge(bad, 503, {"error": {"code": "overloaded"}})) == ["clear"]
+    assert _verdicts(judge(bad, 200, _answer(RED))) == ["unexpected"]
+
+
+def test_multipart_entries_are_judged_in_order() -> None:
+    planned = Planned("multipart", (RED, None, BLUE), ("", "garbage", ""))
+    body = {"results": [_answer(RED), _error(415, "unsupported_format"), _error(503, "overloaded")]}
+    assert _verdicts(judge(planned, 200, body)) == ["ok", "ok", "clear"]
+    swapped = {"results": [_answer(BLUE), _error(415, "unsupported_format"), _answer(RED)]}
+    assert _verdicts(judge(planned, 200, swapped)) == ["misjoined", "ok", "misjoined"]
+    short = {"results": [_answer(RED)]}
+    assert _verdicts(judge(planned, 200, short)) == ["ok", "missing", "missing"]
+    extra = {"results": [_answer(RED), _error(415, "x"), _answer(BLUE), _answer(RED)]}
+    assert _verdicts(judge(planned, 200, extra)) == ["ok", "ok", "ok", "misjoined"]
+    assert _verdicts(judge(planned, 504, {"error": {"code": "deadline_exceeded"}})) == [
+        "clear",
+        "clear",
+        "clear",
+    ]
+    assert _verdicts(judge(planned, None, None, "ConnectError")) == ["lost"] * 3
+
+
+def test_kill_plan_is_seeded_bounded_and_visits_every_stage() -> None:
+    plan = plan_kills(9, 180.0)
+    assert plan == plan_kills(9, 180.0)
+    times = [t for t, _ in plan]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    assert all(10.0 <= g <= 20.0 for g in gaps), gaps
+    assert times[-1] < 170.0
+    assert {stage for _, stage in plan} == set(STAGES)
+    first_round = [stage for _, stage in plan[: len(STAGES)]]
+    assert sorted(first_round) == sorted(STAGES)
+
+
+def test_planner_mixes_requests_and_never_reuses_a_colour() -> None:
+    planner = Planner(3)
+    plans = [planner.next() for _ in range(2000)]
+    colours = [c for p in plans for c in p.colours if c is not None]
+    assert len(colours) == len(set(colours))
+    multipart = [p for p in plans if p.kind == "multipart"]
+    assert multipart and all(2 <= len(p.colours) <= 8 for p in multipart)
+    assert any(p.deadline_s is not None for p in plans)
+    assert any(b for p in plans for b in p.bad)
+    assert all((c is None) == bool(b) for p in plans for c, b in zip(p.colours, p.bad, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["truncated_jpeg", "garbage"])
+def test_bad_images_do_not_decode(kind: str) -> None:
+    data = bad_image(kind, random.Random(0))
+    with pytest.raises(OSError):
+        Image.open(io.BytesIO(data)).load()
+
+
+def test_summary_counts_and_the_bar() -> None:
+    single = Planned("single", (RED,), ("",))
+    kills = [{"t": 5.0, "stage": "Ingress", "pid": 1}, {"t": 20.0, "stage": "Model", "pid": 2}]
+    records = [
+        Record(single, 0.0, 1.0, 200, judge(single, 200, _answer(RED))),
+        Record(single, 4.0, 6.0, None, judge(single, None, None, "ReadError")),
+        Record(single, 19.0, 21.0, 503, judge(single, 503, {"error": {"code": "overloaded"}})),
+        Record(single, 4.5, 5.5, 500, judge(single, 500, "Internal Server Error")),
+    ]
+    summary = summarise(records, kills, [])
+    assert summary["requests"] == 4
+    assert summary["statuses"] == {"200": 1, "500": 1, "503": 1, "no answer": 1}
+    assert summary["lost"] == 1 and summary["lost_by_cause"] == {"Ingress kill in flight": 1}
+    assert summary["unexpected_by_cause"] == {"500 proxy, Ingress kill in flight": 1}
+    assert summary["kills_by_stage"] == {
+        "Ingress": 1,
+        "Preprocessor": 0,
+        "Model": 1,
+        "Postprocessor": 0,
+    }
+    assert summary["misjoined"] == 0 and not summary["passed"]
+    assert summarise(records[:1] + records[2:], kills, [])["passed"]
