@@ -64,6 +64,9 @@ class Response:
     def cancel(self) -> None:
         pass
 
+    async def _to_object_ref(self) -> Response:
+        return self  # the fake's stand-in for the reference handed to the later calls
+
     def __await__(self) -> Any:
         return self.value.__await__() if asyncio.iscoroutine(self.value) else _done(self.value)
 
