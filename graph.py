@@ -13,7 +13,7 @@ from deployments.caller import BundleSettings, PoisonSettings
 from deployments.imaging import DecodeLimits, ResizeSpec
 from deployments.ingress import Ingress, IngressSettings
 from deployments.model import Model
-from deployments.models import ModelSpec, resolve
+from deployments.models import ModelSpec, Resolved, resolve
 from deployments.postprocessor import Postprocessor
 from deployments.preprocessor import Preprocessor
 
@@ -109,6 +109,22 @@ DEFAULT_ARGS = AppArgs(
 )
 
 
+def decode_settings(args: AppArgs, resolved: Resolved) -> tuple[ResizeSpec, DecodeLimits]:
+    """How every image is decoded and brought to the model input (also the benchmark's)."""
+    resize = ResizeSpec(
+        mode=resolved.resize,
+        input_width=resolved.input_width,
+        input_height=resolved.input_height,
+        resize_size=resolved.resize_size,
+        pad_value=args.model.pad_value,
+        draft=args.jpeg_draft,
+    )
+    limits = DecodeLimits(
+        max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
+    )
+    return resize, limits
+
+
 def build_app(args: AppArgs) -> Application:
     """Build the graph Ingress -> Preprocessor -> Model -> Postprocessor.
 
@@ -121,17 +137,7 @@ def build_app(args: AppArgs) -> Application:
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args)
     resolved = resolve(args.model)
-    resize = ResizeSpec(
-        mode=resolved.resize,
-        input_width=resolved.input_width,
-        input_height=resolved.input_height,
-        resize_size=resolved.resize_size,
-        pad_value=args.model.pad_value,
-        draft=args.jpeg_draft,
-    )
-    limits = DecodeLimits(
-        max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
-    )
+    resize, limits = decode_settings(args, resolved)
     settings = IngressSettings(
         task=resolved.task,
         max_top_k=args.model.max_top_k,

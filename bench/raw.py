@@ -26,12 +26,12 @@ import torch
 import yaml
 
 from bench.stats import percentile
-from deployments.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.imaging import decode
 from deployments.inference import Runner, pick_device
 from deployments.models import load, resolve
 from deployments.predictions import top_k
 from deployments.types import Meta, Options, RawOutput, Result, Sample, new_item_id
-from graph import AppArgs
+from graph import AppArgs, decode_settings
 
 
 def pickled_size(obj: Any) -> dict[str, int]:
@@ -57,17 +57,7 @@ class Pipeline:
         self.spec = args.model
         self.resolved = resolve(args.model)
         r = self.resolved
-        self.resize = ResizeSpec(
-            mode=r.resize,
-            input_width=r.input_width,
-            input_height=r.input_height,
-            resize_size=r.resize_size,
-            pad_value=args.model.pad_value,
-            draft=args.jpeg_draft,
-        )
-        self.limits = DecodeLimits(
-            max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
-        )
+        self.resize, self.limits = decode_settings(args, r)
         self.runner = Runner(
             module=load(args.model, r),
             task=r.task,

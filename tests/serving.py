@@ -67,6 +67,17 @@ def app_config(
     return config
 
 
+def fixed_replicas(replicas: int) -> dict[str, Any]:
+    """Deployment options that hold a stage at exactly `replicas` (the faults tests kill them)."""
+    return {
+        "autoscaling_config": {
+            "min_replicas": replicas,
+            "max_replicas": replicas,
+            "target_ongoing_requests": 8,
+        }
+    }
+
+
 def deploy(config: dict[str, Any], timeout_s: float = 180) -> None:
     """Apply a config the way `serve run <config>` does, then wait for the app to run."""
     schema = ServeDeploySchema.model_validate(config)

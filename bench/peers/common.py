@@ -15,11 +15,11 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from deployments.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.imaging import decode
 from deployments.inference import Runner, pick_device
 from deployments.models import load, resolve
 from deployments.predictions import label_for
-from graph import AppArgs
+from graph import AppArgs, decode_settings
 
 TOP_K = 5
 
@@ -34,17 +34,7 @@ class Classifier:
             torch.set_num_threads(threads)
         self.args = args
         self.resolved = r = resolve(args.model)
-        self.resize = ResizeSpec(
-            mode=r.resize,
-            input_width=r.input_width,
-            input_height=r.input_height,
-            resize_size=r.resize_size,
-            pad_value=args.model.pad_value,
-            draft=args.jpeg_draft,
-        )
-        self.limits = DecodeLimits(
-            max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
-        )
+        self.resize, self.limits = decode_settings(args, r)
         self.runner = Runner(
             module=load(args.model, r),
             task=r.task,

@@ -16,23 +16,13 @@ from ray import serve
 
 from tests import images
 from tests.fixtures.models import GATE_NAMESPACE, Gate, colour_in
-from tests.serving import app_config, deploy, post_many, wait_until
+from tests.serving import app_config, deploy, fixed_replicas, post_many, wait_until
 
 ECHO = "tests.fixtures.models:echo"
 
 
 def _echo(**kwargs: Any) -> dict[str, Any]:
     return {"name": ECHO, "weights": "none", "kwargs": kwargs}
-
-
-def _fixed(replicas: int) -> dict[str, Any]:
-    return {
-        "autoscaling_config": {
-            "min_replicas": replicas,
-            "max_replicas": replicas,
-            "target_ongoing_requests": 8,
-        }
-    }
 
 
 def _correct(response: httpx.Response, colour: tuple[int, int, int]) -> bool:
@@ -107,7 +97,7 @@ def test_model_replica_killed_holding_a_batch_its_items_are_retried(gate: tuple[
     deploy(
         app_config(
             model=_echo(gate=name),
-            options={"Model": _fixed(2)},
+            options={"Model": fixed_replicas(2)},
             user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
         )
     )
@@ -138,7 +128,7 @@ def test_model_replica_killed_holding_a_batch_its_items_are_retried(gate: tuple[
 
 
 def test_preprocessor_replica_killed_under_load() -> None:
-    deploy(app_config(model=_echo(), options={"Preprocessor": _fixed(2)}))
+    deploy(app_config(model=_echo(), options={"Preprocessor": fixed_replicas(2)}))
     colours = images.distinct_colours(48, seed=3)
     bodies = [images.solid_png(c, 1600, 1200) for c in colours]  # big enough to keep decoders busy
     load = Background(bodies)

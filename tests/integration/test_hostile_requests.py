@@ -20,23 +20,13 @@ from ray import serve
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import BASE_URL, app_config, deploy, wait_until
+from tests.serving import BASE_URL, app_config, deploy, fixed_replicas, wait_until
 
 ECHO = "tests.fixtures.models:echo"
 POISON = (7, 77, 177)  # the mean colour that kills the Model replica holding it
 MAX_BODY = 64 * 1024 * 1024
 BUDGET = 2 * MAX_BODY  # two whole bodies in flight per Ingress replica
 TINY_PART = b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\nx\r\n'
-
-
-def _fixed(replicas: int) -> dict[str, Any]:
-    return {
-        "autoscaling_config": {
-            "min_replicas": replicas,
-            "max_replicas": replicas,
-            "target_ongoing_requests": 8,
-        }
-    }
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +45,7 @@ def crash_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             },
             # One Ingress replica holds the budget and the quarantine; two Model replicas, so a
             # retry has somewhere to go while a killed one comes back.
-            options={"Ingress": _fixed(1), "Model": _fixed(2)},
+            options={"Ingress": fixed_replicas(1), "Model": fixed_replicas(2)},
         )
     )
     yield log
