@@ -47,6 +47,10 @@ from deployments.schema import ERRORS, PREDICT_BODY, MultiResultOut, ResultOut
 from deployments.types import Item, ItemError, Options, Result, Task, new_item_id
 
 logger = logging.getLogger("ray.serve")
+STAGES = ("preprocessor", "model", "postprocessor")
+HEALTH_EVERY_S = 1.0  # how often the Ingress asks every stage whether it answers
+HEALTH_STALE_S = 5.0  # older than this, a probe asks the stages itself
+HEALTH_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,8 @@ class Ingress:
         self._model_ready = model.options(method_name="ready")
         self._post_ready = postprocessor.options(method_name="ready")
         self._describe = model.options(method_name="describe")
+        self._stages: tuple[float | None, str | None] = (None, None)  # (checked at, problem)
+        self._watcher: asyncio.Task[None] | None = None
         self._settings = settings
         # Read once; the key itself is never logged or echoed. Unusable key settings raise
         # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
@@ -271,18 +277,38 @@ class Ingress:
             error_body(exc, request_id), status=exc.status, headers=headers or None
         )
 
-    @app.get("/v1/health", summary="200 when every stage answers")
+    @app.get("/v1/health", summary="200 when every stage answered within the last few seconds")
     async def health(self) -> Response:
-        checks = {
-            "preprocessor": self._pre_ready.remote(),
-            "model": self._model_ready.remote(),
-            "postprocessor": self._post_ready.remote(),
-        }
+        # Probes are answered from the latest check, which a background task repeats every
+        # second: a probe never waits on three stage calls, so it stays fast under load.
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_stages())
+        checked_at, problem = self._stages
+        if checked_at is None or time.monotonic() - checked_at > HEALTH_STALE_S:
+            problem = await self._check_stages()  # no recent check: the probe waits for one
+        if problem is not None:
+            return json_response({"status": "unavailable", "detail": problem}, status=503)
+        return json_response({"status": "ok", "stages": dict.fromkeys(STAGES, "ready")})
+
+    async def _watch_stages(self) -> None:
+        while True:
+            await self._check_stages()
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def _check_stages(self) -> str | None:
+        """Ask every stage; None when all answered, else what went wrong. Remembered."""
+        checks = [
+            self._pre_ready.remote(),
+            self._model_ready.remote(),
+            self._post_ready.remote(),
+        ]
+        problem: str | None = None
         try:
-            await asyncio.wait_for(asyncio.gather(*checks.values()), timeout=10.0)
+            await asyncio.wait_for(asyncio.gather(*checks), timeout=HEALTH_TIMEOUT_S)
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
-            return json_response({"status": "unavailable", "detail": repr(exc)}, status=503)
-        return json_response({"status": "ok", "stages": dict.fromkeys(checks, "ready")})
+            problem = repr(exc)
+        self._stages = (time.monotonic(), problem)
+        return problem
 
     @app.get("/v1/model", summary="Model, task, labels, input size and batching settings")
     async def model_info(self, request: Request) -> Response:
