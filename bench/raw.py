@@ -27,8 +27,8 @@ import yaml
 
 from bench.stats import percentile
 from deployments.imaging import decode
-from deployments.inference import Runner, pick_device
-from deployments.models import load, resolve
+from deployments.inference import Runner
+from deployments.models import resolve
 from deployments.predictions import top_k
 from deployments.types import Meta, Options, RawOutput, Result, Sample, new_item_id
 from graph import AppArgs, decode_settings
@@ -58,14 +58,7 @@ class Pipeline:
         self.resolved = resolve(args.model)
         r = self.resolved
         self.resize, self.limits = decode_settings(args, r)
-        self.runner = Runner(
-            module=load(args.model, r),
-            task=r.task,
-            device=pick_device(),
-            mean=r.mean,
-            std=r.std,
-            max_top_k=args.model.max_top_k,
-        )
+        self.runner = Runner.for_model(args.model, r)
         self.k = 5
         self.timing = {"decode": 0.0, "forward": 0.0, "postprocess": 0.0}
         # Process CPU seconds per stage (torch's intra-op threads included: the stages run one

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from deployments.errors import DeadlineExceeded, InferenceFailed
+from deployments.models import ModelSpec, Resolved, load
 from deployments.types import ItemError, RawOutput, Sample, Task
 
 logger = logging.getLogger("ray.serve")
@@ -40,6 +41,25 @@ class Runner:
     max_top_k: int = 100
     # Called once per forward pass with (items, milliseconds), for metrics.
     on_batch: Callable[[int, float], None] | None = field(default=None, repr=False)
+
+    @classmethod
+    def for_model(
+        cls,
+        spec: ModelSpec,
+        resolved: Resolved,
+        device: torch.device | None = None,
+        on_batch: Callable[[int, float], None] | None = None,
+    ) -> Runner:
+        """The runner for a configured model: its weights loaded, its normalisation and top-k."""
+        return cls(
+            module=load(spec, resolved),
+            task=resolved.task,
+            device=device or pick_device(),
+            mean=resolved.mean,
+            std=resolved.std,
+            max_top_k=spec.max_top_k,
+            on_batch=on_batch,
+        )
 
     def __post_init__(self) -> None:
         self.module = self.module.to(self.device).eval()

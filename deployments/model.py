@@ -16,7 +16,7 @@ from ray import serve
 from deployments.batching import ForwardQueue, chunks
 from deployments.inference import Runner, pick_device
 from deployments.metrics import ModelMetrics
-from deployments.models import ModelSpec, Resolved, load
+from deployments.models import ModelSpec, Resolved
 from deployments.types import Bundle, ItemError, ModelInfo, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
@@ -50,15 +50,7 @@ class Model:
         started = time.perf_counter()
         self._resolved = resolved
         self._metrics = ModelMetrics()
-        self._runner = Runner(
-            module=load(spec, resolved),
-            task=resolved.task,
-            device=device,
-            mean=resolved.mean,
-            std=resolved.std,
-            max_top_k=spec.max_top_k,
-            on_batch=self._record_batch,
-        )
+        self._runner = Runner.for_model(spec, resolved, device, on_batch=self._record_batch)
         self._batching = BatchingConfig()
         self._waiting: set[str] = set()  # item ids in predict() not yet handed to a forward pass
         # Items gathered by @serve.batch wait here for the one forward pass at a time.
@@ -126,16 +118,19 @@ class Model:
                 raise
         finally:
             self._waiting.difference_update(ids)  # also when cancelled before its batch ran
-        by_id: dict[str, RawOutput | ItemError] = {}
-        for sample, raw in zip(samples, outputs, strict=True):
-            if isinstance(raw, RawOutput):
-                waited_ms = max(0.0, (time.perf_counter() - entered) * 1000.0 - raw.inference_ms)
-                self._metrics.batch_wait.observe(waited_ms)
-                raw = dataclasses.replace(raw, queue_ms=waited_ms)
-            by_id[sample.item_id] = raw
+        answers = iter(outputs)  # one per sample, in order; the Postprocessor checks ids
         return tuple(
-            by_id[item.item_id] if isinstance(item, Sample) else item for item in bundle.items
+            self._waited(next(answers), entered) if isinstance(item, Sample) else item
+            for item in bundle.items
         )
+
+    def _waited(self, raw: RawOutput | ItemError, entered: float) -> RawOutput | ItemError:
+        """`raw` with the time its item spent here before its forward pass (and the metric)."""
+        if isinstance(raw, ItemError):
+            return raw
+        waited_ms = max(0.0, (time.perf_counter() - entered) * 1000.0 - raw.inference_ms)
+        self._metrics.batch_wait.observe(waited_ms)
+        return dataclasses.replace(raw, queue_ms=waited_ms)
 
     @serve.batch(
         max_batch_size=8,

@@ -16,8 +16,8 @@ import numpy.typing as npt
 import torch
 
 from deployments.imaging import decode
-from deployments.inference import Runner, pick_device
-from deployments.models import load, resolve
+from deployments.inference import Runner
+from deployments.models import resolve
 from deployments.predictions import label_for
 from graph import AppArgs, decode_settings
 
@@ -35,14 +35,7 @@ class Classifier:
         self.args = args
         self.resolved = r = resolve(args.model)
         self.resize, self.limits = decode_settings(args, r)
-        self.runner = Runner(
-            module=load(args.model, r),
-            task=r.task,
-            device=pick_device(),
-            mean=r.mean,
-            std=r.std,
-            max_top_k=args.model.max_top_k,
-        )
+        self.runner = Runner.for_model(args.model, r)
         self.runner.warm_up([1, 8], r.input_height, r.input_width)
 
     def decode(self, data: bytes) -> npt.NDArray[np.uint8]:

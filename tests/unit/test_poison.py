@@ -106,7 +106,7 @@ class FakeGraph:
                 self.most_in_flight_after_a_death, self.in_flight
             )
         try:
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.01)  # the time a stage holds a bundle, so calls overlap
             if any(i.data in self.poison for i in items):
                 self.deaths += 1
                 raise RayActorError()
