@@ -82,6 +82,22 @@ def parse_response(
     return sample
 
 
+async def _post(
+    session: aiohttp.ClientSession, url: str, body: Body, extra: dict[str, str]
+) -> tuple[int, bytes, float, float]:
+    """One request: (status, payload, sent, done); status -1 for a connection error."""
+    sent = time.perf_counter()
+    try:
+        async with session.post(
+            url, data=body.data, headers={**extra, "content-type": body.content_type}
+        ) as resp:
+            payload = await resp.read()
+            status = resp.status
+    except (aiohttp.ClientError, TimeoutError):
+        payload, status = b"", -1
+    return status, payload, sent, time.perf_counter()
+
+
 async def run_point(
     url: str,
     bodies: Sequence[Body],
@@ -121,16 +137,7 @@ async def run_point(
             ticket = state["ticket"]
             state["ticket"] += 1
             body = bodies[ticket % len(bodies)]
-            sent = time.perf_counter()
-            try:
-                async with session.post(
-                    url, data=body.data, headers={**extra, "content-type": body.content_type}
-                ) as resp:
-                    payload = await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, TimeoutError):
-                payload, status = b"", -1
-            done = time.perf_counter()
+            status, payload, sent, done = await _post(session, url, body, extra)
             if stop.is_set():
                 return  # in flight when the window closed: drained, not counted
             state["completed"] += 1
@@ -195,16 +202,7 @@ async def run_open_loop(
     timeout = aiohttp.ClientTimeout(total=timeout_s)
 
     async def one(session: aiohttp.ClientSession, i: int, body: Body) -> None:
-        sent = time.perf_counter()
-        try:
-            async with session.post(
-                url, data=body.data, headers={**extra, "content-type": body.content_type}
-            ) as resp:
-                payload = await resp.read()
-                status = resp.status
-        except (aiohttp.ClientError, TimeoutError):
-            payload, status = b"", -1
-        done = time.perf_counter()
+        status, payload, sent, done = await _post(session, url, body, extra)
         bar.update(1)
         if i >= warmup:
             state["bytes"] += len(payload)
