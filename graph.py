@@ -13,7 +13,7 @@ from deployments.caller import BundleSettings, PoisonSettings
 from deployments.imaging import DecodeLimits, ResizeSpec
 from deployments.ingress import Ingress, IngressSettings
 from deployments.model import Model
-from deployments.models import ModelSpec, Resolved, resolve
+from deployments.model_source import ModelSpec, Resolved, resolve
 from deployments.postprocessor import Postprocessor
 from deployments.preprocessor import Preprocessor
 

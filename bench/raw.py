@@ -28,7 +28,7 @@ import yaml
 from bench.stats import percentile
 from deployments.imaging import decode
 from deployments.inference import Runner
-from deployments.models import resolve
+from deployments.model_source import resolve
 from deployments.predictions import top_k
 from deployments.types import Meta, Options, RawOutput, Result, Sample, new_item_id
 from graph import AppArgs, decode_settings

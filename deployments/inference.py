@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from deployments.errors import DeadlineExceeded, InferenceFailed
-from deployments.models import ModelSpec, Resolved, load
+from deployments.model_source import ModelSpec, Resolved, load
 from deployments.types import ItemError, RawOutput, Sample, Task
 
 logger = logging.getLogger("ray.serve")

@@ -16,7 +16,7 @@ from ray import serve
 from deployments.batching import ForwardQueue, chunks
 from deployments.inference import Runner, pick_device
 from deployments.metrics import ModelMetrics
-from deployments.models import ModelSpec, Resolved
+from deployments.model_source import ModelSpec, Resolved
 from deployments.types import Bundle, ItemError, ModelInfo, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")

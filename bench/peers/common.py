@@ -1,7 +1,7 @@
 """The work every peer does, built from the graph's own generated config so nothing differs.
 
 decode: `deployments.imaging.decode` with the graph's `ResizeSpec` and `DecodeLimits`;
-model: `deployments.models.load` (resnet18, `weights: none`, seed 0); forward pass:
+model: `deployments.model_source.load` (resnet18, `weights: none`, seed 0); forward pass:
 `deployments.inference.Runner.forward` (uint8 NHWC in, softmax top-k out); labels:
 `deployments.predictions.label_for`. No Ray, no HTTP: the peers wrap this in their own stack.
 """
@@ -17,7 +17,7 @@ import torch
 
 from deployments.imaging import decode
 from deployments.inference import Runner
-from deployments.models import resolve
+from deployments.model_source import resolve
 from deployments.predictions import label_for
 from graph import AppArgs, decode_settings
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.models import resolve
+from deployments.model_source import resolve
 from graph import AppArgs
 from tests.serving import ROOT, load_config
 

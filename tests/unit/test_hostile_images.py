@@ -18,7 +18,7 @@ from PIL import Image
 
 from deployments import errors
 from deployments.imaging import DecodeLimits, Preprocessed, ResizeSpec, decode, plan_decode
-from deployments.models import ModelSpec, resolve
+from deployments.model_source import ModelSpec, resolve
 from tests import images
 from tests.serving import ROOT, load_config
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 
-from deployments.models import ModelLoadError, ModelSpec, load, resolve
+from deployments.model_source import ModelLoadError, ModelSpec, load, resolve
 
 
 def test_classification_preset_comes_from_the_weights() -> None:
