@@ -140,7 +140,7 @@ def build_app(args: AppArgs) -> Application:
     resize, limits = decode_settings(args, resolved)
     settings = IngressSettings(
         task=resolved.task,
-        max_top_k=args.model.max_top_k,
+        max_candidates=resolved.max_candidates,
         max_body_bytes=args.limits.max_body_bytes,
         max_image_bytes=args.limits.max_image_bytes,
         max_images_per_request=args.limits.max_images_per_request,

@@ -26,10 +26,11 @@ import torch
 import yaml
 
 from bench.stats import percentile
+from deployments import tasks
 from deployments.imaging import decode
 from deployments.inference import Runner
 from deployments.model_source import resolve
-from deployments.predictions import top_k
+from deployments.postprocessor import join
 from deployments.types import Meta, Options, RawOutput, Result, Sample, new_item_id
 from graph import AppArgs, decode_settings
 
@@ -59,7 +60,8 @@ class Pipeline:
         r = self.resolved
         self.resize, self.limits = decode_settings(args, r)
         self.runner = Runner.for_model(args.model, r)
-        self.k = 5
+        self.task = tasks.get(r.task)
+        self.defaults = self.task.defaults()  # top_k 5, as the graph's Postprocessor
         self.timing = {"decode": 0.0, "forward": 0.0, "postprocess": 0.0}
         # Process CPU seconds per stage (torch's intra-op threads included: the stages run one
         # after another in this process, so the process clock while a stage runs is its cost).
@@ -93,21 +95,16 @@ class Pipeline:
         return out
 
     def result(self, sample: Sample, raw: Any) -> Result:
-        assert isinstance(raw, RawOutput), raw
-        return Result(
-            request_id=sample.meta.request_id,
-            item_id=sample.item_id,
+        out = join(
+            raw,
+            sample,
             model=self.resolved.name,
-            task=self.resolved.task,
-            image=sample.meta.image,
-            predictions=top_k(raw, self.resolved.labels, self.k),
-            batch_size=raw.batch_size,
-            timings_ms={
-                "preprocess": round(sample.meta.preprocess_ms, 3),
-                "batch_wait": round(raw.queue_ms, 3),
-                "inference": round(raw.inference_ms, 3),
-            },
+            task=self.task,
+            labels=self.resolved.labels,
+            defaults=self.defaults,
         )
+        assert isinstance(out, Result), out
+        return out
 
 
 def measure(

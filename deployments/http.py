@@ -1,4 +1,4 @@
-"""The HTTP edge, pure and Ray-free: options, media types, multipart, deadlines, body budgets,
+"""The HTTP edge, pure and Ray-free: media types, multipart, deadlines, body budgets,
 error bodies.
 
 Everything here is a plain function a unit test can call; the Ingress only wires it to requests.
@@ -10,7 +10,7 @@ import asyncio
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,15 +21,12 @@ from starlette.responses import Response
 
 from deployments.errors import (
     BadRequest,
-    InvalidOption,
     Overloaded,
     PayloadTooLarge,
     RequestTimeout,
     VisionError,
 )
-from deployments.types import Options, Task
 
-OPTION_NAMES = ("top_k", "score_threshold", "max_detections")
 TIMEOUT_HEADER = "x-request-timeout-seconds"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
 T = TypeVar("T")
@@ -49,74 +46,6 @@ class Part:
 
 
 # --- pure request parsing (unit-tested without Ray) -------------------------------------------
-
-
-def _parse_int(name: str, raw: str, low: int, high: int) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise InvalidOption(
-            f"{name} must be an integer from {low} to {high}; got {raw!r}"
-        ) from None
-    if not low <= value <= high:
-        raise InvalidOption(f"{name} must be an integer from {low} to {high}; got {value}")
-    return value
-
-
-def _parse_probability(name: str, raw: str) -> float:
-    try:
-        value = float(raw)
-    except ValueError:
-        raise InvalidOption(f"{name} must be a number from 0 to 1; got {raw!r}") from None
-    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
-        raise InvalidOption(f"{name} must be a number from 0 to 1; got {raw}")
-    return value
-
-
-def parse_options(
-    params: Mapping[str, str | int | float | None] | Sequence[tuple[str, str]],
-    task: Task,
-    max_top_k: int,
-) -> Options:
-    """Validate per-request options; an unknown, repeated, misapplied or bad value names itself."""
-    pairs = list(params.items()) if isinstance(params, Mapping) else list(params)
-    seen: set[str] = set()
-    values: dict[str, str] = {}
-    for name, raw in pairs:
-        if raw is None:
-            continue
-        if name not in OPTION_NAMES:
-            raise InvalidOption(
-                f"unknown parameter {name!r}; the options are {', '.join(OPTION_NAMES)}"
-            )
-        if name in seen:
-            raise InvalidOption(f"parameter {name} is given more than once")
-        seen.add(name)
-        values[name] = str(raw)
-    if task == "detection" and "top_k" in values:
-        raise InvalidOption(
-            "top_k applies to classification; this model does detection "
-            "(use score_threshold and max_detections)"
-        )
-    if task == "classification":
-        for name in ("score_threshold", "max_detections"):
-            if name in values:
-                raise InvalidOption(
-                    f"{name} applies to detection; this model does classification (use top_k)"
-                )
-    return Options(
-        top_k=_parse_int("top_k", values["top_k"], 1, max_top_k) if "top_k" in values else None,
-        score_threshold=(
-            _parse_probability("score_threshold", values["score_threshold"])
-            if "score_threshold" in values
-            else None
-        ),
-        max_detections=(
-            _parse_int("max_detections", values["max_detections"], 1, 1000)
-            if "max_detections" in values
-            else None
-        ),
-    )
 
 
 def media_type(content_type: str | None) -> tuple[str, dict[str, str]]:

@@ -17,13 +17,13 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from deployments import tasks
 from deployments.errors import DeadlineExceeded, InferenceFailed
 from deployments.model_source import ModelSpec, Resolved, load
-from deployments.types import ItemError, RawOutput, Sample, Task
+from deployments.tasks import Arrays, Task
+from deployments.types import ItemError, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
-
-Output = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.float32] | None]
 
 
 def pick_device() -> torch.device:
@@ -34,13 +34,11 @@ def pick_device() -> torch.device:
 @dataclass
 class Runner:
     module: nn.Module
-    task: Task
+    resolved: Resolved  # the task, normalisation and candidates kept come from here
     device: torch.device
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    max_top_k: int = 100
     # Called once per forward pass with (items, milliseconds), for metrics.
     on_batch: Callable[[int, float], None] | None = field(default=None, repr=False)
+    task: Task = field(init=False, repr=False)
 
     @classmethod
     def for_model(
@@ -53,18 +51,17 @@ class Runner:
         """The runner for a configured model: its weights loaded, its normalisation and top-k."""
         return cls(
             module=load(spec, resolved),
-            task=resolved.task,
+            resolved=resolved,
             device=device or pick_device(),
-            mean=resolved.mean,
-            std=resolved.std,
-            max_top_k=spec.max_top_k,
             on_batch=on_batch,
         )
 
     def __post_init__(self) -> None:
         self.module = self.module.to(self.device).eval()
-        std = torch.tensor(self.std, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self.task = tasks.get(self.resolved.task)
+        std = torch.tensor(self.resolved.std, dtype=torch.float32, device=self.device)
+        mean = torch.tensor(self.resolved.mean, dtype=torch.float32, device=self.device)
+        std, mean = std.view(1, 3, 1, 1), mean.view(1, 3, 1, 1)
         # (x / 255 - mean) / std == x * scale + shift, one fused pass on the device.
         self._scale = 1.0 / (255.0 * std)
         self._shift = -mean / std
@@ -132,36 +129,20 @@ class Runner:
         return [
             RawOutput(
                 item_id=s.item_id,
-                class_ids=ids,
-                scores=scores,
-                boxes=boxes,
+                arrays=arrays,
                 batch_size=len(samples),
                 inference_ms=elapsed_ms,
             )
-            for s, (ids, scores, boxes) in zip(samples, outputs, strict=True)
+            for s, arrays in zip(samples, outputs, strict=True)
         ]
 
     @torch.inference_mode()
-    def forward(self, batch: npt.NDArray[np.uint8]) -> list[Output]:
-        """uint8 N x H x W x 3 -> per image (class ids, scores, boxes or None), best first."""
+    def forward(self, batch: npt.NDArray[np.uint8]) -> list[Arrays]:
+        """uint8 N x H x W x 3 -> per image the task's named arrays, in model-input pixels."""
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         # NHWC viewed as NCHW is channels_last in memory: no copy before the first conv.
         x = x.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
-        if self.task == "classification":
-            logits = self.module(x)
-            probs = torch.softmax(logits.float(), dim=1)
-            scores, ids = probs.topk(min(self.max_top_k, probs.shape[1]), dim=1)
-            s, c = scores.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
-            return [(c[i], s[i], None) for i in range(len(batch))]
-        detected = self.module(x)
-        return [
-            (
-                d["labels"].cpu().numpy().astype(np.int64),
-                d["scores"].float().cpu().numpy(),
-                d["boxes"].float().cpu().numpy(),
-            )
-            for d in detected
-        ]
+        return self.task.decode(self.module(x), len(batch), self.resolved)
 
     def warm_up(self, batch_sizes: Sequence[int], height: int, width: int) -> None:
         """Run dummy batches so the first requests do not pay for lazy initialisation."""

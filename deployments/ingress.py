@@ -11,12 +11,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
+from deployments import tasks
 from deployments.auth import authorized, describe, load_api_key
 from deployments.caller import BundleSettings, Caller, PoisonSettings
 from deployments.errors import (
@@ -37,14 +38,13 @@ from deployments.http import (
     is_image_type,
     json_response,
     media_type,
-    parse_options,
     read_body,
     read_multipart,
     valid_request_id,
     within_deadline,
 )
-from deployments.schema import ERRORS, PREDICT_BODY, MultiResultOut, ResultOut
-from deployments.types import Item, ItemError, Options, Result, Task, new_item_id
+from deployments.schema import ERRORS, PREDICT_BODY, MultiResultOut, ResultOut, option_parameters
+from deployments.types import Item, ItemError, Options, Result, new_item_id
 
 logger = logging.getLogger("ray.serve")
 STAGES = ("preprocessor", "model", "postprocessor")
@@ -55,8 +55,8 @@ HEALTH_TIMEOUT_S = 10.0
 
 @dataclass(frozen=True, slots=True)
 class IngressSettings:
-    task: Task
-    max_top_k: int = 100
+    task: str  # a name in deployments.tasks.REGISTRY: it validates the options
+    max_candidates: int = 100  # what the Model keeps per image (classification's max_top_k)
     max_body_bytes: int = 64 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024  # one multipart part's data
     max_images_per_request: int = 64  # multipart parts of any name
@@ -70,7 +70,7 @@ class IngressSettings:
 
 app = FastAPI(
     title="vision",
-    summary="Micro-batched image classification and detection on Ray Serve",
+    summary="Micro-batched image classification, detection and segmentation on Ray Serve",
     version="1.0.0",
 )
 
@@ -99,6 +99,7 @@ class Ingress:
         self._stages: tuple[float | None, str | None] = (None, None)  # (checked at, problem)
         self._watcher: asyncio.Task[None] | None = None
         self._settings = settings
+        self._task = tasks.get(settings.task)
         # Read once; the key itself is never logged or echoed. Unusable key settings raise
         # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
         self._api_key = load_api_key(os.environ)
@@ -110,15 +111,16 @@ class Ingress:
         self,
         image: bytes,
         *,
-        top_k: int | None = None,
-        score_threshold: float | None = None,
-        max_detections: int | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        **options: int | float | str | None,
     ) -> Result:
-        """One image -> its `Result`; a bad image raises the typed `VisionError` subclass."""
-        options = self._options(top_k, score_threshold, max_detections)
-        item = self._item(image, options, request_id or new_item_id(), self._deadline(timeout_s))
+        """One image -> its `Result`; a bad image raises the typed `VisionError` subclass.
+
+        `options` are the task's (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...).
+        """
+        parsed = self._options(options)
+        item = self._item(image, parsed, request_id or new_item_id(), self._deadline(timeout_s))
         out = await self._caller.one(item)
         if isinstance(out, ItemError):
             raise out.to_exception()
@@ -128,17 +130,15 @@ class Ingress:
         self,
         images: list[bytes],
         *,
-        top_k: int | None = None,
-        score_threshold: float | None = None,
-        max_detections: int | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        **options: int | float | str | None,
     ) -> list[Result | ItemError]:
         """Several images -> one `Result` or `ItemError` each, in input order."""
-        options = self._options(top_k, score_threshold, max_detections)
+        parsed = self._options(options)
         rid = request_id or new_item_id()
         deadline = self._deadline(timeout_s)
-        return await self._caller.many([self._item(i, options, rid, deadline) for i in images])
+        return await self._caller.many([self._item(i, parsed, rid, deadline) for i in images])
 
     def _deadline(self, timeout_s: float | None) -> float:
         settings = self._settings
@@ -150,15 +150,8 @@ class Ingress:
             name="timeout_s",
         )
 
-    def _options(
-        self, top_k: int | None, score_threshold: float | None, max_detections: int | None
-    ) -> Options:
-        given = {
-            "top_k": top_k,
-            "score_threshold": score_threshold,
-            "max_detections": max_detections,
-        }
-        return parse_options(given, self._settings.task, self._settings.max_top_k)
+    def _options(self, given: dict[str, int | float | str | None]) -> Options:
+        return tasks.parse_options(given, self._task, self._settings.max_candidates)
 
     @staticmethod
     def _item(data: bytes, options: Options, request_id: str, deadline: float) -> Item:
@@ -176,16 +169,10 @@ class Ingress:
         "/v1/predict",
         response_model=ResultOut | MultiResultOut,
         responses=ERRORS,
-        openapi_extra=PREDICT_BODY,
-        summary="Classify or detect objects in one image (raw body) or several (multipart)",
+        openapi_extra={**PREDICT_BODY, "parameters": option_parameters()},
+        summary="Classify, detect or segment one image (raw body) or several (multipart)",
     )
-    async def predict_http(
-        self,
-        request: Request,
-        top_k: str | None = Query(None, description="classification: how many classes"),
-        score_threshold: str | None = Query(None, description="detection: minimum score, 0..1"),
-        max_detections: str | None = Query(None, description="detection: at most this many"),
-    ) -> Response:
+    async def predict_http(self, request: Request) -> Response:
         started = time.perf_counter()
         response = await self._predict_http(request)
         # Time spent here, apart from any wait in front of the ingress (RFC 8673's Server-Timing).
@@ -207,8 +194,8 @@ class Ingress:
                 time.time(),
                 settings.max_request_timeout_s,
             )
-            options = parse_options(
-                request.query_params.multi_items(), settings.task, settings.max_top_k
+            options = tasks.parse_options(
+                request.query_params.multi_items(), self._task, settings.max_candidates
             )
             kind, params = media_type(request.headers.get("content-type"))
             if kind != "multipart/form-data" and not is_image_type(kind):

@@ -118,12 +118,15 @@ def decode_rle(rle: dict[str, object]) -> npt.NDArray[np.bool_]:
     return flat.reshape((height, width), order="F")
 
 
-def encode_png(label_map: npt.NDArray[np.uint8]) -> bytes:
-    """A label map as an 8-bit greyscale PNG: each pixel's value is its class (or instance)."""
+def encode_png(label_map: npt.NDArray[np.generic]) -> bytes:
+    """A label map as a greyscale PNG: each pixel's value is its class (or instance); 8-bit for
+    a uint8 map, 16-bit otherwise."""
     buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(label_map, dtype=np.uint8), mode="L").save(
-        buf, format="PNG", optimize=False, compress_level=6
-    )
+    if label_map.dtype == np.uint8:
+        image = Image.fromarray(np.ascontiguousarray(label_map), mode="L")
+    else:
+        image = Image.fromarray(np.ascontiguousarray(label_map, dtype=np.uint16), mode="I;16")
+    image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 
 

@@ -27,15 +27,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torchvision.models import WeightsEnum
 
-from deployments.types import ResizeMode, Task
+from deployments import tasks
+from deployments.tasks import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, Task
+from deployments.types import ResizeMode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-# Detectors whose internal transform takes min_size/max_size: we pin both to our input size so the
-# letterboxed image is not resized a second time inside the model.
-_RESIZING_DETECTORS = ("fasterrcnn", "maskrcnn", "keypointrcnn", "retinanet", "fcos")
 
 
 class ModelLoadError(ValueError):
@@ -55,7 +51,9 @@ class ModelSpec(BaseModel):
         description="torchvision weights name (DEFAULT, IMAGENET1K_V2, ...), a state_dict path "
         "(relative paths are taken from the project root), or `none` for seeded random init",
     )
-    task: Task | None = Field(None, description="inferred from the model when omitted")
+    task: str | None = Field(
+        None, description="a task name (deployments/tasks); inferred from the model when omitted"
+    )
     labels: str | list[str] | None = Field(
         None, description="labels file (one per line, or a JSON list) or an inline list"
     )
@@ -89,7 +87,7 @@ class Resolved:
     """Everything about the model that is fixed before any weight is loaded."""
 
     name: str
-    task: Task
+    task: str  # a name in deployments.tasks.REGISTRY
     labels: tuple[str, ...]
     input_width: int
     input_height: int
@@ -99,6 +97,7 @@ class Resolved:
     std: tuple[float, float, float]
     weights: str
     weights_kind: Literal["torchvision", "file", "none"]
+    max_candidates: int = 100  # candidates the Model keeps per image (classification's max_top_k)
 
 
 def is_import_path(name: str) -> bool:
@@ -121,18 +120,18 @@ def _weights_kind(weights: str) -> Literal["torchvision", "file", "none"]:
 
 def _torchvision_task(name: str) -> Task:
     models = torchvision.models
-    if name in models.list_models(module=models.detection):
-        return "detection"
-    if name in models.list_models(module=models):
-        return "classification"
+    task = tasks.for_torchvision(name)
+    if task is not None:
+        return task
     if name in models.list_models():
         raise ModelLoadError(
             f"model {name!r} is a torchvision model of a task this service does not serve; "
-            "use a classification or detection model"
+            f"the tasks are {', '.join(tasks.REGISTRY)}"
         )
     raise ModelLoadError(
-        f"unknown model {name!r}: use a torchvision classification or detection model name "
-        "(see torchvision.models.list_models()) or an import path `package.module:factory`"
+        f"unknown model {name!r}: use a torchvision model name of one of the tasks "
+        f"{', '.join(tasks.REGISTRY)} (see torchvision.models.list_models()) or an import path "
+        "`package.module:factory`"
     )
 
 
@@ -181,51 +180,51 @@ def _size(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
+def _task_named(name: str) -> Task:
+    try:
+        return tasks.get(name)
+    except ValueError as exc:
+        raise ModelLoadError(str(exc)) from None
+
+
 def resolve(spec: ModelSpec) -> Resolved:
     """Fix task, labels, input geometry and normalisation; explicit spec values win."""
     kind = _weights_kind(spec.weights)
     labels: tuple[str, ...] = ()
     if is_import_path(spec.name):
         module = _import_factory(spec.name)(**spec.kwargs)
-        task: Task = spec.task or getattr(module, "task", None) or "classification"
+        task = _task_named(spec.task or getattr(module, "task", None) or "classification")
         labels = tuple(getattr(module, "categories", ()))
-        default_size = getattr(module, "input_size", 224 if task == "classification" else 512)
-        default_mean = tuple(getattr(module, "mean", IMAGENET_MEAN))
-        default_std = tuple(getattr(module, "std", IMAGENET_STD))
-        default_resize_size: int | None = None
+        preset = Preprocessing(
+            input_size=getattr(module, "input_size", task.custom_input_size),
+            resize=task.preprocessing(None, spec).resize,
+            resize_size=None,
+            mean=tuple(getattr(module, "mean", IMAGENET_MEAN)),
+            std=tuple(getattr(module, "std", IMAGENET_STD)),
+        )
         if kind == "torchvision":
             raise ModelLoadError(
                 f"weights {spec.weights!r} look like a torchvision weights name, but {spec.name} "
                 "is not a torchvision model; give a state_dict path or `none`"
             )
     else:
-        inferred = _torchvision_task(spec.name)
-        if spec.task is not None and spec.task != inferred:
-            raise ModelLoadError(f"model {spec.name} does {inferred}, but task is {spec.task!r}")
-        task = inferred
+        task = _torchvision_task(spec.name)
+        if spec.task is not None and spec.task != task.name:
+            raise ModelLoadError(f"model {spec.name} does {task.name}, but task is {spec.task!r}")
         entry = _weights_entry(spec.name, spec.weights)
         meta_labels = tuple(entry.meta.get("categories", ())) if entry is not None else ()
         if spec.num_classes is None or spec.num_classes == len(meta_labels):
             labels = meta_labels
-        if task == "classification":
-            preset = entry.transforms() if entry is not None else None
-            default_size = int(preset.crop_size[0]) if preset is not None else 224
-            default_resize_size = int(preset.resize_size[0]) if preset is not None else 256
-            default_mean = tuple(preset.mean) if preset is not None else IMAGENET_MEAN
-            default_std = tuple(preset.std) if preset is not None else IMAGENET_STD
-        else:
-            default_size = int(spec.kwargs.get("min_size", 640))
-            default_resize_size = None
-            default_mean, default_std = NO_NORMALISATION  # torchvision detectors normalise inside
+        preset = task.preprocessing(entry, spec)
     if spec.labels is not None:
         labels = _read_labels(spec.labels)
     if spec.num_classes is not None and labels and len(labels) != spec.num_classes:
         raise ModelLoadError(
             f"num_classes is {spec.num_classes} but there are {len(labels)} labels; make them agree"
         )
-    width, height = _size(spec.input_size if spec.input_size is not None else default_size)
-    resize: ResizeMode = spec.resize or ("resize_crop" if task == "classification" else "letterbox")
-    resize_size = spec.resize_size or default_resize_size
+    width, height = _size(spec.input_size if spec.input_size is not None else preset.input_size)
+    resize: ResizeMode = spec.resize or preset.resize
+    resize_size = spec.resize_size or preset.resize_size
     if resize == "resize_crop" and resize_size is not None and resize_size < min(width, height):
         raise ModelLoadError(
             f"resize_size {resize_size} is smaller than the input {width}x{height}; "
@@ -233,16 +232,17 @@ def resolve(spec: ModelSpec) -> Resolved:
         )
     return Resolved(
         name=spec.name,
-        task=task,
+        task=task.name,
         labels=labels,
         input_width=width,
         input_height=height,
         resize=resize,
         resize_size=resize_size if resize == "resize_crop" else None,
-        mean=_triple(spec.mean or default_mean),
-        std=_triple(spec.std or default_std),
+        mean=_triple(spec.mean or preset.mean),
+        std=_triple(spec.std or preset.std),
         weights=spec.weights,
         weights_kind=kind,
+        max_candidates=spec.max_top_k,
     )
 
 
@@ -252,21 +252,14 @@ def _triple(values: tuple[float, ...] | list[float]) -> tuple[float, float, floa
 
 
 def _constructor_kwargs(spec: ModelSpec, resolved: Resolved) -> dict[str, Any]:
-    kwargs = dict(spec.kwargs)
     if is_import_path(spec.name):
-        return kwargs
+        return dict(spec.kwargs)
+    kwargs = tasks.get(resolved.task).constructor_kwargs(spec, resolved)
     if spec.num_classes is not None:
-        kwargs.setdefault("num_classes", spec.num_classes)
+        kwargs["num_classes"] = spec.num_classes
     elif resolved.weights_kind != "torchvision" and resolved.labels:
-        kwargs.setdefault("num_classes", len(resolved.labels))
-    if resolved.task == "detection":
-        if resolved.weights_kind != "torchvision":
-            kwargs.setdefault("weights_backbone", None)  # never fetch ImageNet backbone weights
-        if spec.name.startswith(_RESIZING_DETECTORS):
-            side = max(resolved.input_width, resolved.input_height)
-            kwargs.setdefault("min_size", min(resolved.input_width, resolved.input_height))
-            kwargs.setdefault("max_size", side)
-    return kwargs
+        kwargs["num_classes"] = len(resolved.labels)
+    return {**kwargs, **spec.kwargs}  # the spec's own constructor args win
 
 
 def _cached_weights_file(entry: WeightsEnum) -> Path:

@@ -1,4 +1,8 @@
-"""Postprocessor: join a bundle's `RawOutput`s to their `Meta`s by item id, build each `Result`."""
+"""Postprocessor: join a bundle's `RawOutput`s to their `Meta`s by item id, build each `Result`.
+
+What a result holds is the task's business (`deployments.tasks`): this stage checks the join,
+applies each item's options over the deployment's defaults and times the work.
+"""
 
 from __future__ import annotations
 
@@ -7,25 +11,16 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel
 from ray import serve
 
+from deployments import tasks
 from deployments.errors import JoinMismatch
 from deployments.metrics import StageMetrics
-from deployments.predictions import detections, top_k
-from deployments.types import Bundle, ItemError, Meta, RawOutput, Result, Sample, Task
+from deployments.tasks import Task
+from deployments.types import Bundle, ItemError, Meta, RawOutput, Result, Sample
 
 logger = logging.getLogger("ray.serve")
-
-
-class OptionDefaults(BaseModel):
-    """The Postprocessor's `user_config`: what a request gets for options it does not send."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    top_k: int = Field(5, ge=1)
-    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    max_detections: int = Field(100, ge=1)
 
 
 def join(
@@ -35,7 +30,7 @@ def join(
     model: str,
     task: Task,
     labels: tuple[str, ...],
-    defaults: OptionDefaults,
+    defaults: BaseModel,
 ) -> Result | ItemError:
     """The client's answer for one item; raises `JoinMismatch` if the two halves disagree on id."""
     if raw.item_id != sample.item_id:
@@ -47,23 +42,13 @@ def join(
     if isinstance(raw, ItemError):
         return raw
     meta: Meta = sample.meta
-    opts = meta.options
-    if task == "classification":
-        predictions = top_k(raw, labels, opts.top_k or defaults.top_k)
-    else:
-        threshold = opts.score_threshold
-        predictions = detections(
-            raw,
-            meta.geometry,
-            labels,
-            defaults.score_threshold if threshold is None else threshold,
-            opts.max_detections or defaults.max_detections,
-        )
+    options = meta.options.over(defaults.model_dump())
+    predictions, extra = task.answer(raw.arrays, meta, labels, options)
     return Result(
         request_id=meta.request_id,
         item_id=meta.item_id,
         model=model,
-        task=task,
+        task=task.name,
         image=meta.image,
         predictions=predictions,
         batch_size=raw.batch_size,
@@ -72,6 +57,7 @@ def join(
             "batch_wait": round(raw.queue_ms, 3),
             "inference": round(raw.inference_ms, 3),
         },
+        extra=extra,
     )
 
 
@@ -82,7 +68,7 @@ def join_bundle(
     model: str,
     task: Task,
     labels: tuple[str, ...],
-    defaults: OptionDefaults,
+    defaults: BaseModel,
 ) -> tuple[Result | ItemError, ...]:
     """`join` for every item of a bundle, in its order; a count or id mismatch raises."""
     if len(outputs) != len(bundle.items):
@@ -98,20 +84,21 @@ def join_bundle(
 
 @serve.deployment(max_ongoing_requests=16)
 class Postprocessor:
-    def __init__(self, model: str, task: Task, labels: tuple[str, ...]) -> None:
+    def __init__(self, model: str, task: str, labels: tuple[str, ...]) -> None:
         self._model = model
-        self._task = task
+        self._task = tasks.get(task)
         self._labels = labels
-        self._defaults = OptionDefaults()
+        self._defaults = self._task.defaults()
         self._metrics = StageMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new option defaults.
 
         Args:
-            user_config: `top_k`, `score_threshold`, `max_detections` (validated).
+            user_config: one section per task, e.g. `detection: {score_threshold: 0.5}`; every
+                section is validated, the model's own task's applies.
         """
-        self._defaults = OptionDefaults.model_validate(user_config)
+        self._defaults = tasks.defaults_for(self._task, user_config)
 
     async def __call__(
         self, outputs: Sequence[RawOutput | ItemError], bundle: Bundle

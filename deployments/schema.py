@@ -5,10 +5,11 @@ in `deployments.types` (`Result.to_dict`, `ItemError.to_dict`) and checked again
 the tests.
 """
 
-from typing import Any
+from typing import Any, Union
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from deployments import tasks
 from deployments.errors import ERRORS_BY_CODE
 
 
@@ -19,11 +20,8 @@ class ImageOut(BaseModel):
     orientation: int
 
 
-class PredictionOut(BaseModel):
-    label: str
-    class_id: int
-    score: float
-    box: list[float] | None = None
+# One entry of `predictions`, as each task shapes it (deployments/tasks).
+PredictionOut = Union[tuple(dict.fromkeys(t.prediction_schema for t in tasks.REGISTRY.values()))]  # type: ignore[valid-type]  # noqa: UP007
 
 
 class ResultOut(BaseModel):
@@ -32,9 +30,14 @@ class ResultOut(BaseModel):
     model: str
     task: str
     image: ImageOut
-    predictions: list[PredictionOut]
+    predictions: list[PredictionOut]  # type: ignore[valid-type]
     batch_size: int
     timings_ms: dict[str, float]
+    label_map: str | None = Field(
+        None,
+        description="segmentation with mask_format=png: the label map in displayed pixels, a "
+        "base64 PNG (a pixel holds its class id, or its instance's 1-based rank; 0 is nothing)",
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -89,3 +92,26 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorOut, "description": "error codes: " + ", ".join(codes)}
     for status, codes in _codes_by_status().items()
 }
+
+
+def option_parameters() -> list[dict[str, Any]]:
+    """The query parameters of `/v1/predict` for `/docs`: every task's options, and which task
+    takes each (a model accepts only its own task's)."""
+    params = []
+    for name, (spec, task_names) in tasks.all_option_specs().items():
+        schemas: dict[str, dict[str, Any]] = {
+            "int": {"type": "integer", "minimum": spec.low},
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "choice": {"type": "string", "enum": list(spec.choices)},
+        }
+        schema = schemas[spec.kind]
+        params.append(
+            {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schema,
+                "description": f"{' and '.join(task_names)}: {spec.description}",
+            }
+        )
+    return params

@@ -24,7 +24,6 @@ import numpy.typing as npt
 
 from deployments.errors import VisionError, error_for_code
 
-Task = Literal["classification", "detection"]
 ResizeMode = Literal["letterbox", "resize_crop", "stretch"]
 
 
@@ -35,11 +34,23 @@ def new_item_id() -> str:
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """Per-request options; `None` means the deployment's default (Postprocessor user_config)."""
+    """Per-request options by name, validated by the model's task (`deployments.tasks`).
 
-    top_k: int | None = None
-    score_threshold: float | None = None
-    max_detections: int | None = None
+    A name that is not given takes the deployment's default (the Postprocessor's user_config).
+    """
+
+    values: tuple[tuple[str, int | float | str], ...] = ()
+
+    @classmethod
+    def of(cls, values: dict[str, int | float | str]) -> Options:
+        return cls(tuple(sorted(values.items())))
+
+    def get(self, name: str) -> int | float | str | None:
+        return dict(self.values).get(name)
+
+    def over(self, defaults: dict[str, Any]) -> dict[str, Any]:
+        """These options on top of `defaults`."""
+        return {**defaults, **dict(self.values)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,14 +145,12 @@ class Bundle:
 class RawOutput:
     """The model's answer for one item, in model-input coordinates, tagged with its item id.
 
-    Classification: the top candidates by probability (`boxes` is None).
-    Detection: one row per box, `boxes` as [x_min, y_min, x_max, y_max] in model-input pixels.
+    `arrays` are named by the task that decoded them (`deployments.tasks`): classification's
+    `class_ids` and `scores`, detection's `boxes` as well, segmentation's `label_map`, ...
     """
 
     item_id: str
-    class_ids: npt.NDArray[np.int64]
-    scores: npt.NDArray[np.float32]
-    boxes: npt.NDArray[np.float32] | None
+    arrays: dict[str, npt.NDArray[Any]]
     batch_size: int
     inference_ms: float
     queue_ms: float = 0.0
@@ -149,15 +158,24 @@ class RawOutput:
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
+    """A class, an object or a segment, in displayed pixels; fields its task does not give are
+    None: `box` is [x_min, y_min, x_max, y_max], `area` counts mask pixels, `mask` is COCO RLE."""
+
     label: str
     class_id: int
     score: float
     box: tuple[float, float, float, float] | None = None
+    area: int | None = None
+    mask: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"label": self.label, "class_id": self.class_id, "score": self.score}
         if self.box is not None:
             out["box"] = list(self.box)
+        if self.area is not None:
+            out["area"] = self.area
+        if self.mask is not None:
+            out["mask"] = self.mask
         return out
 
 
@@ -168,11 +186,12 @@ class Result:
     request_id: str
     item_id: str
     model: str
-    task: Task
+    task: str
     image: ImageInfo
     predictions: tuple[Prediction, ...]
     batch_size: int
     timings_ms: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # the task's other fields (JSON-ready)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -184,6 +203,7 @@ class Result:
             "predictions": [p.to_dict() for p in self.predictions],
             "batch_size": self.batch_size,
             "timings_ms": self.timings_ms,
+            **self.extra,
         }
 
 
@@ -215,7 +235,7 @@ class ModelInfo:
     """What `GET /v1/model` reports, filled in by the Model replica that loaded the weights."""
 
     name: str
-    task: Task
+    task: str
     labels: tuple[str, ...]
     input_width: int
     input_height: int

@@ -3,7 +3,7 @@
 decode: `deployments.imaging.decode` with the graph's `ResizeSpec` and `DecodeLimits`;
 model: `deployments.model_source.load` (resnet18, `weights: none`, seed 0); forward pass:
 `deployments.inference.Runner.forward` (uint8 NHWC in, softmax top-k out); labels:
-`deployments.predictions.label_for`. No Ray, no HTTP: the peers wrap this in their own stack.
+`deployments.tasks.label_for`. No Ray, no HTTP: the peers wrap this in their own stack.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 from deployments.imaging import decode
 from deployments.inference import Runner
 from deployments.model_source import resolve
-from deployments.predictions import label_for
+from deployments.tasks import label_for
 from graph import AppArgs, decode_settings
 
 TOP_K = 5
@@ -45,7 +45,7 @@ class Classifier:
         """One forward pass over `pixels`; per image the JSON body the peer answers with."""
         outputs = self.runner.forward(np.stack(pixels))
         n = len(pixels)
-        return [self.body(ids, scores, n) for ids, scores, _ in outputs]
+        return [self.body(out["class_ids"], out["scores"], n) for out in outputs]
 
     def body(self, ids: Any, scores: Any, batch_size: int) -> dict[str, Any]:
         labels = self.resolved.labels

@@ -24,7 +24,7 @@ def _deploy(max_batch_size: int, wait_s: float, model: dict[str, Any] = CLASSIFI
             model=model,
             user_configs={
                 "Model": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
-                "Postprocessor": {"top_k": 10},
+                "Postprocessor": {"classification": {"top_k": 10}},
             },
         )
     )

@@ -29,7 +29,7 @@ def detector_app() -> None:
             model=DETECTOR,
             user_configs={
                 "Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
-                "Postprocessor": {"score_threshold": 0.0, "max_detections": 30},
+                "Postprocessor": {"detection": {"score_threshold": 0.0, "max_detections": 30}},
             },
         )
     )

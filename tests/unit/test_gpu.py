@@ -10,6 +10,7 @@ import torchvision
 from deployments.geometry import plan
 from deployments.inference import Runner, pick_device
 from deployments.types import ImageInfo, Meta, Options, RawOutput, Sample
+from tests.unit.test_inference import classifier_settings
 
 pytestmark = [
     pytest.mark.gpu,
@@ -38,15 +39,13 @@ def test_cuda_is_picked_and_matches_the_cpu() -> None:
     torch.manual_seed(0)
     module = torchvision.models.resnet18(num_classes=10).eval()
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    cpu = Runner(module, "classification", torch.device("cpu"), mean, std, max_top_k=10).run(
-        _samples(8)
-    )
+    cpu = Runner(module, classifier_settings(mean, std), torch.device("cpu")).run(_samples(8))
     torch.manual_seed(0)
     module = torchvision.models.resnet18(num_classes=10).eval()
-    gpu = Runner(module, "classification", torch.device("cuda"), mean, std, max_top_k=10).run(
-        _samples(8)
-    )
+    gpu = Runner(module, classifier_settings(mean, std), torch.device("cuda")).run(_samples(8))
     for a, b in zip(cpu, gpu, strict=True):
         assert isinstance(a, RawOutput) and isinstance(b, RawOutput)
         assert a.item_id == b.item_id
-        np.testing.assert_allclose(np.sort(a.scores), np.sort(b.scores), atol=2e-3)
+        np.testing.assert_allclose(
+            np.sort(a.arrays["scores"]), np.sort(b.arrays["scores"]), atol=2e-3
+        )

@@ -10,6 +10,7 @@ from torch import nn
 
 from deployments.geometry import plan
 from deployments.inference import Runner
+from deployments.model_source import Resolved
 from deployments.types import ImageInfo, ItemError, Meta, Options, RawOutput, Sample
 
 
@@ -28,12 +29,26 @@ def classifier() -> Runner:
     torch.manual_seed(0)
     module = torchvision.models.resnet18(num_classes=10)
     return Runner(
-        module,
-        "classification",
-        torch.device("cpu"),
-        (0.5, 0.5, 0.5),
-        (0.25, 0.25, 0.25),
-        max_top_k=10,
+        module, classifier_settings((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), torch.device("cpu")
+    )
+
+
+def classifier_settings(
+    mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> Resolved:
+    return Resolved(
+        name="resnet18",
+        task="classification",
+        labels=(),
+        input_width=64,
+        input_height=64,
+        resize="stretch",
+        resize_size=None,
+        mean=mean,
+        std=std,
+        weights="none",
+        weights_kind="none",
+        max_candidates=10,
     )
 
 
@@ -44,10 +59,12 @@ def test_batched_results_equal_solo_results_in_order(classifier: Runner) -> None
         solo = classifier.run([sample])[0]
         assert isinstance(out, RawOutput) and isinstance(solo, RawOutput)
         assert out.item_id == sample.item_id and out.batch_size == 6 and solo.batch_size == 1
-        np.testing.assert_array_equal(out.class_ids[:3], solo.class_ids[:3])
-        np.testing.assert_allclose(out.scores, solo.scores, atol=1e-5)
+        np.testing.assert_array_equal(out.arrays["class_ids"][:3], solo.arrays["class_ids"][:3])
+        np.testing.assert_allclose(out.arrays["scores"], solo.arrays["scores"], atol=1e-5)
     # The images really produce different answers, so a swap would show.
-    firsts = {tuple(np.round(o.scores[:3], 4)) for o in batched if isinstance(o, RawOutput)}
+    firsts = {
+        tuple(np.round(o.arrays["scores"][:3], 4)) for o in batched if isinstance(o, RawOutput)
+    }
     assert len(firsts) == len(samples)
 
 
@@ -58,7 +75,9 @@ def test_normalisation_happens_on_the_device_from_uint8(classifier: Runner) -> N
         expected = torch.softmax(classifier.module(expected_input[None]), dim=1)[0]
     out = classifier.run([_sample("x", pixels)])[0]
     assert isinstance(out, RawOutput)
-    np.testing.assert_allclose(out.scores, expected.sort(descending=True).values.numpy(), atol=1e-5)
+    np.testing.assert_allclose(
+        out.arrays["scores"], expected.sort(descending=True).values.numpy(), atol=1e-5
+    )
 
 
 def test_mixed_shapes_run_as_same_shape_sub_batches(classifier: Runner) -> None:
@@ -92,7 +111,7 @@ class _FailsOnLargeBatches(nn.Module):
 
 def test_batch_wide_failure_is_retried_in_halves_before_any_item_fails() -> None:
     module = _FailsOnLargeBatches(limit=2)
-    runner = Runner(module, "classification", torch.device("cpu"), (0.0,) * 3, (1.0,) * 3)
+    runner = Runner(module, classifier_settings((0.0,) * 3, (1.0,) * 3), torch.device("cpu"))
     outs = runner.run([_sample(str(i), _pixels(i, 8)) for i in range(8)])
     assert all(isinstance(o, RawOutput) for o in outs)
     assert [o.item_id for o in outs] == [str(i) for i in range(8)]
@@ -101,7 +120,7 @@ def test_batch_wide_failure_is_retried_in_halves_before_any_item_fails() -> None
 
 def test_an_item_that_fails_alone_gets_its_own_error() -> None:
     module = _FailsOnLargeBatches(limit=100)
-    runner = Runner(module, "classification", torch.device("cpu"), (0.0,) * 3, (0.5,) * 3)
+    runner = Runner(module, classifier_settings((0.0,) * 3, (0.5,) * 3), torch.device("cpu"))
     poisoned = np.full((8, 8, 3), 255, dtype=np.uint8)  # normalises to 2.0, over the poison mark
     samples = [
         _sample("ok0", _pixels(0, 8)),

@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 
+from deployments import tasks
 from deployments.errors import ERRORS_BY_CODE, CorruptImage, JoinMismatch
 from deployments.geometry import boxes_to_input, plan
-from deployments.postprocessor import OptionDefaults, join, join_bundle
-from deployments.predictions import detections, top_k
+from deployments.postprocessor import join, join_bundle
 from deployments.schema import ERRORS, ItemErrorOut, ResultOut
 from deployments.types import (
     Bundle,
@@ -24,16 +24,22 @@ from deployments.types import (
 )
 
 LABELS = ("circle", "square", "triangle")
+CLASSIFICATION = tasks.get("classification")
+DETECTION = tasks.get("detection")
 
 
 def _raw(
     item_id: str, scores: list[float], ids: list[int], boxes: list[list[float]] | None = None
 ) -> RawOutput:
+    arrays = {
+        "class_ids": np.array(ids, dtype=np.int64),
+        "scores": np.array(scores, dtype=np.float32),
+    }
+    if boxes is not None:
+        arrays["boxes"] = np.array(boxes, dtype=np.float32)
     return RawOutput(
         item_id=item_id,
-        class_ids=np.array(ids, dtype=np.int64),
-        scores=np.array(scores, dtype=np.float32),
-        boxes=None if boxes is None else np.array(boxes, dtype=np.float32),
+        arrays=arrays,
         batch_size=4,
         inference_ms=3.0,
     )
@@ -52,8 +58,15 @@ def _sample(
     return Sample(meta=meta, pixels=np.zeros((320, 320, 3), dtype=np.uint8))
 
 
+def _answer(task: tasks.Task, raw: RawOutput, sample: Sample, **options: Any) -> Any:
+    predictions, extra = task.answer(raw.arrays, sample.meta, LABELS, options)
+    assert extra == {}
+    return predictions
+
+
 def test_top_k_keeps_order_and_labels_unknown_ids() -> None:
-    preds = top_k(_raw("a", [0.6, 0.3, 0.1], [2, 7, 0]), LABELS, 2)
+    raw = _raw("a", [0.6, 0.3, 0.1], [2, 7, 0])
+    preds = _answer(CLASSIFICATION, raw, _sample("a"), top_k=2)
     assert [(p.label, p.class_id) for p in preds] == [("triangle", 2), ("class_7", 7)]
     assert preds[0].score == pytest.approx(0.6)
 
@@ -63,29 +76,29 @@ def test_detections_map_back_threshold_and_cap() -> None:
     truth = [[10, 20, 110, 120], [200, 50, 390, 190], [0, 0, 5, 5]]
     model_boxes = boxes_to_input(truth, sample.meta.geometry).tolist()
     raw = _raw("a", [0.9, 0.8, 0.2], [0, 1, 2], model_boxes)
-    preds = detections(raw, sample.meta.geometry, LABELS, score_threshold=0.5, max_detections=10)
+    preds = _answer(DETECTION, raw, sample, score_threshold=0.5, max_detections=10)
     assert [p.label for p in preds] == ["circle", "square"]
     np.testing.assert_allclose([p.box for p in preds], truth[:2], atol=1e-4)
-    assert len(detections(raw, sample.meta.geometry, LABELS, 0.0, 1)) == 1
+    assert len(_answer(DETECTION, raw, sample, score_threshold=0.0, max_detections=1)) == 1
 
 
 def test_boxes_in_the_padding_are_dropped_and_others_clipped() -> None:
-    geom = _sample("a", 400, 200).meta.geometry  # 320x160 content, 80 px padding above and below
+    sample = _sample("a", 400, 200)  # 320x160 content, 80 px padding above and below
     raw = _raw("a", [0.9, 0.8], [0, 1], [[10, 0, 50, 70], [100, 70, 400, 120]])
-    preds = detections(raw, geom, LABELS, 0.0, 10)
+    preds = _answer(DETECTION, raw, sample, score_threshold=0.0, max_detections=10)
     assert len(preds) == 1
     assert preds[0].box is not None and preds[0].box[2] == 400.0  # clipped to the image width
 
 
 def test_join_builds_the_result_from_the_items_own_metadata() -> None:
-    sample = _sample("a", options=Options(top_k=1))
+    sample = _sample("a", options=Options.of({"top_k": 1}))
     out = join(
         _raw("a", [0.7, 0.2], [1, 0]),
         sample,
         model="m",
-        task="classification",
+        task=CLASSIFICATION,
         labels=LABELS,
-        defaults=OptionDefaults(),
+        defaults=CLASSIFICATION.defaults(),
     )
     assert isinstance(out, Result)
     assert (out.item_id, out.request_id, out.batch_size, out.image.width) == ("a", "req", 4, 400)
@@ -98,9 +111,9 @@ def test_join_uses_defaults_for_unset_options() -> None:
         raw,
         _sample("a"),
         model="m",
-        task="classification",
+        task=CLASSIFICATION,
         labels=LABELS,
-        defaults=OptionDefaults(top_k=2),
+        defaults=CLASSIFICATION.defaults(top_k=2),
     )
     assert isinstance(out, Result) and len(out.predictions) == 2
 
@@ -111,16 +124,17 @@ def test_join_refuses_mismatched_ids() -> None:
             _raw("a", [1.0], [0]),
             _sample("b"),
             model="m",
-            task="classification",
+            task=CLASSIFICATION,
             labels=LABELS,
-            defaults=OptionDefaults(),
+            defaults=CLASSIFICATION.defaults(),
         )
 
 
 def test_errors_pass_through_the_join() -> None:
     err = ItemError.from_exception("a", CorruptImage("broken"))
     assert (
-        join(err, err, model="m", task="detection", labels=LABELS, defaults=OptionDefaults()) is err
+        join(err, err, model="m", task=DETECTION, labels=LABELS, defaults=DETECTION.defaults())
+        is err
     )
     model_err = ItemError("a", "inference_failed", "boom", 500)
     assert (
@@ -128,9 +142,9 @@ def test_errors_pass_through_the_join() -> None:
             model_err,
             _sample("a"),
             model="m",
-            task="detection",
+            task=DETECTION,
             labels=LABELS,
-            defaults=OptionDefaults(),
+            defaults=DETECTION.defaults(),
         )
         is model_err
     )
@@ -139,14 +153,23 @@ def test_errors_pass_through_the_join() -> None:
 
 def _bundle_join(outputs: list[RawOutput | ItemError], bundle: Bundle) -> tuple[Any, ...]:
     return join_bundle(
-        outputs, bundle, model="m", task="classification", labels=LABELS, defaults=OptionDefaults()
+        outputs,
+        bundle,
+        model="m",
+        task=CLASSIFICATION,
+        labels=LABELS,
+        defaults=CLASSIFICATION.defaults(),
     )
 
 
 def test_a_bundle_joins_item_by_item_with_each_items_own_options() -> None:
     broken = ItemError.from_exception("b", CorruptImage("broken"))
     bundle = Bundle(
-        items=(_sample("a", options=Options(top_k=1)), broken, _sample("c", 640, 480, Options()))
+        items=(
+            _sample("a", options=Options.of({"top_k": 1})),
+            broken,
+            _sample("c", 640, 480, Options()),
+        )
     )
     outputs: list[RawOutput | ItemError] = [
         _raw("a", [0.7, 0.2, 0.1], [1, 0, 2]),
@@ -177,9 +200,9 @@ def test_bodies_match_the_documented_schema() -> None:
         _raw("a", [0.7, 0.2], [1, 0]),
         _sample("a"),
         model="m",
-        task="classification",
+        task=CLASSIFICATION,
         labels=LABELS,
-        defaults=OptionDefaults(),
+        defaults=CLASSIFICATION.defaults(),
     )
     assert isinstance(out, Result)
     body = out.to_dict()

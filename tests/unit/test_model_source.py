@@ -48,7 +48,7 @@ def test_explicit_values_win() -> None:
     ("spec", "says"),
     [
         (ModelSpec(name="resnet5000"), "unknown model"),
-        (ModelSpec(name="deeplabv3_resnet50"), "task"),
+        (ModelSpec(name="r3d_18"), "task this service does not serve"),
         (ModelSpec(name="resnet50", weights="IMAGENET9K"), "IMAGENET1K_V2"),
         (ModelSpec(name="resnet18", task="detection"), "does classification"),
         (ModelSpec(name="resnet18", labels=["a"], num_classes=2), "num_classes"),

@@ -14,17 +14,23 @@ from deployments.http import (
     image_parts,
     media_type,
     parse_multipart,
-    parse_options,
 )
+from deployments.tasks import get, parse_options
 from deployments.types import Options
 
 
 def test_options_parse_and_default_to_none() -> None:
-    assert parse_options([("top_k", "3")], "classification", 100) == Options(top_k=3)
-    assert parse_options([], "detection", 100) == Options()
-    assert parse_options(
-        [("score_threshold", "0.25"), ("max_detections", "7")], "detection", 100
-    ) == Options(score_threshold=0.25, max_detections=7)
+    assert parse_options([("top_k", "3")], get("classification"), 100) == Options.of({"top_k": 3})
+    assert parse_options([], get("detection"), 100) == Options()
+    detection = parse_options(
+        [("score_threshold", "0.25"), ("max_detections", "7")], get("detection"), 100
+    )
+    assert detection.over({"score_threshold": 0.5, "max_detections": 100}) == {
+        "score_threshold": 0.25,
+        "max_detections": 7,
+    }
+    masks = parse_options({"mask_format": "png", "top_k": None}, get("segmentation"), 100)
+    assert masks.get("mask_format") == "png"
 
 
 @pytest.mark.parametrize(
@@ -42,13 +48,16 @@ def test_options_parse_and_default_to_none() -> None:
         ([("topk", "3")], "classification", "topk"),
         ([("top_k", "3")], "detection", "top_k"),
         ([("score_threshold", "0.3")], "classification", "score_threshold"),
+        ([("mask_format", "svg")], "segmentation", "mask_format must be one of rle, png"),
+        ([("mask_format", "png")], "detection", "applies to segmentation and instance_seg"),
+        ([("top_k", "3")], "segmentation", "applies to classification"),
     ],
 )
 def test_bad_options_name_the_parameter(
     pairs: list[tuple[str, str]], task: str, names: str
 ) -> None:
     with pytest.raises(InvalidOption, match=names) as caught:
-        parse_options(pairs, task, 100)  # type: ignore[arg-type]
+        parse_options(pairs, get(task), 100)
     assert caught.value.status == 400
 
 

@@ -1,0 +1,239 @@
+"""Segmentation: masks back in original displayed pixels (EXIF, letterbox and crop undone).
+
+Two tasks share this module's mask handling (`deployments.masks`):
+  * `segmentation` (semantic): one label per pixel; each class present is one prediction with its
+    area, box and mask. Class 0 is the background (torchvision's and the shipped segmenter's
+    convention) and is not reported.
+  * `instance_segmentation` (Mask R-CNN): detections, each with its own mask, area and box.
+Masks come as COCO RLE (`mask_format=rle`, the default), or the whole image as one PNG label map
+(`mask_format=png`: the result's `label_map`, base64; a pixel holds the class id, or for instances
+the 1-based rank of the instance; 0 is nothing).
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+import torchvision
+from pydantic import BaseModel, ConfigDict, Field
+
+from deployments.masks import NOT_SEEN, box_of, encode_png, encode_rle, to_source
+from deployments.tasks import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    Arrays,
+    OptionSpec,
+    Preprocessing,
+    label_for,
+)
+from deployments.tasks.detection import (
+    Defaults as DetectionDefaults,
+)
+from deployments.tasks.detection import (
+    boxes_in_source,
+    detector_kwargs,
+    detector_preprocessing,
+    is_instance_segmenter,
+    kept,
+    score_options,
+)
+from deployments.types import Meta, Prediction
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
+
+    from deployments.model_source import ModelSpec, Resolved
+
+MASK_FORMATS = ("rle", "png")
+MAX_CLASSES = 254  # label maps are 8-bit, and 255 marks pixels the model never saw
+MASK_THRESHOLD = 0.5  # Mask R-CNN's per-pixel probability that makes a pixel the instance's
+
+
+class MaskOut(BaseModel):
+    """COCO run-length encoding (pycocotools.mask.decode reads it)."""
+
+    size: list[int] = Field(description="[height, width]")
+    counts: str = Field(description="compressed column-major run lengths")
+
+
+class PredictionOut(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    label: str
+    class_id: int
+    score: float
+    box: list[float]
+    area: int
+    mask: MaskOut | None = None
+
+
+def _mask_format_option() -> OptionSpec:
+    return OptionSpec(
+        "mask_format",
+        "choice",
+        "segmentation: rle (a COCO RLE per prediction) or png (one label map per image)",
+        choices=MASK_FORMATS,
+    )
+
+
+def _png(label_map: npt.NDArray[Any]) -> dict[str, Any]:
+    return {"label_map": base64.b64encode(encode_png(label_map)).decode("ascii")}
+
+
+class SemanticDefaults(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mask_format: str = Field("rle", pattern="^(rle|png)$")
+
+
+class Semantic:
+    name = "segmentation"
+    summary = "a class per pixel: one mask, area and box per class present"
+    defaults = SemanticDefaults
+    prediction_schema = PredictionOut
+    custom_input_size = 512
+
+    def serves(self, torchvision_name: str) -> bool:
+        return torchvision_name in torchvision.models.list_models(
+            module=torchvision.models.segmentation
+        )
+
+    def preprocessing(self, entry: WeightsEnum | None, spec: ModelSpec) -> Preprocessing:
+        # torchvision's preset resizes the shorter side to 520 and lets the size vary; batches
+        # need one size, so the image is letterboxed into 520 x 520 instead.
+        preset = entry.transforms() if entry is not None else None
+        if preset is None:
+            return Preprocessing(520, "letterbox", None, IMAGENET_MEAN, IMAGENET_STD)
+        side = int(preset.resize_size[0]) if preset.resize_size else 520
+        return Preprocessing(side, "letterbox", None, tuple(preset.mean), tuple(preset.std))
+
+    def constructor_kwargs(self, spec: ModelSpec, resolved: Resolved) -> dict[str, Any]:
+        if resolved.weights_kind != "torchvision":
+            return {"weights_backbone": None}  # never fetch ImageNet backbone weights
+        return {}
+
+    def option_specs(self, max_candidates: int) -> tuple[OptionSpec, ...]:
+        return (_mask_format_option(),)
+
+    def decode(self, output: Any, batch_size: int, resolved: Resolved) -> list[Arrays]:
+        logits = output["out"] if isinstance(output, Mapping) else output
+        classes = int(logits.shape[1])
+        if classes > MAX_CLASSES:
+            raise ValueError(f"segmentation serves at most {MAX_CLASSES} classes, not {classes}")
+        confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+        flat = labels.flatten(1)
+        # Mean confidence of each class over its own pixels: the class's score.
+        sums = torch.zeros((batch_size, classes), device=logits.device)
+        sums.scatter_add_(1, flat, confidence.flatten(1))
+        ones = torch.ones_like(flat, dtype=sums.dtype)
+        counts = torch.zeros_like(sums).scatter_add_(1, flat, ones)
+        scores = (sums / counts.clamp(min=1)).cpu().numpy()
+        maps = labels.to(torch.uint8).cpu().numpy()
+        return [{"label_map": maps[i], "class_scores": scores[i]} for i in range(batch_size)]
+
+    def answer(
+        self, arrays: Arrays, meta: Meta, labels: Sequence[str], options: Mapping[str, Any]
+    ) -> tuple[tuple[Prediction, ...], dict[str, Any]]:
+        shown = to_source(arrays["label_map"], meta.geometry, fill=NOT_SEEN)
+        present = [int(c) for c in np.unique(shown) if 0 < c < NOT_SEEN]
+        rle = options["mask_format"] == "rle"
+        predictions = []
+        for c in present:
+            mask = shown == c
+            box = box_of(mask)
+            assert box is not None  # the class is present
+            predictions.append(
+                Prediction(
+                    label=label_for(labels, c),
+                    class_id=c,
+                    score=float(arrays["class_scores"][c]),
+                    box=box,
+                    area=int(mask.sum()),
+                    mask=encode_rle(mask) if rle else None,
+                )
+            )
+        if rle:
+            return tuple(predictions), {}
+        png = np.where(shown == NOT_SEEN, 0, shown).astype(np.uint8)
+        return tuple(predictions), _png(png)
+
+
+class InstanceDefaults(DetectionDefaults):
+    mask_format: str = Field("rle", pattern="^(rle|png)$")
+
+
+class Instances:
+    name = "instance_segmentation"
+    summary = "objects: a box, a class, a score and a mask each"
+    defaults = InstanceDefaults
+    prediction_schema = PredictionOut
+    custom_input_size = 512
+
+    def serves(self, torchvision_name: str) -> bool:
+        return is_instance_segmenter(torchvision_name) and torchvision_name in (
+            torchvision.models.list_models(module=torchvision.models.detection)
+        )
+
+    def preprocessing(self, entry: WeightsEnum | None, spec: ModelSpec) -> Preprocessing:
+        return detector_preprocessing(spec)
+
+    def constructor_kwargs(self, spec: ModelSpec, resolved: Resolved) -> dict[str, Any]:
+        return detector_kwargs(spec, resolved)
+
+    def option_specs(self, max_candidates: int) -> tuple[OptionSpec, ...]:
+        return (*score_options(), _mask_format_option())
+
+    def decode(self, output: Any, batch_size: int, resolved: Resolved) -> list[Arrays]:
+        decoded = []
+        for d in output:
+            masks = (d["masks"][:, 0] >= MASK_THRESHOLD).cpu().numpy()
+            decoded.append(
+                {
+                    "boxes": d["boxes"].float().cpu().numpy(),
+                    "scores": d["scores"].float().cpu().numpy(),
+                    "class_ids": d["labels"].cpu().numpy().astype(np.int64),
+                    # One bit per pixel: 100 instances at 640 x 640 are 5 MB, not 40.
+                    "masks": np.packbits(masks, axis=-1),
+                }
+            )
+        return decoded
+
+    def answer(
+        self, arrays: Arrays, meta: Meta, labels: Sequence[str], options: Mapping[str, Any]
+    ) -> tuple[tuple[Prediction, ...], dict[str, Any]]:
+        geometry = meta.geometry
+        keep = kept(arrays["scores"], options)
+        boxes, visible = boxes_in_source(arrays["boxes"][keep], geometry)
+        rle = options["mask_format"] == "rle"
+        instance_map = np.zeros((geometry.source_height, geometry.source_width), dtype=np.uint16)
+        predictions: list[Prediction] = []
+        for idx, box, seen in zip(keep, boxes, visible, strict=True):
+            if not seen:
+                continue
+            bits = np.unpackbits(arrays["masks"][idx], axis=-1)[:, : geometry.input_width]
+            mask = to_source(bits, geometry, fill=0).astype(bool)
+            c = int(arrays["class_ids"][idx])
+            predictions.append(
+                Prediction(
+                    label=label_for(labels, c),
+                    class_id=c,
+                    score=float(arrays["scores"][idx]),
+                    box=(float(box[0]), float(box[1]), float(box[2]), float(box[3])),
+                    area=int(mask.sum()),
+                    mask=encode_rle(mask) if rle else None,
+                )
+            )
+            if not rle:  # a better-scoring instance keeps the pixels both claim
+                instance_map[mask & (instance_map == 0)] = len(predictions)
+            if len(predictions) == int(options["max_detections"]):
+                break
+        return tuple(predictions), ({} if rle else _png(instance_map))
+
+
+TASK = Semantic()
+INSTANCE_TASK = Instances()
