@@ -122,10 +122,8 @@ def encode_png(label_map: npt.NDArray[np.generic]) -> bytes:
     """A label map as a greyscale PNG: each pixel's value is its class (or instance); 8-bit for
     a uint8 map, 16-bit otherwise."""
     buf = io.BytesIO()
-    if label_map.dtype == np.uint8:
-        image = Image.fromarray(np.ascontiguousarray(label_map), mode="L")
-    else:
-        image = Image.fromarray(np.ascontiguousarray(label_map, dtype=np.uint16), mode="I;16")
+    dtype = np.uint8 if label_map.dtype == np.uint8 else np.dtype("<u2")
+    image = Image.fromarray(np.ascontiguousarray(label_map, dtype=dtype))  # "L" or "I;16"
     image.save(buf, format="PNG", compress_level=6)
     return buf.getvalue()
 

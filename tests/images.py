@@ -158,3 +158,19 @@ def distinct_colours(n: int, seed: int = 0) -> list[tuple[int, int, int]]:
         r, g, b = (int(v) for v in rng.integers(0, 256, size=3))
         picked.add((r, g, b))
     return sorted(picked)
+
+
+RED, GREEN, GREY = (230, 20, 20), (20, 200, 30), (128, 128, 128)
+
+
+def two_rectangles(
+    width: int, height: int, red: tuple[int, int, int, int], green: tuple[int, int, int, int]
+) -> tuple[Image.Image, np.ndarray]:
+    """A grey image with a red and a green rectangle (x0, y0, x1, y1, exclusive ends), and its
+    true label map: 0 grey, 1 red, 2 green."""
+    pixels = np.full((height, width, 3), GREY, dtype=np.uint8)
+    labels = np.zeros((height, width), dtype=np.uint8)
+    for (x0, y0, x1, y1), colour, label in ((red, RED, 1), (green, GREEN, 2)):
+        pixels[y0:y1, x0:x1] = colour
+        labels[y0:y1, x0:x1] = label
+    return Image.fromarray(pixels), labels

@@ -34,7 +34,7 @@ class Defaults(BaseModel):
     top_k: int = Field(5, ge=1)
 
 
-class PredictionOut(BaseModel):
+class ClassOut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str
@@ -46,7 +46,7 @@ class Classification:
     name = "classification"
     summary = "the k most probable classes of the image"
     defaults = Defaults
-    prediction_schema = PredictionOut
+    prediction_schema = ClassOut
     custom_input_size = 224
 
     def serves(self, torchvision_name: str) -> bool:

@@ -34,7 +34,7 @@ class Defaults(BaseModel):
     max_detections: int = Field(100, ge=1, le=MAX_DETECTIONS)
 
 
-class PredictionOut(BaseModel):
+class BoxOut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str
@@ -91,7 +91,7 @@ class Detection:
     name = "detection"
     summary = "objects: a box, a class and a score each"
     defaults = Defaults
-    prediction_schema = PredictionOut
+    prediction_schema = BoxOut
     custom_input_size = 512
 
     def serves(self, torchvision_name: str) -> bool:

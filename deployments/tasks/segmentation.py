@@ -61,7 +61,7 @@ class MaskOut(BaseModel):
     counts: str = Field(description="compressed column-major run lengths")
 
 
-class PredictionOut(BaseModel):
+class SegmentOut(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     label: str
@@ -95,7 +95,7 @@ class Semantic:
     name = "segmentation"
     summary = "a class per pixel: one mask, area and box per class present"
     defaults = SemanticDefaults
-    prediction_schema = PredictionOut
+    prediction_schema = SegmentOut
     custom_input_size = 512
 
     def serves(self, torchvision_name: str) -> bool:
@@ -171,7 +171,7 @@ class Instances:
     name = "instance_segmentation"
     summary = "objects: a box, a class, a score and a mask each"
     defaults = InstanceDefaults
-    prediction_schema = PredictionOut
+    prediction_schema = SegmentOut
     custom_input_size = 512
 
     def serves(self, torchvision_name: str) -> bool:
