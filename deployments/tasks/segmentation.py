@@ -140,7 +140,8 @@ class Semantic:
         self, arrays: Arrays, meta: Meta, labels: Sequence[str], options: Mapping[str, Any]
     ) -> tuple[tuple[Prediction, ...], dict[str, Any]]:
         shown = to_source(arrays["label_map"], meta.geometry, fill=NOT_SEEN)
-        present = [int(c) for c in np.unique(shown) if 0 < c < NOT_SEEN]
+        areas = np.bincount(shown.ravel(), minlength=NOT_SEEN + 1)  # far cheaper than unique
+        present = [c for c in range(1, NOT_SEEN) if areas[c]]
         rle = options["mask_format"] == "rle"
         predictions = []
         for c in present:
@@ -153,7 +154,7 @@ class Semantic:
                     class_id=c,
                     score=float(arrays["class_scores"][c]),
                     box=box,
-                    area=int(mask.sum()),
+                    area=int(areas[c]),
                     mask=encode_rle(mask) if rle else None,
                 )
             )
