@@ -1,11 +1,18 @@
 """Wires the deployment graph. Import-safe: nothing runs until a builder is called.
 
-serve run graph:app                 # the shipped defaults
 serve run serve_config.yaml         # the deploy-time source of truth (calls build_app)
+serve run graph:app                 # the same application: serve_config.yaml's args and options
+
+`serve_config.yaml` is the one home of every default: builder args and deployment options alike.
+`build_app` binds the stages without options, so a config that names it (serve_config.yaml, the
+rendered configs/*.yaml, the RayService) sets them all; `app` applies serve_config.yaml's.
 """
 
-from typing import cast
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
@@ -23,18 +30,14 @@ class Limits(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1, description="whole HTTP body")
-    max_image_bytes: int = Field(20 * 1024 * 1024, ge=1, description="one encoded image")
-    max_pixels: int = Field(
-        40_000_000, ge=1, description="one decoded image, and its resize before a crop (w x h)"
-    )
+    max_body_bytes: int = Field(ge=1, description="whole HTTP body")
+    max_image_bytes: int = Field(ge=1, description="one encoded image")
+    max_pixels: int = Field(ge=1, description="one decoded image, and its resize before a crop")
     max_images_per_request: int = Field(
-        64, ge=1, description="multipart parts (of any name), counted while the body arrives"
+        ge=1, description="multipart parts (of any name), counted while the body arrives"
     )
     max_body_bytes_in_flight: int = Field(
-        256 * 1024 * 1024,
-        ge=1,
-        description="request bodies one Ingress replica holds at once (503 past it)",
+        ge=1, description="request bodies one Ingress replica holds at once (503 past it)"
     )
 
     @model_validator(mode="after")
@@ -52,12 +55,12 @@ class Bundles(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    max_items: int = Field(8, ge=1, le=512, description="images per bundle")
+    max_items: int = Field(ge=1, le=512, description="images per bundle")
     max_in_flight: int = Field(
-        2, ge=1, le=64, description="partial bundles in flight before single images wait"
+        ge=1, le=64, description="partial bundles in flight before single images wait"
     )
     max_wait_s: float = Field(
-        0.05, ge=0.0, le=1.0, description="the longest a single image waits for company"
+        ge=0.0, le=1.0, description="the longest a single image waits for company"
     )
 
 
@@ -67,34 +70,36 @@ class Poison(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     quarantine_ttl_s: float = Field(
-        600.0, gt=0, le=86_400, description="how long such an image's sha256 is refused (422)"
+        gt=0, le=86_400, description="how long such an image's sha256 is refused (422)"
     )
-    max_quarantined: int = Field(10_000, ge=1, description="hashes kept; the oldest go first")
+    max_quarantined: int = Field(ge=1, description="hashes kept; the oldest go first")
 
 
 class AppArgs(BaseModel):
-    """Builder args (structure). Hot knobs live in each deployment's `user_config` instead."""
+    """Builder args (structure). Hot knobs live in each deployment's `user_config` instead.
+
+    No field has a default: serve_config.yaml is their home, and the configs rendered from it
+    carry every one, so a key left out is an error that names it, not a second default.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: ModelSpec = Field(default_factory=ModelSpec)
-    limits: Limits = Field(default_factory=Limits)
-    decode_threads: int = Field(2, ge=1, description="decoder threads per Preprocessor replica")
+    model: ModelSpec
+    limits: Limits
+    decode_threads: int = Field(ge=1, description="decoder threads per Preprocessor replica")
     request_timeout_s: float = Field(
-        30.0,
         gt=0,
         allow_inf_nan=False,
         description="deadline for requests that state none (x-request-timeout-seconds)",
     )
     max_request_timeout_s: float = Field(
-        120.0,
         gt=0,
         allow_inf_nan=False,
         description="the longest deadline a request may ask for; longer ones are capped",
     )
-    jpeg_draft: bool = Field(True, description="decode large JPEGs at 1/2, 1/4 or 1/8 scale")
-    bundles: Bundles = Field(default_factory=lambda: Bundles())
-    poison: Poison = Field(default_factory=lambda: Poison())
+    jpeg_draft: bool = Field(description="decode large JPEGs at 1/2, 1/4 or 1/8 scale")
+    bundles: Bundles
+    poison: Poison
 
     @model_validator(mode="after")
     def _default_deadline_within_cap(self) -> "AppArgs":
@@ -103,10 +108,30 @@ class AppArgs(BaseModel):
         return self
 
 
-# What `serve run graph:app` serves: the shipped shapes detector, as serve_config.yaml does.
-DEFAULT_ARGS = AppArgs(
-    model=ModelSpec(name="shapes.model:build_detector", weights="shapes/shapes_detector.pt")
-)
+SERVE_CONFIG = Path(__file__).resolve().parent / "serve_config.yaml"
+APP_NAME = "vision"
+
+
+def load_app_config(path: Path = SERVE_CONFIG, name: str = APP_NAME) -> dict[str, Any]:
+    """One application of a Serve config file: its `args` and its `deployments` options."""
+    config = yaml.safe_load(path.read_text())
+    for app in config.get("applications", []):
+        if app.get("name") == name:
+            found: dict[str, Any] = app
+            return found
+    raise ValueError(f"{path} has no application named {name!r}")
+
+
+def served_args() -> AppArgs:
+    """The builder args serve_config.yaml gives the graph."""
+    return AppArgs.model_validate(load_app_config()["args"])
+
+
+def decode_limits(args: AppArgs) -> DecodeLimits:
+    """The per-image limits every decode enforces."""
+    return DecodeLimits(
+        max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
+    )
 
 
 def decode_settings(args: AppArgs, resolved: Resolved) -> tuple[ResizeSpec, DecodeLimits]:
@@ -119,23 +144,51 @@ def decode_settings(args: AppArgs, resolved: Resolved) -> tuple[ResizeSpec, Deco
         pad_value=args.model.pad_value,
         draft=args.jpeg_draft,
     )
-    limits = DecodeLimits(
-        max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
-    )
-    return resize, limits
+    return resize, decode_limits(args)
 
 
 def build_app(args: AppArgs) -> Application:
-    """Build the graph Ingress -> Preprocessor -> Model -> Postprocessor.
+    """Build the graph Ingress -> Preprocessor -> Model -> Postprocessor, without options.
 
     Args:
-        args: `AppArgs` (a plain dict from `serve_config.yaml` is validated into one).
+        args: `AppArgs` (a plain dict from a Serve config is validated into one).
 
     Returns:
-        The bound Ingress, ready for `serve.run` or a Serve config's `import_path`.
+        The bound Ingress for a Serve config's `import_path`: that config's `deployments` set
+        every stage's options (a stage it leaves out runs with Serve's own defaults).
     """
     if not isinstance(args, AppArgs):
         args = AppArgs.model_validate(args)
+    return _bind(args, {})
+
+
+def build_configured_app(app_config: Mapping[str, Any]) -> Application:
+    """What a Serve config's application runs, without Ray: its args and its deployments' options.
+
+    Args:
+        app_config: one entry of a config's `applications` (`load_app_config()`).
+
+    Returns:
+        The bound Ingress with each stage's `.options(...)` taken from `app_config["deployments"]`.
+    """
+    options = {
+        d["name"]: {key: value for key, value in d.items() if key != "name"}
+        for d in app_config.get("deployments", [])
+    }
+    return _bind(AppArgs.model_validate(app_config["args"]), options)
+
+
+def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Application:
+    # `@serve.deployment` turns each class into a Deployment; its typing does not say so.
+    stages = {
+        d.name: d
+        for d in (cast(Deployment, c) for c in (Ingress, Preprocessor, Model, Postprocessor))
+    }
+    unknown = sorted(set(options) - set(stages))
+    if unknown:
+        raise ValueError(f"deployments {unknown} are not in the graph {sorted(stages)}")
+    for name, stage_options in options.items():
+        stages[name] = stages[name].options(**stage_options)
     resolved = resolve(args.model)
     resize, limits = decode_settings(args, resolved)
     settings = IngressSettings(
@@ -156,21 +209,16 @@ def build_app(args: AppArgs) -> Application:
             ttl_s=args.poison.quarantine_ttl_s, max_entries=args.poison.max_quarantined
         ),
     )
-    return _deployment(Ingress).bind(
-        _deployment(Preprocessor).bind(resize, limits, args.decode_threads),
-        _deployment(Model).bind(args.model, resolved),
-        _deployment(Postprocessor).bind(resolved.name, resolved.task, resolved.labels),
+    return stages["Ingress"].bind(
+        stages["Preprocessor"].bind(resize, limits, args.decode_threads),
+        stages["Model"].bind(args.model, resolved),
+        stages["Postprocessor"].bind(resolved.name, resolved.task, resolved.labels),
         settings,
     )
 
 
-def _deployment(decorated: object) -> Deployment:
-    # `@serve.deployment` turns each class into a Deployment; its typing does not say so.
-    return cast(Deployment, decorated)
-
-
 def __getattr__(name: str) -> Application:
-    # `serve run graph:app` builds lazily, so importing this module never loads torch models.
+    # `serve run graph:app` builds lazily: importing this module reads no file and loads no model.
     if name == "app":
-        return build_app(DEFAULT_ARGS)
+        return build_configured_app(load_app_config())
     raise AttributeError(name)

@@ -75,7 +75,7 @@ app = FastAPI(
 )
 
 
-@serve.deployment(max_ongoing_requests=256)
+@serve.deployment
 @serve.ingress(app)
 class Ingress:
     def __init__(

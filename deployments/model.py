@@ -24,7 +24,11 @@ HEALTH_FORWARD_EVERY_S = 30.0
 
 
 class BatchingConfig(BaseModel):
-    """The Model's `user_config`: hot knobs, applied by `reconfigure` without a restart."""
+    """The Model's `user_config`: hot knobs, applied by `reconfigure` without a restart.
+
+    The defaults are what a replica runs until then (or with a config that sets none); they equal
+    serve_config.yaml's, which tests/unit/test_defaults.py checks.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -32,7 +36,7 @@ class BatchingConfig(BaseModel):
     batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
 
 
-@serve.deployment(max_ongoing_requests=64)
+@serve.deployment
 class Model:
     def __init__(self, spec: ModelSpec, resolved: Resolved) -> None:
         if spec.torch_threads is not None:

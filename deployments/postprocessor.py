@@ -82,7 +82,7 @@ def join_bundle(
     )
 
 
-@serve.deployment(max_ongoing_requests=16)
+@serve.deployment
 class Postprocessor:
     def __init__(self, model: str, task: str, labels: tuple[str, ...]) -> None:
         self._model = model

@@ -22,7 +22,7 @@ from deployments.types import Bundle, Item, ItemError, Meta, Sample
 logger = logging.getLogger("ray.serve")
 
 
-@serve.deployment(max_ongoing_requests=4)
+@serve.deployment
 class Preprocessor:
     def __init__(self, resize: ResizeSpec, limits: DecodeLimits, threads: int = 2) -> None:
         self._resize = resize

@@ -1,0 +1,139 @@
+"""One home per default: `serve run graph:app` builds what `serve run serve_config.yaml` runs.
+
+The graph is built in-process with the function `serve build` uses (no Ray is started), and each
+deployment's options are read back as Serve's own `DeploymentSchema`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from ray.serve import Application
+from ray.serve._private.build_app import BuiltApplication
+from ray.serve._private.build_app import build_app as build_deployments
+from ray.serve.deployment import deployment_to_schema
+from ray.serve.schema import DeploymentSchema, LoggingConfig
+
+import graph
+from deployments import tasks
+from deployments.caller import BundleSettings
+from deployments.ingress import IngressSettings
+from deployments.model import BatchingConfig
+from deployments.poison import PoisonSettings
+
+SERVED = graph.load_app_config()
+YAML_DEPLOYMENTS = {d["name"]: d for d in SERVED["deployments"]}
+
+
+def _built(app: Application) -> BuiltApplication:
+    return build_deployments(app, name=graph.APP_NAME)
+
+
+def _options(schema: DeploymentSchema) -> dict[str, Any]:
+    """The options a deployment sets, with logging_config in its full form on either side."""
+    options = schema.model_dump(exclude_unset=True)
+    if "logging_config" in options:
+        options["logging_config"] = LoggingConfig(**options["logging_config"]).model_dump()
+    return options
+
+
+@pytest.fixture(scope="module")
+def graph_app() -> BuiltApplication:
+    return _built(graph.app)
+
+
+@pytest.fixture(scope="module")
+def config_app() -> BuiltApplication:
+    # What `serve run serve_config.yaml` imports before it applies the config's deployments.
+    return _built(graph.build_app(SERVED["args"]))
+
+
+def test_graph_app_sets_exactly_the_options_of_serve_config(graph_app: BuiltApplication) -> None:
+    assert {d.name for d in graph_app.deployments} == set(YAML_DEPLOYMENTS)
+    for deployment in graph_app.deployments:
+        want = _options(DeploymentSchema.model_validate(YAML_DEPLOYMENTS[deployment.name]))
+        assert _options(deployment_to_schema(deployment)) == want, deployment.name
+
+
+def test_code_sets_no_deployment_option(config_app: BuiltApplication) -> None:
+    # A number in a decorator would be a second home, and would leak into a config that omits it.
+    for deployment in config_app.deployments:
+        assert _options(deployment_to_schema(deployment)) == {"name": deployment.name}
+
+
+def test_graph_app_binds_the_args_serve_config_gives(
+    graph_app: BuiltApplication, config_app: BuiltApplication
+) -> None:
+    def init_args(built: BuiltApplication) -> dict[str, tuple[Any, ...]]:
+        # The Ingress's first three args are handles to the other stages: compare the rest.
+        return {
+            d.name: tuple(d.init_args[3:] if d.name == "Ingress" else d.init_args)
+            for d in built.deployments
+        }
+
+    assert init_args(graph_app) == init_args(config_app)
+    model_spec, _ = dict((d.name, d.init_args) for d in graph_app.deployments)["Model"]
+    assert model_spec == graph.AppArgs.model_validate(SERVED["args"]).model
+
+
+def test_options_for_a_stage_not_in_the_graph_are_refused() -> None:
+    app_config = {**SERVED, "deployments": [{"name": "model", "max_ongoing_requests": 1}]}
+    with pytest.raises(ValueError, match="'model'"):
+        graph.build_configured_app(app_config)
+
+
+def test_builder_args_have_no_defaults_of_their_own() -> None:
+    args = dict(SERVED["args"])
+    del args["limits"]
+    with pytest.raises(ValueError, match="limits"):
+        graph.AppArgs.model_validate(args)
+
+
+# What the stages fall back on before (or without) their config: each must equal serve_config.yaml.
+_ARGS = SERVED["args"]
+_INGRESS = (
+    "max_body_bytes",
+    "max_image_bytes",
+    "max_images_per_request",
+    "max_body_bytes_in_flight",
+    "request_timeout_s",
+    "max_request_timeout_s",
+)
+FALLBACKS: list[tuple[str, Callable[[], Any], dict[str, Any]]] = [
+    (
+        "Model user_config",
+        lambda: BatchingConfig().model_dump(),
+        YAML_DEPLOYMENTS["Model"]["user_config"],
+    ),
+    (
+        "Postprocessor user_config",
+        lambda: {name: task.defaults().model_dump() for name, task in tasks.REGISTRY.items()},
+        YAML_DEPLOYMENTS["Postprocessor"]["user_config"],
+    ),
+    ("bundles", lambda: dataclasses.asdict(BundleSettings()), _ARGS["bundles"]),
+    (
+        "poison",
+        lambda: dataclasses.asdict(PoisonSettings()),
+        {
+            "ttl_s": _ARGS["poison"]["quarantine_ttl_s"],
+            "max_entries": _ARGS["poison"]["max_quarantined"],
+        },
+    ),
+    (
+        "Ingress limits and deadlines",
+        lambda: {
+            f.name: f.default for f in dataclasses.fields(IngressSettings) if f.name in _INGRESS
+        },
+        {k: _ARGS["limits"].get(k, _ARGS.get(k)) for k in _INGRESS},
+    ),
+]
+
+
+@pytest.mark.parametrize(("what", "fallback", "served"), FALLBACKS, ids=[f[0] for f in FALLBACKS])
+def test_code_fallbacks_agree_with_serve_config(
+    what: str, fallback: Callable[[], Any], served: dict[str, Any]
+) -> None:
+    assert fallback() == served, f"{what}: the code's fallback differs from serve_config.yaml"
