@@ -60,10 +60,12 @@ _WHITE = (255, 255, 255, 255)
 
 @dataclass(frozen=True, slots=True)
 class DecodeLimits:
-    max_image_bytes: int = 20 * 1024 * 1024
+    """Per-image limits; their values live in serve_config.yaml (`args.limits`), not here."""
+
+    max_image_bytes: int
     # Bounds every image a decode holds, not only the file's own size: the decoded image and the
     # resized one before the crop or pad (which outgrows the file when a thin sliver is upscaled).
-    max_pixels: int = 40_000_000
+    max_pixels: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class Preprocessor:
-    def __init__(self, resize: ResizeSpec, limits: DecodeLimits, threads: int = 2) -> None:
+    def __init__(self, resize: ResizeSpec, limits: DecodeLimits, threads: int) -> None:
         self._resize = resize
         self._limits = limits
         # Pillow releases the GIL while decoding and resizing, so threads use every core.

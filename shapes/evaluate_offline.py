@@ -8,6 +8,7 @@ encoding, plus recall by object size in model-input pixels.
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Iterable, Sequence
 
@@ -25,10 +26,18 @@ EVAL_SEED_BASE = 1_000_000_000  # training seeds stay below this (see shapes.tra
 _OBJECT_BUCKETS = ((0.0, 12.0), (12.0, 24.0), (24.0, 48.0), (48.0, float("inf")))
 
 
+@functools.cache
+def _served_limits() -> DecodeLimits:
+    """serve_config.yaml's per-image limits (imported late: graph pulls in Ray Serve)."""
+    from graph import decode_limits, served_args
+
+    return decode_limits(served_args())
+
+
 def preprocess(data: bytes, size: int, *, draft: bool = True) -> tuple[np.ndarray, Geometry]:
     """The service's own decode and letterbox to `size` x `size`: uint8 HWC pixels and geometry."""
     spec = ResizeSpec(mode="letterbox", input_width=size, input_height=size, draft=draft)
-    out = decode(data, spec, DecodeLimits())
+    out = decode(data, spec, _served_limits())
     return out.pixels, out.geometry
 
 

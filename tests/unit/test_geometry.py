@@ -9,8 +9,11 @@ import pytest
 from PIL import Image, ImageDraw
 
 from deployments.geometry import boxes_to_input, boxes_to_source, plan
-from deployments.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.imaging import ResizeSpec, decode
+from graph import decode_limits, served_args
 from tests.images import encode, rotated_jpeg
+
+LIMITS = decode_limits(served_args())
 
 SIZES = [
     (1, 1),
@@ -108,7 +111,7 @@ def test_forward_map_matches_decoded_pixels(
     mode: str, width: int, height: int, box: tuple[int, int, int, int]
 ) -> None:
     spec = ResizeSpec(mode=mode, input_width=320, input_height=320, resize_size=352, pad_value=0)  # type: ignore[arg-type]
-    out = decode(encode(_image_with_rectangle(width, height, box), "PNG"), spec, DecodeLimits())
+    out = decode(encode(_image_with_rectangle(width, height, box), "PNG"), spec, LIMITS)
     measured = _extent(out.pixels[..., 0] >= 128)
     expected = boxes_to_input([box], out.geometry)[0]
     np.testing.assert_allclose(measured, expected, atol=1.0)
@@ -126,7 +129,7 @@ def test_exif_orientation_is_applied_before_geometry(
     box = (40, 30, 160, 110)
     data = rotated_jpeg(_image_with_rectangle(width, height, box), orientation)
     spec = ResizeSpec(mode="letterbox", input_width=320, input_height=320, pad_value=0)
-    out = decode(data, spec, DecodeLimits())
+    out = decode(data, spec, LIMITS)
     assert (out.image.width, out.image.height, out.image.orientation) == (
         width,
         height,

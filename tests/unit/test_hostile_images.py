@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import numpy as np
 import pytest
@@ -18,7 +19,8 @@ from PIL import Image
 
 from deployments import errors
 from deployments.imaging import DecodeLimits, Preprocessed, ResizeSpec, decode, plan_decode
-from deployments.model_source import ModelSpec, resolve
+from deployments.model_source import resolve
+from graph import AppArgs, decode_limits, decode_settings, served_args
 from tests import images
 from tests.serving import ROOT, load_config
 
@@ -26,6 +28,7 @@ T = TypeVar("T")
 MAX_SECONDS = 1.0
 MAX_GROWTH_MB = 50.0
 SHAPES = [(1, 20_000), (1, 200_000), (200_000, 1)]
+LIMITS = decode_limits(served_args())
 
 
 def _encoded(width: int, height: int, fmt: str, mode: str = "RGB") -> bytes:
@@ -58,18 +61,8 @@ def _served(path: Path) -> tuple[ResizeSpec, DecodeLimits]:
 
     `resolve` reads weights metadata (torchvision's transforms, offline) and never loads weights.
     """
-    args: dict[str, Any] = load_config(path)["applications"][0]["args"]
-    resolved = resolve(ModelSpec.model_validate(args["model"]))
-    spec = ResizeSpec(
-        mode=resolved.resize,
-        input_width=resolved.input_width,
-        input_height=resolved.input_height,
-        resize_size=resolved.resize_size,
-        pad_value=args["model"].get("pad_value", 114),
-        draft=args.get("jpeg_draft", True),
-    )
-    limits = args["limits"]
-    return spec, DecodeLimits(limits["max_image_bytes"], limits["max_pixels"])
+    args = AppArgs.model_validate(load_config(path)["applications"][0]["args"])
+    return decode_settings(args, resolve(args.model))
 
 
 def _memory_kb() -> dict[str, int]:
@@ -118,7 +111,7 @@ def test_the_memory_meter_sees_an_allocation() -> None:
 @pytest.mark.parametrize(("name", "data"), HOSTILE, ids=[h[0] for h in HOSTILE])
 def test_every_resize_mode_bounds_a_thin_image(name: str, data: bytes, mode: str) -> None:
     assert len(data) < 8192, f"{name} should be a tiny file, is {len(data)} bytes"
-    _refused_or_valid(data, MODES[mode], DecodeLimits())
+    _refused_or_valid(data, MODES[mode], LIMITS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -140,7 +133,7 @@ def test_the_imagenet_config_is_the_one_from_the_issue() -> None:
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_the_suggested_aspect_ratio_passes_and_one_more_is_refused(orientation: int) -> None:
     spec = MODES["resize_crop"]
-    limits = DecodeLimits(max_pixels=1_000_000)  # 232 x 232 x 18 fits; x 19 does not
+    limits = replace(LIMITS, max_pixels=1_000_000)  # 232 x 232 x 18 fits; x 19 does not
     with pytest.raises(errors.TooManyPixels, match=r"at most 18:1") as caught:
         plan_decode(1, 19, orientation, spec, limits)
     assert "1.0 megapixels" in caught.value.message
@@ -152,5 +145,5 @@ def test_the_suggested_aspect_ratio_passes_and_one_more_is_refused(orientation: 
 def test_the_model_input_is_allowed_even_above_the_pixel_limit() -> None:
     """The input size is the config's choice, not the image's: only what an image adds counts."""
     spec = ResizeSpec(mode="stretch", input_width=640, input_height=640)
-    out = decode(images.png(64, 48), spec, DecodeLimits(max_pixels=64 * 48))
+    out = decode(images.png(64, 48), spec, replace(LIMITS, max_pixels=64 * 48))
     assert out.pixels.shape == (640, 640, 3)
