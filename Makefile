@@ -29,7 +29,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
-	$(PY) kuberay/render.py --check
+	$(PY) -m tools.render --check
 
 # The benchmark (bench/README.md): the raw pipeline, a plain Ray Serve app, LitServe (with
 # `pip install -e '.[bench]'`) and the graph, each started in turn on 127.0.0.1:8000; ~6 minutes.

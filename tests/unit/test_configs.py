@@ -1,8 +1,10 @@
-"""Every shipped Serve config validates, resolves without weights, and fits a 2-core laptop."""
+"""Every shipped Serve config validates, resolves without weights, and fits a 2-core laptop.
+
+The example configs are rendered from serve_config.yaml and an overlay each (configs/README.md).
+"""
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from ray.serve.schema import ServeDeploySchema
 from deployments.model_source import resolve
 from graph import AppArgs
 from tests.serving import ROOT, load_config
+from tools import render
 
 CONFIGS = [ROOT / "serve_config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 
@@ -48,18 +51,20 @@ def test_model_can_hold_full_batches_and_graph_fits_two_cores(path: Path) -> Non
     assert cpus <= 2.0, f"{path.name} asks for {cpus} CPUs; a 2-core laptop would wait forever"
 
 
-@pytest.mark.parametrize("path", CONFIGS[1:], ids=[p.name for p in CONFIGS[1:]])
-def test_examples_differ_from_the_default_only_in_model_and_batching(path: Path) -> None:
-    def strip(config: dict[str, Any]) -> dict[str, Any]:
-        config = copy.deepcopy(config)
-        app = _app(config)
-        del app["args"]["model"]
-        for d in app["deployments"]:
-            if d["name"] == "Model":
-                del d["user_config"]
-        return config
+OVERLAYS = sorted(render.OVERLAYS.glob("*.yaml"))
 
-    assert strip(load_config(path)) == strip(load_config())
+
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_examples_differ_from_the_default_only_in_model_and_hot_knobs(overlay: Path) -> None:
+    # Everything else (limits, deadlines, bundles, deployment options) comes from serve_config.yaml.
+    assert (render.CONFIGS / overlay.name) in CONFIGS
+    config = render.load_yaml(overlay)
+    assert set(config) == {"applications"}
+    (app,) = config["applications"]
+    assert app["name"] == "vision" and set(app) <= {"name", "args", "deployments"}
+    assert set(app.get("args", {})) <= {"model"}
+    for deployment in app.get("deployments", []):
+        assert set(deployment) <= {"name", "user_config"}, deployment["name"]
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

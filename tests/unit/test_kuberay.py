@@ -16,8 +16,8 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from graph import AppArgs
-from kuberay import render
 from tests.serving import ROOT, load_config
+from tools import render
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -77,19 +77,17 @@ def _fits(demand: float, capacity: float) -> bool:
 # --- generated, up to date --------------------------------------------------------------------
 
 
+def _rendered_manifest() -> str:
+    (target,) = [t for t in render.targets() if t.path == render.MANIFEST]
+    return target.render()
+
+
 def test_manifest_is_generated_and_up_to_date() -> None:
     committed = render.MANIFEST.read_text()
     assert committed.startswith(render.MANIFEST_HEADER), "the generated-file header is missing"
-    assert render.stale_diff(committed, render.render()) == "", (
-        "kuberay/rayservice.yaml is stale: run `python kuberay/render.py`"
+    assert render.stale_diff(committed, _rendered_manifest(), "kuberay/rayservice.yaml") == "", (
+        "kuberay/rayservice.yaml is stale: run `python -m tools.render`"
     )
-    assert render.main(["--check"]) == 0
-
-
-def test_check_reports_a_stale_manifest() -> None:
-    rendered = render.render()
-    diff = render.stale_diff(rendered + "# edited by hand\n", rendered)
-    assert "-# edited by hand" in diff
 
 
 def test_render_fills_the_placeholder_once_and_keeps_template_comments() -> None:
@@ -108,35 +106,11 @@ def test_render_fills_the_placeholder_once_and_keeps_template_comments() -> None
         render.render_manifest("\n".join(template).replace(render.PLACEHOLDER, "x"), {})
 
 
-def test_serve_config_option_prints_the_merged_config(capsys: pytest.CaptureFixture[str]) -> None:
-    assert render.main(["--serve-config"]) == 0
+def test_print_shows_the_gpu_config(capsys: pytest.CaptureFixture[str]) -> None:
+    assert render.main(["--print", str(render.GPU_OVERRIDE)]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed == render.merged_serve_config()
+    assert printed == render.merged_config(render.GPU_OVERRIDE)
     ServeDeploySchema.model_validate(printed)
-
-
-# --- the merge ----------------------------------------------------------------------------------
-
-
-def test_deep_merge_matches_named_items_and_keeps_the_rest() -> None:
-    base = {
-        "a": 1,
-        "items": [{"name": "x", "opts": {"cpu": 1, "keep": True}}, {"name": "y", "v": 2}],
-    }
-    before = copy.deepcopy(base)
-    merged = render.deep_merge(base, {"items": [{"name": "x", "opts": {"gpu": 1}}], "b": [1]})
-    assert merged == {
-        "a": 1,
-        "items": [{"name": "x", "opts": {"cpu": 1, "keep": True, "gpu": 1}}, {"name": "y", "v": 2}],
-        "b": [1],
-    }
-    assert base == before, "the merge must not modify its input"
-    assert render.deep_merge({"l": [1, 2]}, {"l": [3]}) == {"l": [3]}, "plain lists are replaced"
-
-
-def test_deep_merge_refuses_a_name_the_base_lacks() -> None:
-    with pytest.raises(ValueError, match="'model'"):
-        render.deep_merge({"d": [{"name": "Model"}]}, {"d": [{"name": "model", "x": 1}]})
 
 
 # --- serveConfigV2 is serve_config.yaml plus the GPU override ---------------------------------
