@@ -24,14 +24,13 @@ from pathlib import Path
 
 from bench import images as imgs
 from bench.loadgen import Body, run_point
-from bench.service import (
+from bench.service import BenchError, CpuMeter, bench_config
+from tools.serve_process import (
     ROOT,
-    BenchError,
-    CpuMeter,
+    ServeError,
     ServeProcess,
-    _role,
-    bench_config,
     load_config,
+    process_role,
     session_pids,
 )
 
@@ -147,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             assert service.proc is not None
             sid = service.proc.pid
-            targets = {role: pid for pid in session_pids(sid) if (role := _role(pid)) in ROLES}
+            targets = {
+                role: pid for pid in session_pids(sid) if (role := process_role(pid)) in ROLES
+            }
             print("processes:", targets)
             # Warm up, then profile while the load keeps running.
             asyncio.run(
@@ -244,6 +245,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         raise SystemExit(main())
-    except BenchError as exc:
+    except ServeError as exc:  # BenchError is one
         print(f"bench.profile: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -35,20 +35,24 @@ from bench import report
 from bench.loadgen import Body, get_json, run_open_loop, run_point
 from bench.peers import rayserve_plain
 from bench.service import (
-    ROOT,
     BenchError,
     CpuMeter,
     CpuSnapshot,
     LitServeProcess,
-    ServeProcess,
     bench_config,
     litserve_role,
-    load_config,
-    model_user_config,
-    port_in_use,
     system_cpu_s,
 )
 from bench.stats import arrival_offsets, open_loop_plan, serving_overhead, summarise
+from tools.serve_process import (
+    ROOT,
+    ServeError,
+    ServeProcess,
+    load_config,
+    model_user_config,
+    port_in_use,
+    read_stat,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BOUNDARY = "benchboundary7d1f0c"
@@ -180,13 +184,12 @@ def _bodies(
 
 def _foreign_top(own: set[int], seconds: float = 1.0) -> list[dict[str, Any]]:
     """The busiest processes not started by this benchmark, over `seconds`."""
-    from bench.service import _read_stat
 
     def sample() -> dict[int, float]:
         out = {}
         for entry in os.scandir("/proc"):
             if entry.name.isdigit():
-                st = _read_stat(int(entry.name))
+                st = read_stat(int(entry.name))
                 if st is not None:
                     out[int(entry.name)] = st[2]
         return out
@@ -870,7 +873,7 @@ def measure_litserve(
 def entry() -> int:
     try:
         return main()
-    except BenchError as exc:
+    except ServeError as exc:  # BenchError is one
         print(f"bench: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
     .venv/bin/python -m scripts.chaos [--seconds 180] [--seed 9] [--port 8200] [--json PATH]
 
-Starts `serve run` on 127.0.0.1 only (bench.service.ServeProcess, its own session, stopped
+Starts `serve run` on 127.0.0.1 only (tools.serve_process.ServeProcess, its own session, stopped
 cleanly) from `serve_config.yaml` with the `echo` test model, whose top-3 labels spell each
 image's mean colour, and two replicas of every stage. For `--seconds` it sends single images,
 multipart requests of 2-8 images, a few bad images (truncated JPEG, garbage bytes) and some
@@ -322,9 +322,9 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
 
 def chaos_config(base: dict[str, Any], port: int, replicas: int = 2) -> dict[str, Any]:
     """serve_config.yaml with the echo model, loopback on `port`, `replicas` of every stage."""
-    from bench.service import bench_config
+    from tools.serve_process import on_loopback
 
-    config = bench_config(base, port)
+    config = on_loopback(base, port)
     app = config["applications"][0]
     app["args"]["model"] = dict(ECHO)
     for d in app["deployments"]:
@@ -335,11 +335,11 @@ def chaos_config(base: dict[str, Any], port: int, replicas: int = 2) -> dict[str
 
 
 def stage_pids(sid: int) -> dict[str, list[int]]:
-    from bench.service import _role, session_pids
+    from tools.serve_process import process_role, session_pids
 
     out: dict[str, list[int]] = {s: [] for s in STAGES}
     for pid in session_pids(sid):
-        role = _role(pid)
+        role = process_role(pid)
         if role in out:
             out[role].append(pid)
     return out
@@ -353,7 +353,7 @@ class Run:
     concurrency: int
     timeout_s: float
     sid: int
-    serve: Any  # bench.service.ServeProcess
+    serve: Any  # tools.serve_process.ServeProcess
     records: list[Record] = field(default_factory=list)
     kills: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
@@ -444,7 +444,7 @@ class Run:
 
 def wait_recovered(serve: Any, sid: int, url: str, timeout_s: float = 120.0) -> float | None:
     """Seconds until every stage has 2 replica processes, 2 RUNNING, and health answers 200."""
-    from bench.service import http_json
+    from tools.serve_process import http_json
 
     began = time.monotonic()
     while time.monotonic() - began < timeout_s:
@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "artifacts" / "chaos.json")
     args = parser.parse_args(argv)
 
-    from bench.service import ServeProcess, load_config
+    from tools.serve_process import ServeProcess, load_config
 
     workdir = ROOT / "artifacts" / "chaos"
     workdir.mkdir(parents=True, exist_ok=True)

@@ -116,13 +116,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     service = None
     url = args.url
     if url is None:
-        # Imported here: only the self-started mode needs the benchmark's process management.
-        from bench.service import ServeProcess, load_config
+        # Imported here: only the self-started mode starts `serve run`.
+        from tools.serve_process import ServeProcess, load_config, on_loopback
 
-        config = load_config(ROOT / "serve_config.yaml")
         port = _free_port()
-        config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1"}
-        config["http_options"]["port"] = port
+        config = on_loopback(load_config(), port)
         service = ServeProcess(config, Path(tempfile.mkdtemp(prefix="shapes-eval-")), port)
         print(f"starting the service (serve run serve_config.yaml) on port {port}", flush=True)
         service.start()

@@ -22,13 +22,9 @@ from shapes.generate import generate
 from shapes.metrics import iou
 from tests import images
 from tests.serving import BASE_URL, ROOT, wait_until
+from tools import serve_process
 
 pytestmark = pytest.mark.system
-SERVE = Path(sys.executable).parent / "serve"
-
-
-def _default_sigint() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _health() -> bool:
@@ -46,28 +42,17 @@ def _port_open() -> bool:
 @pytest.fixture
 def serve_run(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     assert not _port_open(), "something already listens on port 8000"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    log = (tmp_path / "serve_run.log").open("wb")
-    proc = subprocess.Popen(
-        [str(SERVE), "run", "--address", "local", "serve_config.yaml"],  # as `make run` does
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        # A shell that starts the suite in the background makes SIGINT ignored, and children
-        # inherit that; `serve run` must see Ctrl-C as a terminal would deliver it.
-        preexec_fn=_default_sigint,
-    )
+    log = tmp_path / "serve_run.log"
+    # The relative path, from the repo root, as `make run` passes it.
+    proc = serve_process.serve_run(Path("serve_config.yaml"), log)
     try:
         yield proc
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
         if proc.returncode not in (0, None):
-            print((tmp_path / "serve_run.log").read_text()[-5000:])
+            print(log.read_text()[-5000:])
 
 
 def test_serve_run_serves_and_shuts_down_cleanly(

@@ -14,7 +14,7 @@ from bench.images import multipart_body
 from bench.loadgen import parse_response
 from bench.peers.rayserve_plain import serve_config as plain_serve_config
 from bench.run import request_counts
-from bench.service import bench_config, set_path
+from bench.service import bench_config
 from bench.stats import (
     Sample,
     arrival_offsets,
@@ -40,6 +40,7 @@ from bench.stats import (
     weighted_mean_batch,
 )
 from deployments.http import image_parts, parse_multipart
+from tools.serve_process import set_path
 
 
 @pytest.mark.parametrize("q", [0, 1, 50, 90, 99, 100])
