@@ -184,7 +184,8 @@ def references(pipe: Pipeline, folder: Path, keep: int = 10) -> dict[str, dict[s
     out: dict[str, dict[str, list[Any]]] = {}
     for path in sorted(folder.glob("*.jpg")):
         sample = pipe.sample(path.read_bytes())
-        ids, scores, _ = pipe.runner.forward(sample.pixels[None])[0]
+        arrays = pipe.runner.forward(sample.pixels[None])[0]
+        ids, scores = arrays["class_ids"], arrays["scores"]
         out[path.stem] = {
             "class_ids": [int(c) for c in ids[:keep]],
             "scores": [float(s) for s in scores[:keep]],

@@ -19,9 +19,10 @@ from torch import nn
 
 from deployments import tasks
 from deployments.errors import DeadlineExceeded, InferenceFailed
+from deployments.geometry import plan_stretch
 from deployments.model_source import ModelSpec, Resolved, load
 from deployments.tasks import Arrays, Task
-from deployments.types import ItemError, RawOutput, Sample
+from deployments.types import Geometry, ItemError, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
 
@@ -101,7 +102,8 @@ class Runner:
     def _run_group(self, samples: list[Sample]) -> list[RawOutput | ItemError]:
         start = time.perf_counter()
         try:
-            outputs = self.forward(np.stack([s.pixels for s in samples]))
+            pixels = np.stack([s.pixels for s in samples])
+            outputs = self.forward(pixels, [s.meta.geometry for s in samples])
         except Exception as exc:  # noqa: BLE001 - a batch-wide fault must not fail every item
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -137,12 +139,18 @@ class Runner:
         ]
 
     @torch.inference_mode()
-    def forward(self, batch: npt.NDArray[np.uint8]) -> list[Arrays]:
-        """uint8 N x H x W x 3 -> per image the task's named arrays, in model-input pixels."""
+    def forward(
+        self, batch: npt.NDArray[np.uint8], geometries: Sequence[Geometry] | None = None
+    ) -> list[Arrays]:
+        """uint8 N x H x W x 3 -> per image the task's named arrays. `geometries` say how each
+        image's displayed pixels map to the input (the input itself when not given)."""
         x = torch.from_numpy(batch).to(self.device, non_blocking=True)
         # NHWC viewed as NCHW is channels_last in memory: no copy before the first conv.
         x = x.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
-        return self.task.decode(self.module(x), len(batch), self.resolved)
+        if geometries is None:
+            n, height, width = batch.shape[:3]
+            geometries = [plan_stretch(width, height, width, height)] * n
+        return self.task.decode(self.module(x), geometries, self.resolved)
 
     def warm_up(self, batch_sizes: Sequence[int], height: int, width: int) -> None:
         """Run dummy batches so the first requests do not pay for lazy initialisation."""

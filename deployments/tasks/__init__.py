@@ -26,7 +26,7 @@ import numpy.typing as npt
 from pydantic import BaseModel
 
 from deployments.errors import InvalidOption
-from deployments.types import Meta, Options, Prediction, ResizeMode
+from deployments.types import Geometry, Meta, Options, Prediction, ResizeMode
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
@@ -126,8 +126,11 @@ class Task(Protocol):
         """The options a request may send; `max_candidates` is what the Model keeps per image."""
         ...
 
-    def decode(self, output: Any, batch_size: int, resolved: Resolved) -> list[Arrays]:
-        """The module's output for a batch -> named arrays per item, in model-input pixels."""
+    def decode(
+        self, output: Any, geometries: Sequence[Geometry], resolved: Resolved
+    ) -> list[Arrays]:
+        """The module's output for a batch -> named arrays per item (one per geometry, which
+        says how that item's displayed pixels map to the model input)."""
         ...
 
     def answer(

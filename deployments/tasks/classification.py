@@ -18,7 +18,7 @@ from deployments.tasks import (
     Preprocessing,
     label_for,
 )
-from deployments.types import Meta, Prediction
+from deployments.types import Geometry, Meta, Prediction
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
@@ -70,11 +70,13 @@ class Classification:
     def option_specs(self, max_candidates: int) -> tuple[OptionSpec, ...]:
         return (OptionSpec("top_k", "int", "how many classes, best first", 1, max_candidates),)
 
-    def decode(self, output: Any, batch_size: int, resolved: Resolved) -> list[Arrays]:
+    def decode(
+        self, output: Any, geometries: Sequence[Geometry], resolved: Resolved
+    ) -> list[Arrays]:
         probs = torch.softmax(output.float(), dim=1)
         scores, ids = probs.topk(min(resolved.max_candidates, probs.shape[1]), dim=1)
         s, c = scores.cpu().numpy(), ids.cpu().numpy().astype(np.int64)
-        return [{"class_ids": c[i], "scores": s[i]} for i in range(batch_size)]
+        return [{"class_ids": c[i], "scores": s[i]} for i in range(len(geometries))]
 
     def answer(
         self, arrays: Arrays, meta: Meta, labels: Sequence[str], options: Mapping[str, Any]

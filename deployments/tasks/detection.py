@@ -109,7 +109,9 @@ class Detection:
     def option_specs(self, max_candidates: int) -> tuple[OptionSpec, ...]:
         return score_options()
 
-    def decode(self, output: Any, batch_size: int, resolved: Resolved) -> list[Arrays]:
+    def decode(
+        self, output: Any, geometries: Sequence[Geometry], resolved: Resolved
+    ) -> list[Arrays]:
         return [
             {
                 "boxes": d["boxes"].float().cpu().numpy(),

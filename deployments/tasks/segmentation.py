@@ -13,12 +13,14 @@ the 1-based rank of the instance; 0 is nothing).
 from __future__ import annotations
 
 import base64
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 import torch
+import torch.nn.functional as F
 import torchvision
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,7 +44,7 @@ from deployments.tasks.detection import (
     kept,
     score_options,
 )
-from deployments.types import Meta, Prediction
+from deployments.types import Geometry, Meta, Prediction
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
@@ -52,6 +54,10 @@ if TYPE_CHECKING:
 MASK_FORMATS = ("rle", "png")
 MAX_CLASSES = 254  # label maps are 8-bit, and 255 marks pixels the model never saw
 MASK_THRESHOLD = 0.5  # Mask R-CNN's per-pixel probability that makes a pixel the instance's
+# Label maps leave the Model at the displayed size up to this many pixels (4 MP, 4 MB); larger
+# images get a proportionally smaller map, sampled to every displayed pixel.
+MAX_MAP_PIXELS = 1 << 22
+_SAMPLES_PER_CHUNK = 1 << 18  # displayed pixels interpolated at once (x classes x 4 bytes)
 
 
 class MaskOut(BaseModel):
@@ -83,6 +89,70 @@ def _mask_format_option() -> OptionSpec:
 
 def _png(label_map: npt.NDArray[Any]) -> dict[str, Any]:
     return {"label_map": base64.b64encode(encode_png(label_map)).decode("ascii")}
+
+
+def seen_region(geometry: Geometry) -> tuple[float, float, float, float]:
+    """The part of the displayed image the model input covers: all of it, but for a crop."""
+    x0 = max(0.0, -geometry.offset_x / geometry.scale_x)
+    y0 = max(0.0, -geometry.offset_y / geometry.scale_y)
+    x1 = min(geometry.source_width, (geometry.input_width - geometry.offset_x) / geometry.scale_x)
+    y1 = min(geometry.source_height, (geometry.input_height - geometry.offset_y) / geometry.scale_y)
+    return x0, y0, x1, y1
+
+
+def displayed_labels(
+    logits: torch.Tensor, geometry: Geometry
+) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.float64]]:
+    """The label map at the displayed image's own resolution (at most `MAX_MAP_PIXELS`), from
+    the logits interpolated bilinearly at each displayed pixel's centre, and the displayed
+    region (x0, y0, x1, y1) it covers.
+
+    Class boundaries land between input pixels, where the logits cross, instead of on the input
+    grid: an image shown 3x larger than the model saw it gets boundaries to the displayed pixel,
+    not steps of 3.
+    """
+    x0, y0, x1, y1 = seen_region(geometry)
+    width, height = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
+    shrink = min(1.0, math.sqrt(MAX_MAP_PIXELS / (width * height)))
+    cols, rows = max(1, round(width * shrink)), max(1, round(height * shrink))
+    device = logits.device
+
+    def normalised(
+        start: float, extent: float, n: int, scale: float, offset: float, size: int
+    ) -> torch.Tensor:
+        centres = start + (torch.arange(n, device=device, dtype=torch.float32) + 0.5) * extent / n
+        return (centres * scale + offset) / size * 2.0 - 1.0  # grid_sample: -1..1 edge to edge
+
+    gx = normalised(x0, width, cols, geometry.scale_x, geometry.offset_x, geometry.input_width)
+    gy = normalised(y0, height, rows, geometry.scale_y, geometry.offset_y, geometry.input_height)
+    out = np.empty((rows, cols), dtype=np.uint8)
+    step = max(1, _SAMPLES_PER_CHUNK // cols)
+    for top in range(0, rows, step):
+        ys = gy[top : top + step]
+        grid = torch.stack(torch.meshgrid(gx, ys, indexing="xy"), dim=-1)[None]
+        sampled = F.grid_sample(
+            logits[None], grid, mode="bilinear", padding_mode="border", align_corners=False
+        )
+        out[top : top + len(ys)] = sampled[0].argmax(dim=0).to(torch.uint8).cpu().numpy()
+    return out, np.array([x0, y0, x1, y1], dtype=np.float64)
+
+
+def map_geometry(arrays: Arrays, geometry: Geometry) -> Geometry:
+    """How displayed pixels map onto a label map made by `displayed_labels`."""
+    x0, y0, x1, y1 = (float(v) for v in arrays["region"])
+    rows, cols = arrays["label_map"].shape
+    scale_x, scale_y = cols / max(x1 - x0, 1e-6), rows / max(y1 - y0, 1e-6)
+    return Geometry(
+        mode="stretch",
+        source_width=geometry.source_width,
+        source_height=geometry.source_height,
+        input_width=cols,
+        input_height=rows,
+        scale_x=scale_x,
+        scale_y=scale_y,
+        offset_x=-x0 * scale_x,
+        offset_y=-y0 * scale_y,
+    )
 
 
 class SemanticDefaults(BaseModel):
@@ -120,26 +190,32 @@ class Semantic:
     def option_specs(self, max_candidates: int) -> tuple[OptionSpec, ...]:
         return (_mask_format_option(),)
 
-    def decode(self, output: Any, batch_size: int, resolved: Resolved) -> list[Arrays]:
+    def decode(
+        self, output: Any, geometries: Sequence[Geometry], resolved: Resolved
+    ) -> list[Arrays]:
         logits = output["out"] if isinstance(output, Mapping) else output
         classes = int(logits.shape[1])
         if classes > MAX_CLASSES:
             raise ValueError(f"segmentation serves at most {MAX_CLASSES} classes, not {classes}")
-        confidence, labels = torch.softmax(logits.float(), dim=1).max(dim=1)
+        logits = logits.float()
+        confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
         flat = labels.flatten(1)
         # Mean confidence of each class over its own pixels: the class's score.
-        sums = torch.zeros((batch_size, classes), device=logits.device)
+        sums = torch.zeros((len(geometries), classes), device=logits.device)
         sums.scatter_add_(1, flat, confidence.flatten(1))
         ones = torch.ones_like(flat, dtype=sums.dtype)
         counts = torch.zeros_like(sums).scatter_add_(1, flat, ones)
         scores = (sums / counts.clamp(min=1)).cpu().numpy()
-        maps = labels.to(torch.uint8).cpu().numpy()
-        return [{"label_map": maps[i], "class_scores": scores[i]} for i in range(batch_size)]
+        decoded = []
+        for i, geometry in enumerate(geometries):
+            label_map, region = displayed_labels(logits[i], geometry)
+            decoded.append({"label_map": label_map, "region": region, "class_scores": scores[i]})
+        return decoded
 
     def answer(
         self, arrays: Arrays, meta: Meta, labels: Sequence[str], options: Mapping[str, Any]
     ) -> tuple[tuple[Prediction, ...], dict[str, Any]]:
-        shown = to_source(arrays["label_map"], meta.geometry, fill=NOT_SEEN)
+        shown = to_source(arrays["label_map"], map_geometry(arrays, meta.geometry), NOT_SEEN)
         areas = np.bincount(shown.ravel(), minlength=NOT_SEEN + 1)  # far cheaper than unique
         present = [c for c in range(1, NOT_SEEN) if areas[c]]
         rle = options["mask_format"] == "rle"
@@ -189,7 +265,9 @@ class Instances:
     def option_specs(self, max_candidates: int) -> tuple[OptionSpec, ...]:
         return (*score_options(), _mask_format_option())
 
-    def decode(self, output: Any, batch_size: int, resolved: Resolved) -> list[Arrays]:
+    def decode(
+        self, output: Any, geometries: Sequence[Geometry], resolved: Resolved
+    ) -> list[Arrays]:
         decoded = []
         for d in output:
             masks = (d["masks"][:, 0] >= MASK_THRESHOLD).cpu().numpy()

@@ -19,6 +19,7 @@ from deployments.imaging import DecodeLimits, ResizeSpec, decode
 from deployments.inference import Runner
 from deployments.masks import NOT_SEEN, box_of, decode_rle, encode_rle, to_source
 from deployments.model_source import ModelSpec, resolve
+from deployments.tasks.segmentation import displayed_labels, map_geometry
 from deployments.types import ImageInfo, Meta, Options, RawOutput, Sample
 from tests.images import encode, rotated_jpeg, two_rectangles
 
@@ -188,3 +189,18 @@ def test_torchvision_segmentation_models_by_name(
     for p in predictions:
         mask = decode_rle(p.mask)  # type: ignore[arg-type]
         assert mask.shape == (100, 200) and p.area == int(mask.sum())
+
+
+def test_boundaries_land_between_input_pixels_at_displayed_resolution() -> None:
+    """A 4:1 image seen 20x smaller: the class boundary is where the logits cross, to the
+    displayed pixel, not on the 20-pixel input grid."""
+    geometry = plan("letterbox", 640, 160, 32, 32)  # scale 0.05, content 32 x 8 at y 12..20
+    centres = torch.arange(32, dtype=torch.float32) + 0.5
+    ramp = (centres - 10.3).expand(32, 32)  # class 1 right of input x = 10.3: displayed x = 206
+    logits = torch.stack([torch.zeros(32, 32), ramp])
+    label_map, region = displayed_labels(logits, geometry)
+    arrays = {"label_map": label_map, "region": region}
+    shown = to_source(label_map, map_geometry(arrays, geometry))
+    assert shown.shape == (160, 640)
+    first_columns = {int(np.argmax(row == 1)) for row in shown}
+    assert first_columns == {206}
