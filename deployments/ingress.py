@@ -11,8 +11,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
@@ -68,10 +69,13 @@ class IngressSettings:
     poison: PoisonSettings = field(default_factory=PoisonSettings)
 
 
-app = FastAPI(
+# `/docs` and `/redoc` load Swagger UI and ReDoc from the installed `fastapi_offline` package,
+# served by this app under `/docs/static`: they work in a cluster without internet access.
+app = FastAPIOffline(
     title="vision",
     summary="Micro-batched image classification, detection and segmentation on Ray Serve",
     version="1.0.0",
+    static_url="/docs/static",
 )
 
 

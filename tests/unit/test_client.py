@@ -1,0 +1,267 @@
+"""vision_client without a service: arguments, finding images, Retry-After, the run's JSON lines."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from vision_client import cli
+from vision_client.retry import DEFAULT_WAIT_S, retry_after_s, send
+
+NOW = datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)
+
+
+def _settings(*argv: str, environ: dict[str, str] | None = None) -> cli.Settings:
+    return cli.settings_from(cli.parser().parse_args([*argv, "x.jpg"]), environ or {})
+
+
+def test_arguments_become_settings() -> None:
+    s = _settings(
+        "--url=http://vision:8000/prefix",
+        "--option",
+        "top_k=3",
+        "--option=mask_format=png",
+        "--concurrency=8",
+        "--timeout=2.5",
+        "--retries=0",
+    )
+    assert s.url == "http://vision:8000/prefix"
+    assert s.options == (("top_k", "3"), ("mask_format", "png"))
+    assert (s.concurrency, s.timeout_s, s.retries) == (8, 2.5, 0)
+    assert (s.protocol, s.api_key) == ("v1", None)
+
+
+def test_api_key_from_the_flag_or_else_the_environment() -> None:
+    assert _settings(environ={"VISION_API_KEY": "from-env"}).api_key == "from-env"
+    flag = _settings("--api-key=from-flag", environ={"VISION_API_KEY": "from-env"})
+    assert flag.api_key == "from-flag"
+    assert _settings(environ={"VISION_API_KEY": ""}).api_key is None
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--option", "top_k"],
+        ["--option", "=3"],
+        ["--concurrency", "0"],
+        ["--timeout", "0"],
+        ["--timeout", "nan"],
+        ["--retries", "-1"],
+        ["--url", "vision:8000"],
+        ["--protocol", "v2"],  # not implemented yet
+    ],
+)
+def test_bad_arguments_are_a_usage_error(
+    bad: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.parser().parse_args([*bad, "x.jpg"])
+    assert exited.value.code == 2
+    assert bad[0] in capsys.readouterr().err
+
+
+def test_folders_give_their_image_files_sorted_and_files_are_sent_as_given(
+    tmp_path: Path,
+) -> None:
+    for name in ["b.png", "a.JPG", "sub/c.webp", "notes.txt", ".hidden/d.jpg", "sub/.e.png"]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    named = tmp_path / "notes.txt"
+    assert cli.find_images([tmp_path, named]) == [
+        tmp_path / "a.JPG",
+        tmp_path / "b.png",
+        tmp_path / "sub" / "c.webp",
+        named,
+    ]
+
+
+def test_a_missing_input_or_a_folder_without_images_is_a_usage_error(tmp_path: Path) -> None:
+    with pytest.raises(cli.UsageError, match="no such file or folder"):
+        cli.find_images([tmp_path / "absent.jpg"])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(cli.UsageError, match="no image files"):
+        cli.find_images([tmp_path])
+    with pytest.raises(SystemExit) as exited:
+        cli.main([str(tmp_path / "absent")], environ={})
+    assert exited.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("2", 2.0),
+        (" 120 ", 120.0),
+        ("Sun, 01 Mar 2026 12:00:05 GMT", 5.0),
+        ("Sun, 01 Mar 2026 11:59:00 GMT", 0.0),  # already past
+        ("soon", None),
+        ("-1", None),
+        ("1.5", None),  # delay-seconds is a whole number
+        ("", None),
+        (None, None),
+    ],
+)
+def test_retry_after_reads_seconds_and_dates(value: str | None, seconds: float | None) -> None:
+    assert retry_after_s(value, now=NOW) == seconds
+
+
+def _answers(*responses: httpx.Response) -> tuple[httpx.MockTransport, list[httpx.Request]]:
+    """A transport that gives these responses in turn (the last one for ever after)."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return responses[min(len(seen), len(responses)) - 1]
+
+    return httpx.MockTransport(handler), seen
+
+
+def _send(
+    transport: httpx.MockTransport, retries: int = 3, max_wait_s: float = 30
+) -> tuple[int | None, int, list[float]]:
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    async def go() -> tuple[int | None, int]:
+        async with httpx.AsyncClient(transport=transport, base_url="http://vision") as client:
+            reply = await send(
+                client,
+                lambda: client.build_request("POST", "/v1/predict", content=b"img"),
+                retries=retries,
+                max_wait_s=max_wait_s,
+                sleep=sleep,
+            )
+        status = reply.response.status_code if reply.response is not None else None
+        return status, reply.attempts
+
+    status, attempts = asyncio.run(go())
+    return status, attempts, waits
+
+
+def _busy(retry_after: str | None) -> httpx.Response:
+    headers = {} if retry_after is None else {"retry-after": retry_after}
+    return httpx.Response(503, headers=headers, json={"error": {"code": "overloaded"}})
+
+
+def test_a_503_is_sent_again_after_its_retry_after() -> None:
+    transport, seen = _answers(_busy("2"), _busy("1"), httpx.Response(200, json={}))
+    assert _send(transport) == (200, 3, [2.0, 1.0])
+    assert [r.content for r in seen] == [b"img"] * 3
+
+
+def test_retries_are_bounded_and_waits_capped() -> None:
+    transport, seen = _answers(_busy("3600"))
+    assert _send(transport, retries=2, max_wait_s=5) == (503, 3, [5.0, 5.0])
+    assert len(seen) == 3
+
+
+def test_a_503_without_a_readable_retry_after_waits_the_default() -> None:
+    transport, _ = _answers(_busy(None), _busy("later"), httpx.Response(200, json={}))
+    assert _send(transport) == (200, 3, [DEFAULT_WAIT_S, DEFAULT_WAIT_S])
+
+
+@pytest.mark.parametrize("status", [400, 408, 500, 504])
+def test_other_errors_are_not_retried(status: int) -> None:
+    transport, _ = _answers(httpx.Response(status, headers={"retry-after": "1"}))
+    assert _send(transport) == (status, 1, [])
+
+
+def test_run_writes_a_line_per_image_and_counts_failures(tmp_path: Path) -> None:
+    for name, data in [("a.jpg", b"good-a"), ("b.png", b"bad"), ("c.jpg", b"good-c")]:
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "d.jpg").mkdir()  # unreadable as a file: no request, a line with its error
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.content == b"bad":
+            return httpx.Response(422, json={"error": {"code": "corrupt_image"}})
+        return httpx.Response(200, json={"predictions": [request.content.decode()]})
+
+    settings = cli.settings_from(
+        cli.parser().parse_args(
+            ["--option=top_k=3", "--api-key=k3y", "--timeout=7", "--url=http://vision/p", "x"]
+        ),
+        {},
+    )
+    paths = [tmp_path / n for n in ["a.jpg", "b.png", "c.jpg", "d.jpg"]]
+    out = io.StringIO()
+    failed = asyncio.run(
+        cli.run(settings, paths, out, progress=False, transport=httpx.MockTransport(handler))
+    )
+    assert failed == 2
+    lines = {Path(x["path"]).name: x for x in map(json.loads, out.getvalue().splitlines())}
+    assert lines["a.jpg"] == {
+        "path": str(tmp_path / "a.jpg"),
+        "status": 200,
+        "body": {"predictions": ["good-a"]},
+        "error": None,
+        "attempts": 1,
+    }
+    assert lines["c.jpg"]["body"] == {"predictions": ["good-c"]}
+    assert (lines["b.png"]["status"], lines["b.png"]["body"]) == (
+        422,
+        {"error": {"code": "corrupt_image"}},
+    )
+    assert lines["d.jpg"]["status"] is None and "cannot read" in lines["d.jpg"]["error"]
+    assert len(seen) == 3
+    for request in seen:
+        assert request.method == "POST"
+        assert str(request.url).startswith("http://vision/p/v1/predict?")
+        assert request.url.params.multi_items() == [("top_k", "3")]
+        assert request.headers["authorization"] == "Bearer k3y"
+        assert request.headers["x-request-timeout-seconds"] == "7"
+        assert request.headers["content-type"] == "application/octet-stream"
+
+
+def test_run_without_an_answer_records_the_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    settings = _settings()
+    out = io.StringIO()
+    image = Path(__file__)  # any readable file
+    failed = asyncio.run(
+        cli.run(settings, [image], out, progress=False, transport=httpx.MockTransport(handler))
+    )
+    line = json.loads(out.getvalue())
+    assert failed == 1
+    assert (line["status"], line["attempts"]) == (None, 1)
+    assert line["error"] == "ConnectError: connection refused"
+
+
+def test_run_keeps_concurrency_requests_in_flight(tmp_path: Path) -> None:
+    paths = []
+    for i in range(6):
+        paths.append(tmp_path / f"{i}.jpg")
+        paths[-1].write_bytes(b"x")
+    in_flight = peak = 0
+    together = asyncio.Barrier(3)  # each request waits until three are in flight
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await together.wait()
+        in_flight -= 1
+        return httpx.Response(200, json={})
+
+    async def go() -> int:
+        run = cli.run(
+            _settings("--concurrency=3"),
+            paths,
+            io.StringIO(),
+            progress=False,
+            transport=httpx.MockTransport(handler),
+        )
+        return await asyncio.wait_for(run, timeout=10)  # fewer than three would never meet
+
+    assert asyncio.run(go()) == 0
+    assert peak == 3

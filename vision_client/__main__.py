@@ -1,0 +1,3 @@
+from vision_client.cli import main
+
+raise SystemExit(main())
