@@ -1,0 +1,96 @@
+"""The shipped shapes segmenter through its config: every pixel's class in original pixels.
+
+The generator knows every pixel's class, so a mask mapped back wrongly (letterbox, 4:1, EXIF
+rotation) or joined to another image shows as lost IoU, for that image and for the whole set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from shapes import CATEGORIES
+from shapes.evaluate_offline import EVAL_SEED_BASE
+from shapes.generate import GeneratedImage, generate
+from tests.serving import BASE_URL, ROOT, app_config, deploy, load_config, post_many
+
+# Held-out seeds; sizes mix tiny, large, portrait, landscape and 4:1 both ways.
+SIZES = [
+    (64, 64), (640, 480), (480, 640), (1024, 256), (256, 1024), (800, 800), (1600, 900),
+    (333, 1000), (2048, 512), (120, 90), (1000, 250), (700, 1400),
+]  # fmt: skip
+ORIENTATIONS = (3, 6, 8)
+CLASSES = 1 + len(CATEGORIES)  # background first
+BATCH = 8
+
+
+def _images() -> list[GeneratedImage]:
+    out = []
+    for i in range(24):
+        width, height = SIZES[i % len(SIZES)]
+        seed = EVAL_SEED_BASE + 700_000 + i
+        orientation = ORIENTATIONS[i % 3] if i % 3 == 0 else 1
+        fmt = "PNG" if i % 4 == 1 else "JPEG"
+        out.append(generate(seed, width=width, height=height, fmt=fmt, orientation=orientation))
+    return out
+
+
+@pytest.fixture(scope="module")
+def segmenter_app() -> None:
+    config = load_config(ROOT / "configs" / "shapes_segmenter.yaml")
+    deploy(
+        app_config(
+            config, user_configs={"Model": {"max_batch_size": BATCH, "batch_wait_timeout_s": 1.0}}
+        )
+    )
+
+
+def _confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    index = truth.astype(np.int64).ravel() * CLASSES + predicted.astype(np.int64).ravel()
+    return np.bincount(index, minlength=CLASSES * CLASSES).reshape(CLASSES, CLASSES)
+
+
+def _iou(matrix: np.ndarray) -> np.ndarray:
+    hits = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(axis=0) + matrix.sum(axis=1) - hits
+    return np.where(union > 0, hits / np.maximum(union, 1), np.nan)
+
+
+def test_every_pixel_comes_back_in_original_pixels_under_batching(segmenter_app: None) -> None:
+    images = _images()
+    headers = [{"content-type": f"image/{im.fmt.lower()}"} for im in images]
+    responses = asyncio.run(
+        post_many([im.data for im in images], "/v1/predict?mask_format=png", headers=headers)
+    )
+    total = np.zeros((CLASSES, CLASSES), dtype=np.int64)
+    weak = []
+    for k, (image, r) in enumerate(zip(images, responses, strict=True)):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["image"]["width"], body["image"]["height"]) == (image.width, image.height)
+        label_map = np.asarray(Image.open(io.BytesIO(base64.b64decode(body["label_map"]))))
+        assert label_map.shape == (image.height, image.width)
+        matrix = _confusion(image.labels, label_map)
+        total += matrix
+        # Per image: every class it holds is found where it is (another image's map is not).
+        present = np.unique(image.labels)
+        per_image = _iou(matrix)[present]
+        if np.nanmin(per_image) < 0.75:
+            weak.append(f"image {k} ({image.width}x{image.height}): IoU {per_image.round(3)}")
+    assert not weak, "; ".join(weak)
+    iou = _iou(total)
+    assert np.nanmean(iou) >= 0.95, iou
+    assert np.nanmin(iou) >= 0.9, iou
+    assert max(r.json()["batch_size"] for r in responses) == BATCH, "no full batch formed"
+
+
+def test_model_endpoint_describes_the_segmenter(segmenter_app: None) -> None:
+    info = httpx.get(f"{BASE_URL}/v1/model").json()
+    assert info["task"] == "segmentation"
+    assert info["labels"] == ["background", *CATEGORIES]
