@@ -23,6 +23,20 @@ from shapes.model import ShapesDetector, load_detector
 
 EVAL_SEED_BASE = 1_000_000_000  # training seeds stay below this (see shapes.train)
 _OBJECT_BUCKETS = ((0.0, 12.0), (12.0, 24.0), (24.0, 48.0), (48.0, float("inf")))
+# Brightness contrast of an object with the background under it (|luma difference|, see
+# shapes.generate): below 16 it differs in hue alone; 48 is the old domain's minimum.
+CONTRAST_BINS = ("contrast<16", "contrast 16-48", "contrast>=48")
+
+
+def contrast_bin(contrast: float) -> str:
+    """The `CONTRAST_BINS` name of an object's brightness contrast."""
+    return (
+        CONTRAST_BINS[0]
+        if contrast < 16
+        else CONTRAST_BINS[1]
+        if contrast < 48
+        else CONTRAST_BINS[2]
+    )
 
 
 def preprocess(data: bytes, size: int, *, draft: bool = True) -> tuple[np.ndarray, Geometry]:

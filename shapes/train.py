@@ -13,7 +13,9 @@ import json
 import math
 import multiprocessing
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,10 +36,12 @@ _REG_MIN_WEIGHT = 0.3
 _EXTRA_WIDE = 0.2
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # pixels S x S x 3, boxes K x 4, labels K
+T = TypeVar("T")
 
 
-def make_sample(image_seed: int, size: int) -> Sample:
-    """One training image at model resolution with boxes in model-input pixels."""
+def training_source(image_seed: int, size: int) -> tuple[int, int, bool]:
+    """(width, height, JPEG draft) of one training image: the domain's, reshaped for cost and
+    for more of the hardest (widest) images."""
     scene = sample_scene(image_seed)
     rng = np.random.default_rng([image_seed, 1])
     width, height = scene.width, scene.height
@@ -52,24 +56,36 @@ def make_sample(image_seed: int, size: int) -> Sample:
     if long_side > _CHEAP_LONG_SIDE and rng.random() < 0.6:
         factor = rng.uniform(max(size, 400), _CHEAP_LONG_SIDE) / long_side
         width, height = max(64, round(width * factor)), max(64, round(height * factor))
+    return width, height, bool(rng.random() < 0.5)
+
+
+def make_sample(image_seed: int, size: int) -> Sample:
+    """One training image at model resolution with boxes in model-input pixels."""
+    width, height, draft = training_source(image_seed, size)
     image = generate(image_seed, width=width, height=height)
-    pixels, geometry = preprocess(image.data, size, draft=bool(rng.random() < 0.5))
+    pixels, geometry = preprocess(image.data, size, draft=draft)
     boxes = boxes_to_input([o.box for o in image.objects], geometry).astype(np.float32)
     labels = np.array([CATEGORIES.index(o.label) for o in image.objects], dtype=np.int64)
     return pixels, boxes, labels
 
 
-def _make_sample_star(args: tuple[int, int]) -> Sample:
-    return make_sample(*args)
+def _call_star(job: tuple[Callable[[int, int], T], int, int]) -> T:
+    make, seed, size = job
+    return make(seed, size)
 
 
-def build_pool(seeds: list[int], size: int, workers: int) -> list[Sample]:
-    """Generate samples in order (deterministic whatever the worker count)."""
-    jobs = [(s, size) for s in seeds]
+def build_pool(
+    seeds: list[int],
+    size: int,
+    workers: int,
+    make: Callable[[int, int], T] = make_sample,  # type: ignore[assignment]
+) -> list[T]:
+    """`make(seed, size)` for every seed, in order (deterministic whatever the worker count)."""
+    jobs = [(make, s, size) for s in seeds]
     if workers <= 1:
-        return [make_sample(*j) for j in jobs]
+        return [_call_star(j) for j in jobs]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return list(pool.imap(_make_sample_star, jobs, chunksize=32))
+        return list(pool.imap(_call_star, jobs, chunksize=32))
 
 
 def build_targets(
