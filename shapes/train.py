@@ -255,7 +255,11 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             "seeds": f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.eval_count - 1}",
             **report.facts(),
             "groups": {
-                k: {"map50": round(r.map50, 4), "map75": round(r.map75, 4)}
+                k: {
+                    "objects": r.num_objects,
+                    "map50": round(r.map50, 4),
+                    "map75": round(r.map75, 4),
+                }
                 for k, r in groups.items()
             },
         }
