@@ -9,6 +9,7 @@ batches from that pool with horizontal flips. Reproducible from `--seed`; writes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -169,6 +170,13 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model = build_detector(input_size=args.input_size)
+    init_sha256 = None if args.init is None else _sha256(args.init)  # before --out may replace it
+    if args.init is not None:
+        # Fine-tuning: a domain that grew keeps what the earlier weights learnt of the old one.
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        )
     size = model.input_size
     seeds = [args.seed * TRAIN_SEED_STRIDE + i for i in range(args.images)]
     pool = build_pool(seeds, size, args.workers)
@@ -234,6 +242,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     model.load_state_dict(torch.load(args.out, weights_only=True))
     facts: dict[str, object] = {
         "seed": args.seed,
+        "init": None if args.init is None else str(args.init),
+        "init_sha256": init_sha256,
         "steps": args.steps,
         "batch": args.batch,
         "images": args.images,
@@ -268,10 +278,17 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     return facts
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and train."""
     parser = argparse.ArgumentParser(description="Train the shapes detector.")
     parser.add_argument("--out", type=Path, default=Path("shapes/shapes_detector.pt"))
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start from these weights (default: from scratch)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=16)
