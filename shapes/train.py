@@ -40,13 +40,15 @@ Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # pixels S x S x 3, boxes K 
 T = TypeVar("T")
 
 
-def training_source(image_seed: int, size: int) -> tuple[int, int, bool]:
+def training_source(
+    image_seed: int, size: int, extra_wide: float = _EXTRA_WIDE
+) -> tuple[int, int, bool]:
     """(width, height, JPEG draft) of one training image: the domain's, reshaped for cost and
     for more of the hardest (widest) images."""
     scene = sample_scene(image_seed)
     rng = np.random.default_rng([image_seed, 1])
     width, height = scene.width, scene.height
-    if rng.random() < _EXTRA_WIDE:
+    if rng.random() < extra_wide:
         # Extra 3:1 to 4:1 images: their objects are the smallest in model pixels, the hardest case.
         short = round(math.exp(rng.uniform(math.log(64), math.log(1024))))
         long = min(4096, int(short * rng.uniform(3.0, 4.0)))

@@ -4,14 +4,18 @@ Data as for the detector (`shapes.train`): `--images` generated training images 
 service's decode + letterbox once and kept in memory at model resolution, with targets made exact
 by the generator: its label rule sampled at each model-input pixel centre, mapped into displayed
 pixels by the inverse of the letterbox geometry that decode reports (the map `to_source` inverts).
-Training samples batches from that pool with horizontal flips and minimises pixel cross-entropy.
-Reproducible from `--seed`; writes the state_dict (fp16) and a JSON of facts beside it, including
+The encoder starts from the detector's backbone (`--backbone`, the committed detector weights by
+default; the JSON records their sha256). Training samples batches from that pool with horizontal
+flips and minimises pixel cross-entropy plus a soft Dice term. Reproducible from `--seed` and the
+backbone weights; writes the state_dict (fp16) and a JSON of facts beside it, including
 the offline evaluation on held-out seeds.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import hashlib
 import json
 import math
 import time
@@ -38,12 +42,22 @@ def input_centres(geometry: Geometry) -> tuple[np.ndarray, np.ndarray]:
     return xs, ys
 
 
-def make_seg_sample(image_seed: int, size: int) -> SegSample:
+def make_seg_sample(image_seed: int, size: int, extra_wide: float = 0.2) -> SegSample:
     """One training image at model resolution and its label map in model-input pixels."""
-    width, height, draft = training_source(image_seed, size)
+    width, height, draft = training_source(image_seed, size, extra_wide)
     image = generate(image_seed, width=width, height=height)
     pixels, geometry = preprocess(image.data, size, draft=draft)
     return pixels, label_map(image.scene, *input_centres(geometry))
+
+
+def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean over classes of the batch's soft Dice: weighs every class alike, as mIoU does,
+    where cross-entropy is dominated by the background's many pixels."""
+    probs = logits.softmax(1)
+    onehot = F.one_hot(target, probs.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    inter = (probs * onehot).sum((0, 2, 3))
+    total = probs.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    return 1.0 - ((2 * inter + 1.0) / (total + 1.0)).mean()
 
 
 def train(args: argparse.Namespace) -> dict[str, object]:
@@ -52,10 +66,25 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model = build_segmenter(input_size=args.input_size)
+    backbone_sha256 = init_sha256 = None
+    if args.init is not None:
+        # Continuing an earlier run (its weights' sha256 goes in the JSON); no backbone copy then.
+        init_sha256 = hashlib.sha256(args.init.read_bytes()).hexdigest()
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        )
+    elif args.backbone is not None:
+        backbone_sha256 = hashlib.sha256(args.backbone.read_bytes()).hexdigest()
+        loaded = model.load_backbone(
+            torch.load(args.backbone, map_location="cpu", weights_only=True)
+        )
+        print(f"backbone: {loaded} tensors from {args.backbone}", flush=True)
     size = model.input_size
     # A seed range of its own, so the detector's and the segmenter's pools differ.
     seeds = [(args.seed + 500) * TRAIN_SEED_STRIDE + i for i in range(args.images)]
-    pool = build_pool(seeds, size, args.workers, make=make_seg_sample)
+    make = functools.partial(make_seg_sample, extra_wide=args.extra_wide)
+    pool = build_pool(seeds, size, args.workers, make=make)
     pixels = torch.from_numpy(np.stack([p for p, _ in pool]))
     labels = torch.from_numpy(np.stack([lab for _, lab in pool]))
     del pool
@@ -83,7 +112,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
         # Upright triangles stay upright under a horizontal flip; a vertical one would not.
         batch[flip] = batch[flip].flip(2)
         target[flip] = target[flip].flip(2)
-        loss = F.cross_entropy(model(to_input(batch, model))["out"], target)
+        logits = model(to_input(batch, model))["out"]
+        loss = F.cross_entropy(logits, target) + args.dice_weight * soft_dice_loss(logits, target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -107,6 +137,12 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     model.load_state_dict(torch.load(args.out, weights_only=True))
     facts: dict[str, object] = {
         "seed": args.seed,
+        "backbone": None if args.backbone is None else str(args.backbone),
+        "backbone_sha256": backbone_sha256,
+        "init": None if args.init is None else str(args.init),
+        "init_sha256": init_sha256,
+        "extra_wide": args.extra_wide,
+        "dice_weight": args.dice_weight,
         "steps": args.steps,
         "batch": args.batch,
         "images": args.images,
@@ -143,6 +179,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--images", type=int, default=2500)
     parser.add_argument("--input-size", type=int, default=512)
     parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument(
+        "--backbone",
+        type=Path,
+        default=Path("shapes/shapes_detector.pt"),
+        help="detector weights whose backbone the encoder starts from",
+    )
+    parser.add_argument(
+        "--init", type=Path, default=None, help="continue from these segmenter weights"
+    )
+    parser.add_argument(
+        "--extra-wide", type=float, default=0.2, help="share of training images made 3:1 to 4:1"
+    )
+    parser.add_argument("--dice-weight", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=2, help="processes generating data")
     parser.add_argument("--eval-count", type=int, default=300)
