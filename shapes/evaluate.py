@@ -3,8 +3,9 @@
 ``python -m shapes.evaluate`` starts the service from ``serve_config.yaml`` on a free loopback
 port (its own local Ray), sends ``--count`` held-out images concurrently, prints per-class AP at
 IoU 0.5 and 0.75, mean AP, the missed and mis-localised objects, the same per size / aspect /
-encoding group, and stops the service. ``--url http://host:8000`` evaluates a running service
-instead. Boxes are scored in original displayed pixels, exactly as a client receives them.
+encoding group and per brightness-contrast bin of the objects, and stops the service.
+``--url http://host:8000`` evaluates a running service instead. Boxes are scored in original
+displayed pixels, exactly as a client receives them.
 """
 
 from __future__ import annotations
@@ -155,7 +156,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "mean_batch_size": round(sum(batches) / max(1, len(batches)), 2),
         "images_per_s": round(len(images) / served_s, 2),
         "groups": {
-            k: {"images": r.num_images, "map50": round(r.map50, 4), "map75": round(r.map75, 4)}
+            k: {
+                "images": r.num_images,
+                "objects": r.num_objects,
+                "map50": round(r.map50, 4),
+                "map75": round(r.map75, 4),
+            }
             for k, r in groups.items()
         },
     }

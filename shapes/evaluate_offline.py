@@ -2,12 +2,15 @@
 
 ``python -m shapes.evaluate_offline --weights shapes/shapes_detector.pt --count 300`` prints
 per-class AP50/AP75, error counts, and the same broken down by source size, aspect ratio and
-encoding, plus recall by object size in model-input pixels.
+encoding and by the objects' brightness contrast with the background (`CONTRAST_BINS`), plus
+recall by object size in model-input pixels. The segmenter's counterpart is
+`shapes.evaluate_segmentation`.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import time
 from collections.abc import Iterable, Sequence
@@ -24,6 +27,20 @@ from shapes.model import ShapesDetector, load_detector
 
 EVAL_SEED_BASE = 1_000_000_000  # training seeds stay below this (see shapes.train)
 _OBJECT_BUCKETS = ((0.0, 12.0), (12.0, 24.0), (24.0, 48.0), (48.0, float("inf")))
+# Brightness contrast of an object with the background under it (|luma difference|, see
+# shapes.generate): below 16 it differs in hue alone; 48 is the old domain's minimum.
+CONTRAST_BINS = ("contrast<16", "contrast 16-48", "contrast>=48")
+
+
+def contrast_bin(contrast: float) -> str:
+    """The `CONTRAST_BINS` name of an object's brightness contrast."""
+    return (
+        CONTRAST_BINS[0]
+        if contrast < 16
+        else CONTRAST_BINS[1]
+        if contrast < 48
+        else CONTRAST_BINS[2]
+    )
 
 
 @functools.cache
@@ -129,10 +146,29 @@ def object_recall(
     }
 
 
+def in_contrast_bin(
+    predictions: Sequence[Detection], truths: Sequence[GroundTruth], name: str
+) -> tuple[list[Detection], list[GroundTruth]]:
+    """One image's predictions and truths as scored in contrast bin `name`.
+
+    The truths are those in the bin; predictions that find (IoU >= 0.5, any class) an object of
+    another bin better than any object of this one are left out, neither hits nor false alarms, as
+    COCO ignores detections of objects outside an area range. Other false alarms count in every bin.
+    """
+    kept = [t for t in truths if t.contrast is not None and contrast_bin(t.contrast) == name]
+    others = [t for t in truths if t not in kept]
+
+    def best(p: Detection, group: Sequence[GroundTruth]) -> float:
+        return max((iou(p.box, t.box) for t in group), default=0.0)
+
+    preds = [p for p in predictions if not (best(p, others) >= max(0.5, best(p, kept)))]
+    return preds, kept
+
+
 def score(
     predictions: Sequence[Sequence[Detection]], images: Sequence[GeneratedImage]
 ) -> tuple[Report, dict[str, Report]]:
-    """Overall report and one per breakdown group (`image_groups`)."""
+    """Overall report, one per breakdown group (`image_groups`), one per contrast bin (last)."""
     truths: list[list[GroundTruth]] = [list(i.objects) for i in images]
     members: dict[str, list[int]] = {}
     for k, image in enumerate(images):
@@ -142,6 +178,10 @@ def score(
         g: evaluate([predictions[k] for k in idx], [truths[k] for k in idx])
         for g, idx in sorted(members.items())
     }
+    for name in CONTRAST_BINS:
+        pairs = [in_contrast_bin(p, t, name) for p, t in zip(predictions, truths, strict=True)]
+        if any(kept for _, kept in pairs):
+            groups[name] = evaluate([p for p, _ in pairs], [t for _, t in pairs])
     return evaluate(predictions, truths), groups
 
 
@@ -162,10 +202,7 @@ def evaluate_model(
         chunk = [generate(s) for s in seeds[start : start + batch_size]]
         predictions.extend(predict(model, chunk, draft=draft))
         # Keep only what scoring needs; the encoded bytes of 4096 px images add up.
-        images.extend(
-            GeneratedImage(b"", i.fmt, i.width, i.height, i.orientation, i.quality, i.objects)
-            for i in chunk
-        )
+        images.extend(dataclasses.replace(i, data=b"") for i in chunk)
     report, groups = score(predictions, images)
     if verbose:
         print(report.format_table())
@@ -179,11 +216,11 @@ def evaluate_model(
 def format_groups(groups: dict[str, Report]) -> str:
     """One table row per breakdown group."""
     columns = ("images", "objects", "mAP50", "mAP75", "missed", "misloc", "loose")
-    lines = ["\n" + f"{'group':<14}" + "".join(f"{c:>8}" for c in columns)]
+    lines = ["\n" + f"{'group':<16}" + "".join(f"{c:>8}" for c in columns)]
     for g, r in groups.items():
         values = (r.num_images, r.num_objects, r.map50, r.map75, r.missed, r.mislocalised, r.loose)
         cells = "".join(f"{v:>8.4f}" if isinstance(v, float) else f"{v:>8}" for v in values)
-        lines.append(f"{g:<14}{cells}")
+        lines.append(f"{g:<16}{cells}")
     return "\n".join(lines)
 
 

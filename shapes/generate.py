@@ -2,7 +2,13 @@
 
 Boxes are xyxy in displayed pixels (after EXIF orientation) with pixel i spanning [i, i + 1).
 Shapes are drawn with anti-aliased edges from signed distances clipped to the shape's box, so no
-pixel outside the box is touched and the box is the true geometric extent.
+pixel outside the box is touched and the box is the true geometric extent. The semantic label map
+(`GeneratedImage.labels`) gives a pixel a shape's class when that shape covers at least half of it.
+
+Colours: most objects differ from the background in brightness; `LOW_CONTRAST_FRACTION` of them
+have about the background's brightness and differ in colour (hue) only. Each object records its
+brightness contrast: the smallest |Rec. 601 luma difference| between its colour and the noise-free
+background colours under its box.
 
 CLI: ``python -m shapes.generate --out DIR --count N --seed S`` writes image ``i`` from seed
 ``S + i``, plus ``annotations.json``.
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -31,6 +38,10 @@ MAX_OBJECT_FRACTION = 0.40
 MAX_OBJECTS = 5
 MIN_COLOUR_DISTANCE = 100.0  # RGB Euclidean, from every background colour
 MIN_LUMA_DIFFERENCE = 48.0  # Rec. 601 brightness, from every background colour
+# Objects drawn near the background's brightness; about 0.36 get there (near-black and near-white
+# backgrounds have no distinct colour of their brightness and fall back to brightness contrast).
+LOW_CONTRAST_FRACTION = 0.4
+MIN_HUE_DISTANCE = 120.0  # RGB Euclidean from every background colour, for low-contrast objects
 MAX_GRADIENT_LUMA_RANGE = 96.0
 _GAP = 2.0  # px between boxes, so anti-aliased edges of neighbours never share a pixel
 _TRIANGLE_RATIO = math.sqrt(3) / 2  # height / side of an equilateral triangle
@@ -59,11 +70,12 @@ class Background:
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
-    """One filled shape to paint."""
+    """One filled shape to paint; `contrast` is its brightness contrast (see the module doc)."""
 
     label: str
     box: Box
     colour: Colour
+    contrast: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +102,16 @@ class GeneratedImage:
     orientation: int
     quality: int | None
     objects: tuple[GroundTruth, ...]
+    scene: Scene
+
+    @functools.cached_property
+    def labels(self) -> np.ndarray:
+        """Semantic label map, uint8 H x W in displayed pixels: 0 background, else class index + 1.
+
+        Made on first use (a frozen dataclass may still cache through its `__dict__`), so
+        detection-only callers never pay for it.
+        """
+        return label_map(self.scene)
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -107,12 +129,6 @@ def _sample_size(rng: np.random.Generator) -> tuple[int, int]:
         short_px = max(MIN_SIDE, int(short))
         long_px = max(short_px, min(MAX_SIDE, int(short_px * aspect)))
     return (short_px, long_px) if portrait else (long_px, short_px)
-
-
-def _segment_distance(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
-    ab = b - a
-    t = float(np.clip(np.dot(p - a, ab) / max(float(np.dot(ab, ab)), 1e-9), 0.0, 1.0))
-    return float(np.linalg.norm(p - (a + t * ab)))
 
 
 def _luma(colour: np.ndarray) -> np.ndarray:
@@ -138,22 +154,77 @@ def _sample_background(rng: np.random.Generator) -> Background:
     )
 
 
-def _sample_colour(rng: np.random.Generator, background: Background) -> Colour:
+def _segment_distances(points: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Euclidean distance of each row of `points` from the segment a-b."""
+    ab = b - a
+    t = np.clip((points - a) @ ab / max(float(ab @ ab), 1e-9), 0.0, 1.0)
+    return np.asarray(np.linalg.norm(points - (a + t[:, None] * ab), axis=1))
+
+
+def background_luma_range(
+    background: Background, width: int, height: int, box: Box
+) -> tuple[float, float]:
+    """Lowest and highest noise-free background brightness under `box`."""
+    y0 = float(_luma(np.array(background.colour0, dtype=np.float64)))
+    if background.kind != "gradient":
+        return y0, y0
+    y1 = float(_luma(np.array(background.colour1, dtype=np.float64)))
+    # The ramp is linear, so its extremes under a box are at the box's corners.
+    ts = [
+        _gradient_t(background.angle, width, height, x, y)
+        for x in (box[0], box[2])
+        for y in (box[1], box[3])
+    ]
+    values = [y0 + (y1 - y0) * min(1.0, max(0.0, t)) for t in ts]
+    return min(values), max(values)
+
+
+def _gradient_t(angle: float, width: int, height: int, x: float, y: float) -> float:
+    """Position along the gradient (0 at colour0, 1 at colour1) of displayed point (x, y)."""
+    ux, uy = math.cos(angle), math.sin(angle)
+    extent = abs(width * ux) + abs(height * uy)
+    return ((x - width / 2) * ux + (y - height / 2) * uy) / extent + 0.5
+
+
+def brightness_contrast(colour: Colour, luma_range: tuple[float, float]) -> float:
+    """Smallest |luma difference| between `colour` and a brightness in `luma_range`."""
+    y = float(_luma(np.array(colour, dtype=np.float64)))
+    return max(0.0, luma_range[0] - y, y - luma_range[1])
+
+
+def _sample_colour(
+    rng: np.random.Generator, background: Background, luma_range: tuple[float, float]
+) -> Colour:
     """A colour that differs clearly from every colour the background takes.
 
-    Clearly means both far in RGB and far in brightness: JPEG keeps colour at half resolution, so a
-    shape that differs from its background in hue alone turns into a blob at small sizes.
+    Clearly means far in RGB and, for most objects, far in brightness too. The rest
+    (`LOW_CONTRAST_FRACTION`) take about the brightness of the background under their box (the
+    luma difference is drawn, most of them below 16) and must then be farther in RGB
+    (`MIN_HUE_DISTANCE`), so they differ in hue and saturation alone: JPEG keeps colour at half
+    resolution, which the detector and segmenter must learn to live with. Where no such colour
+    exists (near-black or near-white backgrounds) the object falls back to brightness contrast.
     """
     a = np.array(background.colour0, dtype=np.float64)
     b = np.array(background.colour1, dtype=np.float64)
     lo, hi = sorted((float(_luma(a)), float(_luma(b))))
-    while True:
-        candidates = rng.integers(0, 256, (64, 3))
+    low_contrast = rng.random() < LOW_CONTRAST_FRACTION
+    difference = float(rng.uniform(0.0, 16.0) if rng.random() < 0.6 else rng.uniform(16.0, 40.0))
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    target = (luma_range[0] + luma_range[1]) / 2 + sign * difference
+    for attempt in range(64):
+        candidates = rng.integers(0, 256, (256, 3)).astype(np.float64)
         luma = _luma(candidates)
-        for c, y in zip(candidates, luma, strict=True):
-            far = _segment_distance(c.astype(np.float64), a, b) >= MIN_COLOUR_DISTANCE
-            if far and (y <= lo - MIN_LUMA_DIFFERENCE or y >= hi + MIN_LUMA_DIFFERENCE):
-                return (int(c[0]), int(c[1]), int(c[2]))
+        distance = _segment_distances(candidates, a, b)
+        if low_contrast and attempt < 8:
+            ok = (np.abs(luma - target) <= 2.0) & (distance >= MIN_HUE_DISTANCE)
+        else:
+            ok = (distance >= MIN_COLOUR_DISTANCE) & (
+                (luma <= lo - MIN_LUMA_DIFFERENCE) | (luma >= hi + MIN_LUMA_DIFFERENCE)
+            )
+        if ok.any():
+            c = candidates[int(np.argmax(ok))]
+            return (int(c[0]), int(c[1]), int(c[2]))
+    raise RuntimeError(f"no colour contrasts with background {background}")
 
 
 def _disjoint(box: Box, others: list[Box]) -> bool:
@@ -185,10 +256,12 @@ def _sample_shapes(
         x0 = float(rng.uniform(0, width - w))
         y0 = float(rng.uniform(0, height - h))
         box = (x0, y0, x0 + w, y0 + h)
-        colour = _sample_colour(rng, background)
+        luma_range = background_luma_range(background, width, height, box)
+        colour = _sample_colour(rng, background, luma_range)
         if _disjoint(box, boxes):
             boxes.append(box)
-            shapes.append(Shape(label=label, box=box, colour=colour))
+            contrast = brightness_contrast(colour, luma_range)
+            shapes.append(Shape(label=label, box=box, colour=colour, contrast=contrast))
     return tuple(shapes)
 
 
@@ -259,11 +332,11 @@ def render_background(scene: Scene) -> np.ndarray:
     return np.asarray(Image.fromarray(small).resize((w, h), Image.Resampling.BILINEAR)).copy()
 
 
-def _coverage(shape: Shape, cols: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """Anti-aliased coverage in [0, 1] of pixels centred at (cols, rows), clipped to the box."""
+def _coverage(shape: Shape, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Anti-aliased coverage in [0, 1] of pixels centred at (xs, ys), clipped to the box."""
     x0, y0, x1, y1 = shape.box
-    px = (cols + 0.5)[None, :]
-    py = (rows + 0.5)[:, None]
+    px = xs[None, :]
+    py = ys[:, None]
     box_sd = np.maximum(np.maximum(x0 - px, px - x1), np.maximum(y0 - py, py - y1))
     if shape.label == "circle":
         cx, cy, r = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2
@@ -284,9 +357,7 @@ def paint(canvas: np.ndarray, shape: Shape) -> None:
     x0, y0, x1, y1 = shape.box
     c0, c1 = max(0, math.floor(x0)), min(canvas.shape[1], math.ceil(x1))
     r0, r1 = max(0, math.floor(y0)), min(canvas.shape[0], math.ceil(y1))
-    alpha = _coverage(
-        shape, np.arange(c0, c1, dtype=np.float32), np.arange(r0, r1, dtype=np.float32)
-    )
+    alpha = _coverage(shape, _centres(c0, c1), _centres(r0, r1))
     region = canvas[r0:r1, c0:c1]
     # Only edge pixels need blending; the interior (most of a big shape) is a plain fill.
     region[alpha >= 1.0] = shape.colour
@@ -295,6 +366,35 @@ def paint(canvas: np.ndarray, shape: Shape) -> None:
     under = region[edge].astype(np.float32)
     colour = np.array(shape.colour, dtype=np.float32)
     region[edge] = (under + (colour - under) * a + 0.5).astype(np.uint8)
+
+
+def _centres(start: int, stop: int) -> np.ndarray:
+    return np.arange(start, stop, dtype=np.float32) + np.float32(0.5)
+
+
+def label_map(
+    scene: Scene,
+    xs: np.ndarray | None = None,
+    ys: np.ndarray | None = None,
+) -> np.ndarray:
+    """Semantic labels (uint8, 0 background, else index in CATEGORIES + 1) sampled at points.
+
+    By default the points are the displayed pixel centres, and a pixel takes a shape's label when
+    the shape's anti-aliased coverage of it (as painted) is at least 0.5. Given `xs` (columns) and
+    `ys` (rows), increasing displayed coordinates, the same rule is applied at those points: a
+    label map for any resampling of the image, such as a model input's pixel centres.
+    """
+    xs = _centres(0, scene.width) if xs is None else np.asarray(xs, dtype=np.float32)
+    ys = _centres(0, scene.height) if ys is None else np.asarray(ys, dtype=np.float32)
+    labels = np.zeros((len(ys), len(xs)), dtype=np.uint8)
+    for shape in scene.shapes:
+        x0, y0, x1, y1 = shape.box
+        # Coverage is 0 beyond half a pixel outside the box; only points nearer can be labelled.
+        c0, c1 = np.searchsorted(xs, x0 - 0.5), np.searchsorted(xs, x1 + 0.5, side="right")
+        r0, r1 = np.searchsorted(ys, y0 - 0.5), np.searchsorted(ys, y1 + 0.5, side="right")
+        inside = _coverage(shape, xs[c0:c1], ys[r0:r1]) >= 0.5
+        labels[r0:r1, c0:c1][inside] = CATEGORIES.index(shape.label) + 1
+    return labels
 
 
 def render(scene: Scene) -> np.ndarray:
@@ -341,7 +441,10 @@ def generate(
         height=scene.height,
         orientation=scene.orientation,
         quality=scene.quality,
-        objects=tuple(GroundTruth(label=s.label, box=s.box) for s in scene.shapes),
+        objects=tuple(
+            GroundTruth(label=s.label, box=s.box, contrast=s.contrast) for s in scene.shapes
+        ),
+        scene=scene,
     )
 
 
@@ -366,7 +469,10 @@ def main(argv: list[str] | None = None) -> None:
             "format": image.fmt,
             "orientation": image.orientation,
             "quality": image.quality,
-            "objects": [{"label": o.label, "box": list(o.box)} for o in image.objects],
+            "objects": [
+                {"label": o.label, "box": list(o.box), "contrast": o.contrast}
+                for o in image.objects
+            ],
         }
     (args.out / "annotations.json").write_text(json.dumps(annotations, indent=1))
 

@@ -23,10 +23,11 @@ Box = tuple[float, float, float, float]
 
 @dataclasses.dataclass(frozen=True)
 class GroundTruth:
-    """One true object: label and xyxy box."""
+    """One true object: label, xyxy box and, when known, its brightness contrast (0..255 luma)."""
 
     label: str
     box: Box
+    contrast: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)

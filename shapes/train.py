@@ -9,11 +9,14 @@ batches from that pool with horizontal flips. Reproducible from `--seed`; writes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -34,14 +37,18 @@ _REG_MIN_WEIGHT = 0.3
 _EXTRA_WIDE = 0.2
 
 Sample = tuple[np.ndarray, np.ndarray, np.ndarray]  # pixels S x S x 3, boxes K x 4, labels K
+T = TypeVar("T")
 
 
-def make_sample(image_seed: int, size: int) -> Sample:
-    """One training image at model resolution with boxes in model-input pixels."""
+def training_source(
+    image_seed: int, size: int, extra_wide: float = _EXTRA_WIDE
+) -> tuple[int, int, bool]:
+    """(width, height, JPEG draft) of one training image: the domain's, reshaped for cost and
+    for more of the hardest (widest) images."""
     scene = sample_scene(image_seed)
     rng = np.random.default_rng([image_seed, 1])
     width, height = scene.width, scene.height
-    if rng.random() < _EXTRA_WIDE:
+    if rng.random() < extra_wide:
         # Extra 3:1 to 4:1 images: their objects are the smallest in model pixels, the hardest case.
         short = round(math.exp(rng.uniform(math.log(64), math.log(1024))))
         long = min(4096, int(short * rng.uniform(3.0, 4.0)))
@@ -52,24 +59,36 @@ def make_sample(image_seed: int, size: int) -> Sample:
     if long_side > _CHEAP_LONG_SIDE and rng.random() < 0.6:
         factor = rng.uniform(max(size, 400), _CHEAP_LONG_SIDE) / long_side
         width, height = max(64, round(width * factor)), max(64, round(height * factor))
+    return width, height, bool(rng.random() < 0.5)
+
+
+def make_sample(image_seed: int, size: int) -> Sample:
+    """One training image at model resolution with boxes in model-input pixels."""
+    width, height, draft = training_source(image_seed, size)
     image = generate(image_seed, width=width, height=height)
-    pixels, geometry = preprocess(image.data, size, draft=bool(rng.random() < 0.5))
+    pixels, geometry = preprocess(image.data, size, draft=draft)
     boxes = boxes_to_input([o.box for o in image.objects], geometry).astype(np.float32)
     labels = np.array([CATEGORIES.index(o.label) for o in image.objects], dtype=np.int64)
     return pixels, boxes, labels
 
 
-def _make_sample_star(args: tuple[int, int]) -> Sample:
-    return make_sample(*args)
+def _call_star(job: tuple[Callable[[int, int], T], int, int]) -> T:
+    make, seed, size = job
+    return make(seed, size)
 
 
-def build_pool(seeds: list[int], size: int, workers: int) -> list[Sample]:
-    """Generate samples in order (deterministic whatever the worker count)."""
-    jobs = [(s, size) for s in seeds]
+def build_pool(
+    seeds: list[int],
+    size: int,
+    workers: int,
+    make: Callable[[int, int], T] = make_sample,  # type: ignore[assignment]
+) -> list[T]:
+    """`make(seed, size)` for every seed, in order (deterministic whatever the worker count)."""
+    jobs = [(make, s, size) for s in seeds]
     if workers <= 1:
-        return [make_sample(*j) for j in jobs]
+        return [_call_star(j) for j in jobs]
     with multiprocessing.get_context("fork").Pool(workers) as pool:
-        return list(pool.imap(_make_sample_star, jobs, chunksize=32))
+        return list(pool.imap(_call_star, jobs, chunksize=32))
 
 
 def build_targets(
@@ -153,6 +172,13 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     torch.manual_seed(args.seed)
     start = time.perf_counter()
     model = build_detector(input_size=args.input_size)
+    init_sha256 = None if args.init is None else _sha256(args.init)  # before --out may replace it
+    if args.init is not None:
+        # Fine-tuning: a domain that grew keeps what the earlier weights learnt of the old one.
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        model.load_state_dict(
+            {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        )
     size = model.input_size
     seeds = [args.seed * TRAIN_SEED_STRIDE + i for i in range(args.images)]
     pool = build_pool(seeds, size, args.workers)
@@ -218,6 +244,8 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     model.load_state_dict(torch.load(args.out, weights_only=True))
     facts: dict[str, object] = {
         "seed": args.seed,
+        "init": None if args.init is None else str(args.init),
+        "init_sha256": init_sha256,
         "steps": args.steps,
         "batch": args.batch,
         "images": args.images,
@@ -239,7 +267,11 @@ def train(args: argparse.Namespace) -> dict[str, object]:
             "seeds": f"{EVAL_SEED_BASE}..{EVAL_SEED_BASE + args.eval_count - 1}",
             **report.facts(),
             "groups": {
-                k: {"map50": round(r.map50, 4), "map75": round(r.map75, 4)}
+                k: {
+                    "objects": r.num_objects,
+                    "map50": round(r.map50, 4),
+                    "map75": round(r.map75, 4),
+                }
                 for k, r in groups.items()
             },
         }
@@ -248,10 +280,17 @@ def train(args: argparse.Namespace) -> dict[str, object]:
     return facts
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Parse arguments and train."""
     parser = argparse.ArgumentParser(description="Train the shapes detector.")
     parser.add_argument("--out", type=Path, default=Path("shapes/shapes_detector.pt"))
+    parser.add_argument(
+        "--init", type=Path, default=None, help="start from these weights (default: from scratch)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=1600)
     parser.add_argument("--batch", type=int, default=16)

@@ -12,12 +12,14 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
+from deployments.masks import box_of
 from shapes import CATEGORIES
 from shapes.generate import (
     MAX_ASPECT,
     MAX_OBJECT_FRACTION,
     MAX_SIDE,
     MIN_COLOUR_DISTANCE,
+    MIN_HUE_DISTANCE,
     MIN_LUMA_DIFFERENCE,
     MIN_OBJECT_FRACTION,
     MIN_SIDE,
@@ -28,6 +30,7 @@ from shapes.generate import (
 )
 from shapes.metrics import Detection, GroundTruth, evaluate, iou
 from shapes.model import build_detector
+from shapes.segmenter import build_segmenter
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "shapes" / "shapes_detector.pt"
 
@@ -47,6 +50,83 @@ def test_generate_is_deterministic_per_seed() -> None:
     first, again, other = generate(7), generate(7), generate(8)
     assert first == again
     assert first.data != other.data
+    assert [o.contrast for o in first.objects] == [o.contrast for o in again.objects]
+    assert np.array_equal(first.labels, again.labels)
+
+
+def test_low_contrast_objects_differ_in_hue_on_every_background() -> None:
+    contrasts: list[float] = []
+    hue_only: set[str] = set()
+    for seed in range(300):
+        scene = sample_scene(seed)
+        bg = scene.background
+        for s in scene.shapes:
+            contrasts.append(s.contrast)
+            if bg.kind != "gradient":
+                # One background colour (noise is zero-mean around it): contrast is the difference.
+                assert math.isclose(
+                    s.contrast, abs(_luma(s.colour) - _luma(bg.colour0)), abs_tol=1e-9
+                )
+            if s.contrast < 8:
+                hue_only.add(bg.kind)
+                assert math.dist(s.colour, bg.colour0) >= MIN_HUE_DISTANCE
+    assert hue_only == {"solid", "gradient", "noise"}
+    low = np.mean([c < MIN_LUMA_DIFFERENCE for c in contrasts])
+    assert 0.25 <= low <= 0.45
+    assert np.mean([c < 16 for c in contrasts]) >= 0.12
+
+
+@pytest.mark.parametrize(
+    ("seed", "size", "fmt", "orientation"),
+    [
+        (0, (240, 180), "PNG", 1),
+        (1, (96, 384), "PNG", 1),
+        (2, (300, 200), "JPEG", 6),
+        (3, None, None, None),
+    ],
+)
+def test_label_map_agrees_with_boxes_and_pixels(
+    seed: int, size: tuple[int, int] | None, fmt: str | None, orientation: int | None
+) -> None:
+    width, height = size if size else (None, None)
+    image = generate(seed, width=width, height=height, fmt=fmt, orientation=orientation)
+    labels = image.labels
+    assert labels.dtype == np.uint8 and labels.shape == (image.height, image.width)
+    outside = np.ones_like(labels, dtype=bool)
+    for obj in image.objects:
+        x0, y0, x1, y1 = obj.box
+        c0, r0 = max(0, math.floor(x0) - 1), max(0, math.floor(y0) - 1)
+        c1, r1 = math.ceil(x1) + 1, math.ceil(y1) + 1
+        outside[r0:r1, c0:c1] = False
+        mask = np.zeros_like(outside)
+        mask[r0:r1, c0:c1] = labels[r0:r1, c0:c1] == CATEGORIES.index(obj.label) + 1
+        tight = box_of(mask)
+        assert tight is not None
+        assert max(abs(a - b) for a, b in zip(tight, obj.box, strict=True)) <= 1.0
+    assert not labels[outside].any(), "a label outside every object's box"
+    if fmt == "PNG":
+        # At least half covered means visibly blended: every labelled pixel left the background.
+        scene = sample_scene(seed, width=width, height=height, fmt=fmt)
+        pixels = np.asarray(Image.open(io.BytesIO(image.data)).convert("RGB"))
+        assert np.any(pixels != render_background(scene), axis=2)[labels > 0].all()
+
+
+def test_label_map_at_model_input_comes_back_through_to_source() -> None:
+    from deployments.masks import to_source
+    from shapes.evaluate_offline import preprocess
+    from shapes.evaluate_segmentation import class_iou, confusion
+    from shapes.generate import label_map
+    from shapes.train_segmenter import input_centres
+
+    image = generate(5, width=1600, height=400, fmt="JPEG", orientation=8)
+    _, geometry = preprocess(image.data, 256)
+    target = label_map(image.scene, *input_centres(geometry))
+    assert target.shape == (256, 256) and not target[: int(geometry.offset_y)].any()
+    back = to_source(target, geometry)
+    ious = class_iou(confusion(image.labels, back, len(CATEGORIES) + 1))
+    present = [0, *sorted({CATEGORIES.index(o.label) + 1 for o in image.objects})]
+    # Only quantisation to 256 px separates them: a misplaced target would lose far more.
+    assert all(ious[k] > 0.85 for k in present)
 
 
 def test_scenes_respect_domain_rules() -> None:
@@ -64,8 +144,10 @@ def test_scenes_respect_domain_rules() -> None:
                 MIN_OBJECT_FRACTION * min(w, h) <= shorter <= MAX_OBJECT_FRACTION * min(w, h) + 1e-9
             )
             for bg in (scene.background.colour0, scene.background.colour1):
-                assert abs(_luma(s.colour) - _luma(bg)) >= MIN_LUMA_DIFFERENCE
                 assert math.dist(s.colour, bg) >= MIN_COLOUR_DISTANCE
+                # Near the background's brightness, an object must differ all the more in colour.
+                if abs(_luma(s.colour) - _luma(bg)) < MIN_LUMA_DIFFERENCE:
+                    assert math.dist(s.colour, bg) >= MIN_HUE_DISTANCE
             if s.label == "triangle":
                 assert math.isclose(y1 - y0, (x1 - x0) * math.sqrt(3) / 2)
             else:
@@ -319,3 +401,71 @@ def test_http_evaluation_scores_what_the_service_returned() -> None:
     assert check_sizes(images, exact) == []
     turned = [{**b, "image": {"width": 200, "height": 320}} for b in exact]
     assert len(check_sizes(images, turned)) == 2
+
+
+def test_contrast_bins_score_their_own_objects() -> None:
+    from shapes.evaluate_offline import CONTRAST_BINS, score
+
+    images = [generate(s, width=320, height=200, fmt="PNG") for s in range(12)]
+    exact = [[Detection(o.label, o.box, 0.9) for o in im.objects] for im in images]
+    _, groups = score(exact, images)
+    bins = [b for b in CONTRAST_BINS if b in groups]
+    assert len(bins) >= 2 and all(groups[b].map50 == 1.0 for b in bins)
+    assert sum(groups[b].num_objects for b in bins) == sum(len(im.objects) for im in images)
+    # Dropping the low-contrast objects' detections costs their bin only.
+    kept = [
+        [d for d, o in zip(dets, im.objects, strict=True) if (o.contrast or 0) >= 16]
+        for dets, im in zip(exact, images, strict=True)
+    ]
+    _, groups = score(kept, images)
+    assert groups[CONTRAST_BINS[0]].map50 == 0.0
+    assert groups[CONTRAST_BINS[2]].map50 == 1.0
+
+
+# --- segmenter ---------------------------------------------------------------------------------
+
+
+def test_segmenter_contract_on_random_weights() -> None:
+    torch.manual_seed(0)
+    model = build_segmenter().eval()
+    assert model.task == "segmentation"
+    assert model.categories == ["background", *CATEGORIES]
+    assert model.input_size % 32 == 0
+    assert len(model.mean) == 3 and len(model.std) == 3
+    x = torch.randn(2, 3, 96, 160)
+    with torch.inference_mode():
+        out = model(x)
+    assert set(out) == {"out"}
+    logits = out["out"]
+    assert logits.shape == (2, len(model.categories), 96, 160) and logits.dtype == torch.float32
+    assert torch.isfinite(logits).all()
+    with pytest.raises(ValueError):
+        build_segmenter(input_size=500)
+
+
+def test_segmentation_scores_perfect_and_wrong_label_maps() -> None:
+    from shapes.evaluate_segmentation import SegmentationReport
+
+    report = SegmentationReport(["background", *CATEGORIES])
+    images = [generate(s, width=200, height=120, fmt="PNG") for s in range(4)]
+    for image in images:
+        report.add(image, image.labels)
+    assert all(report.miou(g) == 1.0 for g in report.groups())
+    wrong = SegmentationReport(["background", *CATEGORIES])
+    for image in images:
+        wrong.add(image, np.zeros_like(image.labels))
+    assert wrong.iou()["background"] < 1.0
+    assert all(wrong.iou()[c] == 0.0 for c in CATEGORIES if not math.isnan(wrong.iou()[c]))
+
+
+def test_committed_segmenter_weights_load_and_segment() -> None:
+    from shapes.evaluate_segmentation import SegmentationReport, predict_labels
+    from shapes.segmenter import load_segmenter
+
+    weights = WEIGHTS.with_name("shapes_segmenter.pt")
+    assert weights.stat().st_size <= 10 * 2**20
+    model = load_segmenter(str(weights))
+    image = generate(123_456, width=640, height=360, fmt="JPEG", quality=80)
+    report = SegmentationReport(model.categories)
+    report.add(image, predict_labels(model, [image])[0])
+    assert report.miou() >= 0.9
