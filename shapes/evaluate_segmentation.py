@@ -2,8 +2,9 @@
 
 ``python -m shapes.evaluate_segmentation --weights shapes/shapes_segmenter.pt --count 300`` decodes
 held-out generated images with the service's own decode and letterbox, takes the argmax of the
-logits, brings that label map back to displayed pixels with `deployments.masks.to_source` (what
-the service returns), and compares it with the generator's exact label map. It prints per-class
+logits at the displayed resolution and brings that label map back to displayed pixels with the
+service's own code (`deployments.tasks.segmentation`), and compares it with the generator's exact
+label map. It prints per-class
 IoU and mIoU overall, per image group (`image_groups`: size, aspect, encoding, EXIF rotation) and
 per brightness-contrast bin.
 
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from deployments.masks import to_source
+from deployments.tasks.segmentation import displayed_labels, map_geometry
 from shapes.evaluate_offline import (
     CONTRAST_BINS,
     EVAL_SEED_BASE,
@@ -37,19 +39,23 @@ from shapes.segmenter import ShapesSegmenter, load_segmenter
 def predict_labels(
     model: ShapesSegmenter, images: Sequence[GeneratedImage], *, draft: bool = True
 ) -> list[np.ndarray]:
-    """Predicted label maps (uint8) in displayed pixels, preprocessed as the service does."""
+    """Predicted label maps (uint8) in displayed pixels, made as the service makes them: its
+    decode and letterbox, then `deployments.tasks.segmentation`'s own mapping back (the logits
+    sampled bilinearly at the displayed resolution, then to every displayed pixel)."""
     size, device = model.input_size, next(model.parameters()).device
     decoded = [preprocess(image.data, size, draft=draft) for image in images]
     batch = torch.from_numpy(np.stack([p for p, _ in decoded])).to(device)
     mean = torch.tensor(model.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(model.std, device=device).view(1, 3, 1, 1)
     x = (batch.permute(0, 3, 1, 2).float() / 255.0 - mean) / std
+    out = []
     with torch.inference_mode():
-        label_maps = model(x)["out"].argmax(1).to(torch.uint8).cpu().numpy()
-    return [
-        np.asarray(to_source(m, geometry))
-        for m, (_, geometry) in zip(label_maps, decoded, strict=True)
-    ]
+        logits = model(x)["out"].float()
+        for i, (_, geometry) in enumerate(decoded):
+            label_map, region = displayed_labels(logits[i], geometry)
+            arrays = {"label_map": label_map, "region": region}
+            out.append(np.asarray(to_source(label_map, map_geometry(arrays, geometry))))
+    return out
 
 
 def confusion(truth: np.ndarray, predicted: np.ndarray, classes: int) -> np.ndarray:
