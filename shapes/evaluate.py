@@ -6,12 +6,18 @@ IoU 0.5 and 0.75, mean AP, the missed and mis-localised objects, the same per si
 encoding group and per brightness-contrast bin of the objects, and stops the service.
 ``--url http://host:8000`` evaluates a running service instead. Boxes are scored in original
 displayed pixels, exactly as a client receives them.
+
+``--segmenter`` evaluates the shipped segmenter instead (``configs/shapes_segmenter.yaml``): each
+image's label map comes back as the PNG of ``mask_format=png`` and is scored against the
+generator's exact label map, pixel by pixel, as per-class IoU and mIoU per group.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import io
 import json
 import multiprocessing
 import os
@@ -23,15 +29,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+from PIL import Image
 
+from shapes import CATEGORIES
 from shapes.evaluate_offline import EVAL_SEED_BASE, format_groups
 from shapes.evaluate_offline import score as score_images
+from shapes.evaluate_segmentation import SegmentationReport
 from shapes.generate import GeneratedImage, generate
 from shapes.metrics import Detection, Report
 
 ROOT = Path(__file__).resolve().parent.parent
 # Low enough to rank every candidate for AP; the service's default threshold is for end users.
 QUERY = {"score_threshold": "0.05", "max_detections": "100"}
+SEGMENTER_QUERY = {"mask_format": "png"}
+SEGMENTER_CONFIG = ROOT / "configs" / "shapes_segmenter.yaml"
 _CONTENT_TYPE = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
 
@@ -53,7 +65,11 @@ def detections(body: dict[str, Any]) -> list[Detection]:
 
 
 async def post_all(
-    url: str, images: list[GeneratedImage], concurrency: int, api_key: str | None
+    url: str,
+    images: list[GeneratedImage],
+    concurrency: int,
+    api_key: str | None,
+    query: dict[str, str] = QUERY,
 ) -> tuple[list[dict[str, Any] | None], list[str], list[int]]:
     """POST every image, at most `concurrency` at once; (bodies or None, errors, batch sizes)."""
     headers = _auth(api_key)
@@ -68,7 +84,7 @@ async def post_all(
                 response = await client.post(
                     "/v1/predict",
                     content=image.data,
-                    params=QUERY,
+                    params=query,
                     headers={**headers, "content-type": _CONTENT_TYPE[image.fmt]},
                 )
             if response.status_code != 200:
@@ -101,6 +117,23 @@ def score(
     return score_images([detections(b) if b is not None else [] for b in bodies], images)
 
 
+def label_map(body: dict[str, Any]) -> np.ndarray:
+    """The displayed-pixel label map of a `mask_format=png` segmentation result."""
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(body["label_map"]))))
+
+
+def score_segmentation(
+    images: list[GeneratedImage], bodies: list[dict[str, Any] | None]
+) -> SegmentationReport:
+    """Per-class IoU per group; a failed request counts as all background."""
+    report = SegmentationReport(["background", *CATEGORIES])
+    for image, body in zip(images, bodies, strict=True):
+        shape = (image.height, image.width)
+        predicted = label_map(body) if body is not None else np.zeros(shape, dtype=np.uint8)
+        report.add(image, predicted)
+    return report
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,20 +154,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         from tools.serve_process import ServeProcess, load_config, on_loopback
 
         port = _free_port()
-        config = on_loopback(load_config(), port)
+        path = SEGMENTER_CONFIG if args.segmenter else ROOT / "serve_config.yaml"
+        config = on_loopback(load_config(path), port)
         service = ServeProcess(config, Path(tempfile.mkdtemp(prefix="shapes-eval-")), port)
-        print(f"starting the service (serve run serve_config.yaml) on port {port}", flush=True)
+        print(f"starting the service (serve run {path.name}) on port {port}", flush=True)
         service.start()
         url = service.url
     try:
         sent = time.perf_counter()
-        bodies, errors, batches = asyncio.run(post_all(url, images, args.concurrency, args.api_key))
+        query = SEGMENTER_QUERY if args.segmenter else QUERY
+        bodies, errors, batches = asyncio.run(
+            post_all(url, images, args.concurrency, args.api_key, query)
+        )
         served_s = time.perf_counter() - sent
         model = httpx.get(f"{url}/v1/model", timeout=30, headers=_auth(args.api_key)).json()
     finally:
         if service is not None:
             service.stop()
     wrong = check_sizes(images, bodies)
+    if args.segmenter:
+        return _segmentation_facts(args, model, images, bodies, errors, wrong, served_s, batches)
     report, groups = score(images, bodies)
     print(report.format_table())
     print(format_groups(groups))
@@ -167,13 +206,50 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _segmentation_facts(
+    args: argparse.Namespace,
+    model: dict[str, Any],
+    images: list[GeneratedImage],
+    bodies: list[dict[str, Any] | None],
+    errors: list[str],
+    wrong: list[str],
+    served_s: float,
+    batches: list[int],
+) -> dict[str, Any]:
+    report = score_segmentation(images, bodies)
+    print(report.format_table())
+    print(
+        f"\n{len(images)} images over HTTP in {served_s:.1f}s ({len(images) / served_s:.1f} "
+        f"images/s at concurrency {args.concurrency}); {len(errors)} failed requests"
+    )
+    for line in errors[:10] + wrong[:10]:
+        print("  " + line)
+    return {
+        "model": model.get("model"),
+        "images": len(images),
+        "seeds": f"{args.seed}..{args.seed + args.count - 1}",
+        "concurrency": args.concurrency,
+        "miou": round(report.miou(), 4),
+        "failed_requests": len(errors),
+        "size_mismatches": len(wrong),
+        "mean_batch_size": round(sum(batches) / max(1, len(batches)), 2),
+        "images_per_s": round(len(images) / served_s, 2),
+        "groups": report.facts(),
+    }
+
+
 def _auth(api_key: str | None) -> dict[str, str]:
     return {"authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments, evaluate; exit status 1 when requests failed or sizes came back wrong."""
-    parser = argparse.ArgumentParser(description="Evaluate the served shapes detector over HTTP.")
+    parser = argparse.ArgumentParser(
+        description="Evaluate the served shapes detector (or segmenter) over HTTP."
+    )
+    parser.add_argument(
+        "--segmenter", action="store_true", help="the shipped segmenter's config and IoU instead"
+    )
     parser.add_argument("--url", default=None, help="a running service (default: start one)")
     parser.add_argument("--count", type=int, default=300)
     parser.add_argument("--seed", type=int, default=EVAL_SEED_BASE, help="first held-out seed")

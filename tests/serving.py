@@ -55,7 +55,7 @@ def app_config(
     app = config["applications"][0]
     if model is not None:
         app["args"]["model"] = model
-    app["args"].update(args or {})
+    _merge(app["args"], args or {})
     deployments = {d["name"]: d for d in app["deployments"]}
     for name, user_config in (user_configs or {}).items():
         deployments[name]["user_config"] = {
@@ -65,6 +65,15 @@ def app_config(
     for name, extra in (options or {}).items():
         deployments[name].update(extra)
     return config
+
+
+def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
+    """Nested mappings merge key by key (`limits: {max_body_bytes: ...}` keeps the other limits)."""
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "model":
+            _merge(base[key], value)
+        else:
+            base[key] = value
 
 
 def fixed_replicas(replicas: int) -> dict[str, Any]:

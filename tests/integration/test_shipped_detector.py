@@ -25,11 +25,16 @@ SIZES = [
 ]  # fmt: skip
 ORIENTATIONS = (3, 6, 8)
 BATCH = 8
-# Judged per image, at the default score threshold (0.5). Measured on these 40 images: 37 have
-# every object found and 3 (all 4:1, objects 8-17 px at the model's input) miss exactly one; no
-# image has a box that matches nothing. So each image may miss one of several objects, never its
-# only one, and may have one stray box: another image's boxes (a swapped join) fail all of that.
-MAX_MISSED_PER_IMAGE = 1
+# Judged per image, at score >= 0.3 (as `make evaluate` counts; hue-only objects of 20-40 px
+# score 0.4-0.5, under the service's default 0.5, which suits models with calibrated scores
+# such as torchvision's). Every object at least `SMALLEST` px
+# (shorter side) at the model's 384 px input must be found with its own label; smaller ones (4:1
+# and tiny images shrink objects to 6-15 px there) may be missed or mislabelled, and a box on such
+# an object is not counted as stray. At most one other stray box per image. Another image's boxes
+# (a swapped join) fail all of that.
+THRESHOLD = 0.3
+SMALLEST = 16.0
+INPUT = 384
 MAX_SPURIOUS_PER_IMAGE = 1
 
 
@@ -66,13 +71,26 @@ def _best_iou(label: str, box: Any, others: list[tuple[str, Any]]) -> float:
     return max((iou(tuple(b), box) for lab, b in others if lab == label), default=0.0)
 
 
-def _judge(image: GeneratedImage, preds: list[dict[str, Any]]) -> tuple[int, int]:
-    """(true objects of this image found with IoU >= 0.5, its boxes that match nothing)."""
+def _in_input(image: GeneratedImage, box: Any) -> float:
+    """The shorter side of a box at the model input (letterboxed to INPUT x INPUT)."""
+    scale = INPUT / max(image.width, image.height)
+    return min(box[2] - box[0], box[3] - box[1]) * scale
+
+
+def _judge(image: GeneratedImage, preds: list[dict[str, Any]]) -> tuple[int, int, int]:
+    """(objects of this image big enough to require, those found with IoU >= 0.5 and their own
+    label, its boxes that match nothing and lie on no small object)."""
     boxes = [(p["label"], p["box"]) for p in preds]
     truths = [(t.label, t.box) for t in image.objects]
-    found = sum(_best_iou(t.label, t.box, boxes) >= 0.5 for t in image.objects)
-    spurious = sum(_best_iou(label, tuple(box), truths) < 0.5 for label, box in boxes)
-    return found, spurious
+    required = [t for t in image.objects if _in_input(image, t.box) >= SMALLEST]
+    small = [t.box for t in image.objects if _in_input(image, t.box) < SMALLEST]
+    found = sum(_best_iou(t.label, t.box, boxes) >= 0.5 for t in required)
+    spurious = sum(
+        _best_iou(label, tuple(box), truths) < 0.5
+        and max((iou(tuple(box), s) for s in small), default=0.0) < 0.3
+        for label, box in boxes
+    )
+    return len(required), found, spurious
 
 
 def test_every_image_gets_its_own_boxes_in_original_pixels_under_batching(
@@ -84,19 +102,21 @@ def test_every_image_gets_its_own_boxes_in_original_pixels_under_batching(
         {"content-type": f"image/{im.fmt.lower()}", "x-request-id": f"shape-{k}"}
         for k, im in enumerate(images)
     ]
-    responses = asyncio.run(post_many([im.data for im in images], headers=headers))
-    wrong = []
+    path = f"/v1/predict?score_threshold={THRESHOLD}"
+    responses = asyncio.run(post_many([im.data for im in images], path, headers=headers))
+    wrong, checked = [], 0
     for k, (image, r) in enumerate(zip(images, responses, strict=True)):
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["request_id"] == f"shape-{k}"
         assert (body["image"]["width"], body["image"]["height"]) == (image.width, image.height)
         assert body["image"]["orientation"] == image.orientation
-        found, spurious = _judge(image, body["predictions"])
-        enough = max(1, len(image.objects) - MAX_MISSED_PER_IMAGE)
-        if found < enough or spurious > MAX_SPURIOUS_PER_IMAGE:
-            wrong.append(f"image {k}: {found} of {len(image.objects)} found, {spurious} spurious")
+        required, found, spurious = _judge(image, body["predictions"])
+        if found < required or spurious > MAX_SPURIOUS_PER_IMAGE:
+            wrong.append(f"image {k}: {found} of {required} found, {spurious} spurious")
+        checked += required
     assert not wrong, "; ".join(wrong)
+    assert checked >= 80, checked  # most objects (88 of 113) are big enough to be required
     assert max(r.json()["batch_size"] for r in responses) == BATCH, "no full batch formed"
 
 

@@ -35,8 +35,8 @@ def _images() -> list[GeneratedImage]:
     for i in range(24):
         width, height = SIZES[i % len(SIZES)]
         seed = EVAL_SEED_BASE + 700_000 + i
-        orientation = ORIENTATIONS[i % 3] if i % 3 == 0 else 1
-        fmt = "PNG" if i % 4 == 1 else "JPEG"
+        orientation = ORIENTATIONS[i % 3] if i % 3 == 0 else 1  # EXIF rides on JPEGs only
+        fmt = "PNG" if i % 4 == 1 and orientation == 1 else "JPEG"
         out.append(generate(seed, width=width, height=height, fmt=fmt, orientation=orientation))
     return out
 
