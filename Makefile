@@ -36,9 +36,11 @@ lint: setup
 bench: setup
 	$(PY) -m bench.run
 
-# Accuracy of the served shapes detector over HTTP (starts the service itself on a free port).
+# Accuracy of the served shapes detector, then segmenter, over HTTP (each starts its service on a
+# free port).
 evaluate: setup
 	$(PY) -m shapes.evaluate --json artifacts/evaluate.json
+	$(PY) -m shapes.evaluate --segmenter --json artifacts/evaluate_segmenter.json
 
 # Replicas of every stage SIGKILLed at random under mixed load (README, Operations: Chaos): the
 # echo model, 2 replicas per stage, 127.0.0.1:8200 only; ~4 minutes; exit 1 if an image is lost
