@@ -112,3 +112,32 @@ def test_python_handle_returns_masks() -> None:
         assert iou(mask, truth == p.class_id) >= 0.9
     many = handle.predict_many.remote([_scene(0)[0], b"not an image"]).result()
     assert many[0].task == "segmentation" and many[1].code == "unsupported_format"
+
+
+def test_mask_rcnn_instances_over_http_in_displayed_pixels() -> None:
+    """Mask R-CNN by name (random weights, so every candidate is kept): each instance's mask is
+    the displayed image's size, its area is its mask's, and PNG ranks instances by score."""
+    deploy(
+        app_config(
+            model={
+                "name": "maskrcnn_resnet50_fpn",
+                "weights": "none",
+                "input_size": 160,
+                "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 3},
+            }
+        )
+    )
+    data, truth = _scene(0, 6)  # 800 x 200 displayed, stored rotated
+    response = post_image(data, "image/jpeg", score_threshold="0")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["task"] == "instance_segmentation"
+    assert ResultOut.model_validate(body).model_dump(exclude_none=True) == body
+    assert 1 <= len(body["predictions"]) <= 3
+    for p in body["predictions"]:
+        rle = {"size": p["mask"]["size"], "counts": p["mask"]["counts"].encode()}
+        mask = coco.decode(rle) > 0
+        assert mask.shape == truth.shape and p["area"] == int(mask.sum())
+    png = post_image(data, "image/jpeg", score_threshold="0", mask_format="png").json()
+    ranks = np.asarray(Image.open(io.BytesIO(base64.b64decode(png["label_map"]))))
+    assert ranks.shape == truth.shape and ranks.max() <= len(png["predictions"])
