@@ -177,23 +177,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report, groups = score(images, bodies)
     print(report.format_table())
     print(format_groups(groups))
-    print(
-        f"\n{len(images)} images over HTTP in {served_s:.1f}s ({len(images) / served_s:.1f} "
-        f"images/s at concurrency {args.concurrency}); mean batch "
-        f"{sum(batches) / max(1, len(batches)):.2f}; {len(errors)} failed requests"
-    )
-    for line in errors[:10] + wrong[:10]:
-        print("  " + line)
     return {
-        "model": model.get("model"),
-        "images": len(images),
-        "seeds": f"{args.seed}..{args.seed + args.count - 1}",
-        "concurrency": args.concurrency,
+        **_run_facts(args, model, images, errors, wrong, served_s, batches),
         **report.facts(),
-        "failed_requests": len(errors),
-        "size_mismatches": len(wrong),
-        "mean_batch_size": round(sum(batches) / max(1, len(batches)), 2),
-        "images_per_s": round(len(images) / served_s, 2),
         "groups": {
             k: {
                 "images": r.num_images,
@@ -218,9 +204,28 @@ def _segmentation_facts(
 ) -> dict[str, Any]:
     report = score_segmentation(images, bodies)
     print(report.format_table())
+    return {
+        **_run_facts(args, model, images, errors, wrong, served_s, batches),
+        "miou": round(report.miou(), 4),
+        "groups": report.facts(),
+    }
+
+
+def _run_facts(
+    args: argparse.Namespace,
+    model: dict[str, Any],
+    images: list[GeneratedImage],
+    errors: list[str],
+    wrong: list[str],
+    served_s: float,
+    batches: list[int],
+) -> dict[str, Any]:
+    """Print how the run went (speed, batching, failures) and return those facts."""
+    mean_batch = sum(batches) / max(1, len(batches))
     print(
         f"\n{len(images)} images over HTTP in {served_s:.1f}s ({len(images) / served_s:.1f} "
-        f"images/s at concurrency {args.concurrency}); {len(errors)} failed requests"
+        f"images/s at concurrency {args.concurrency}); mean batch "
+        f"{mean_batch:.2f}; {len(errors)} failed requests"
     )
     for line in errors[:10] + wrong[:10]:
         print("  " + line)
@@ -229,12 +234,10 @@ def _segmentation_facts(
         "images": len(images),
         "seeds": f"{args.seed}..{args.seed + args.count - 1}",
         "concurrency": args.concurrency,
-        "miou": round(report.miou(), 4),
         "failed_requests": len(errors),
         "size_mismatches": len(wrong),
-        "mean_batch_size": round(sum(batches) / max(1, len(batches)), 2),
+        "mean_batch_size": round(mean_batch, 2),
         "images_per_s": round(len(images) / served_s, 2),
-        "groups": report.facts(),
     }
 
 

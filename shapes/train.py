@@ -166,6 +166,20 @@ def to_input(pixels: Tensor, model: ShapesDetector) -> Tensor:
     return ((x - mean) / std).contiguous(memory_format=torch.channels_last)
 
 
+def warmup_cosine(
+    opt: torch.optim.Optimizer, steps: int, warmup: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup` steps, then a cosine down to 1 % of the rate."""
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, steps - warmup)
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+
+
 def train(args: argparse.Namespace) -> dict[str, object]:
     """Run the whole training; returns the facts written to the JSON."""
     torch.set_num_threads(args.threads)
@@ -191,15 +205,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
 
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    warmup = min(200, int(args.steps) // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, int(args.steps) - warmup)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = warmup_cosine(opt, int(args.steps), min(200, int(args.steps) // 10))
     rng = np.random.default_rng([args.seed, 2])
     running: list[float] = []
     loss_value = float("nan")

@@ -17,7 +17,6 @@ import argparse
 import functools
 import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from shapes.evaluate_offline import EVAL_SEED_BASE, preprocess
 from shapes.evaluate_segmentation import evaluate_segmenter
 from shapes.generate import generate, label_map
 from shapes.segmenter import build_segmenter
-from shapes.train import TRAIN_SEED_STRIDE, build_pool, to_input, training_source
+from shapes.train import TRAIN_SEED_STRIDE, build_pool, to_input, training_source, warmup_cosine
 
 SegSample = tuple[np.ndarray, np.ndarray]  # pixels S x S x 3, labels S x S (uint8)
 
@@ -93,15 +92,7 @@ def train(args: argparse.Namespace) -> dict[str, object]:
 
     model = model.to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
-    warmup = min(100, int(args.steps) // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, int(args.steps) - warmup)
-        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    sched = warmup_cosine(opt, int(args.steps), min(100, int(args.steps) // 10))
     rng = np.random.default_rng([args.seed, 2])
     running: list[float] = []
     loss_value = float("nan")
