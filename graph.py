@@ -18,10 +18,10 @@ from ray.serve import Application, Deployment
 
 from deployments.caller import BundleSettings, PoisonSettings
 from deployments.imaging import DecodeLimits, ResizeSpec
-from deployments.ingress import Ingress, IngressSettings
+from deployments.ingress import Ingress, IngressSettings, ModelRoute
 from deployments.model import Model
 from deployments.model_source import ModelSpec, Resolved, resolve
-from deployments.postprocessor import Postprocessor
+from deployments.postprocessor import ModelAnswers, Postprocessor
 from deployments.preprocessor import Preprocessor
 
 
@@ -75,6 +75,28 @@ class Poison(BaseModel):
     max_quarantined: int = Field(ge=1, description="hashes kept; the oldest go first")
 
 
+MODEL_DEPLOYMENT = "Model"
+MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+
+
+def model_deployment(name: str, default_model: str) -> str:
+    """The Serve deployment that runs the model `name`: `Model` for the default model (so a
+    one-model config and its overrides name it as before), `Model-<name>` for each other one."""
+    return MODEL_DEPLOYMENT if name == default_model else f"{MODEL_DEPLOYMENT}-{name}"
+
+
+class ServedModel(BaseModel):
+    """One entry of `models:`: the name it is routed by and what to load."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(
+        pattern=MODEL_NAME_PATTERN,
+        description="routing name: /v1/models/{name}/predict, /v2/models/{name}/infer",
+    )
+    model: ModelSpec
+
+
 class AppArgs(BaseModel):
     """Builder args (structure). Hot knobs live in each deployment's `user_config` instead.
 
@@ -84,7 +106,8 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    model: ModelSpec
+    models: tuple[ServedModel, ...] = Field(min_length=1, max_length=32)
+    default_model: str = Field(description="the model /v1/predict (no name in the path) runs")
     limits: Limits
     decode_threads: int = Field(ge=1, description="decoder threads per Preprocessor replica")
     request_timeout_s: float = Field(
@@ -106,6 +129,25 @@ class AppArgs(BaseModel):
         if self.request_timeout_s > self.max_request_timeout_s:
             raise ValueError("request_timeout_s must not exceed max_request_timeout_s")
         return self
+
+    @model_validator(mode="after")
+    def _models_named_once(self) -> "AppArgs":
+        names = [m.name for m in self.models]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"models: each name must be used once; repeated: {twice}")
+        if self.default_model not in names:
+            raise ValueError(f"default_model {self.default_model!r} is not in models: {names}")
+        return self
+
+    @property
+    def model(self) -> ModelSpec:
+        """The default model's spec (what /v1/predict serves; the benchmark's peers load it)."""
+        return next(m.model for m in self.models if m.name == self.default_model)
+
+    def deployment_of(self, name: str) -> str:
+        """The Serve deployment that runs the model `name`."""
+        return model_deployment(name, self.default_model)
 
 
 SERVE_CONFIG = Path(__file__).resolve().parent / "serve_config.yaml"
@@ -134,14 +176,17 @@ def decode_limits(args: AppArgs) -> DecodeLimits:
     )
 
 
-def decode_settings(args: AppArgs, resolved: Resolved) -> tuple[ResizeSpec, DecodeLimits]:
-    """How every image is decoded and brought to the model input (also the benchmark's)."""
+def decode_settings(
+    args: AppArgs, resolved: Resolved, spec: ModelSpec | None = None
+) -> tuple[ResizeSpec, DecodeLimits]:
+    """How every image for one model (the default one unless `spec` names another) is decoded
+    and brought to its input (also the benchmark's)."""
     resize = ResizeSpec(
         mode=resolved.resize,
         input_width=resolved.input_width,
         input_height=resolved.input_height,
         resize_size=resolved.resize_size,
-        pad_value=args.model.pad_value,
+        pad_value=(spec or args.model).pad_value,
         draft=args.jpeg_draft,
     )
     return resize, decode_limits(args)
@@ -180,20 +225,31 @@ def build_configured_app(app_config: Mapping[str, Any]) -> Application:
 
 def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Application:
     # `@serve.deployment` turns each class into a Deployment; its typing does not say so.
-    stages = {
-        d.name: d
-        for d in (cast(Deployment, c) for c in (Ingress, Preprocessor, Model, Postprocessor))
+    pre, model_class, post, ingress = (
+        cast(Deployment, c) for c in (Preprocessor, Model, Postprocessor, Ingress)
+    )
+    models = {m.name: (m, resolve(m.model)) for m in args.models}
+    stages: dict[str, Deployment] = {
+        ingress.name: ingress,
+        pre.name: pre,
+        post.name: post,
+        **{args.deployment_of(n): model_class.options(name=args.deployment_of(n)) for n in models},
     }
     unknown = sorted(set(options) - set(stages))
     if unknown:
         raise ValueError(f"deployments {unknown} are not in the graph {sorted(stages)}")
     for name, stage_options in options.items():
         stages[name] = stages[name].options(**stage_options)
-    resolved = resolve(args.model)
-    resize, limits = decode_settings(args, resolved)
+    # One Preprocessor and one Postprocessor serve every model, each item by its model's
+    # preprocessing and task; each model has its own Model deployment (batching, scaling).
+    resize = {n: decode_settings(args, r, m.model)[0] for n, (m, r) in models.items()}
+    answers = {n: ModelAnswers(r.name, r.task, r.labels) for n, (_, r) in models.items()}
+    routes = {
+        n: ModelRoute(task=r.task, max_candidates=r.max_candidates) for n, (_, r) in models.items()
+    }
     settings = IngressSettings(
-        task=resolved.task,
-        max_candidates=resolved.max_candidates,
+        models=routes,
+        default_model=args.default_model,
         max_body_bytes=args.limits.max_body_bytes,
         max_image_bytes=args.limits.max_image_bytes,
         max_images_per_request=args.limits.max_images_per_request,
@@ -209,10 +265,13 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
             ttl_s=args.poison.quarantine_ttl_s, max_entries=args.poison.max_quarantined
         ),
     )
-    return stages["Ingress"].bind(
-        stages["Preprocessor"].bind(resize, limits, args.decode_threads),
-        stages["Model"].bind(args.model, resolved),
-        stages["Postprocessor"].bind(resolved.name, resolved.task, resolved.labels),
+    model_handles = {
+        n: stages[args.deployment_of(n)].bind(m.model, r) for n, (m, r) in models.items()
+    }
+    return stages[ingress.name].bind(
+        stages[pre.name].bind(resize, decode_limits(args), args.decode_threads),
+        model_handles,
+        stages[post.name].bind(answers),
         settings,
     )
 

@@ -20,6 +20,7 @@ import yaml
 from tools.serve_process import (
     APP,
     ServeError,
+    default_model_spec,
     http_json,
     launch,
     named_item,
@@ -27,12 +28,14 @@ from tools.serve_process import (
     port_in_use,
     process_role,
     read_stat,
+    serve_one_model,
     set_path,
     stop_session,
     wait_for,
 )
 
 BENCH_MODEL = {"name": "resnet18", "weights": "none", "seed": 0}
+BENCH_MODEL_NAME = "resnet18"  # what the graph serves it as (its one model, the default)
 _CLK = os.sysconf("SC_CLK_TCK")
 
 
@@ -49,7 +52,7 @@ def bench_config(
     """`serve_config.yaml` with the benchmark's model, a loopback port and a Model user_config."""
     config = on_loopback(base, port)
     app = named_item(config["applications"], APP)
-    app["args"]["model"] = {**app["args"].get("model", {}), **BENCH_MODEL}
+    serve_one_model(app, {**default_model_spec(app), **BENCH_MODEL}, BENCH_MODEL_NAME)
     model = named_item(app["deployments"], "Model")
     model["user_config"] = {**model.get("user_config", {}), **(model_user_config or {})}
     for dotted, value in (overrides or {}).items():

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -82,7 +82,7 @@ class Caller:
     def __init__(
         self,
         preprocessor: DeploymentHandle[Any],
-        model: DeploymentHandle[Any],
+        models: Mapping[str, DeploymentHandle[Any]],
         postprocessor: DeploymentHandle[Any],
         bundles: BundleSettings,
         poison: PoisonSettings | None = None,
@@ -91,12 +91,19 @@ class Caller:
         # Postprocessor as an object reference, so pixels never come back through here (Serve's
         # by-value mode, if switched on, would route every response through the caller).
         self._pre = preprocessor.options(_by_reference=True)
-        self._model = model.options(method_name="predict", _by_reference=True)
+        self._models = {
+            name: handle.options(method_name="predict", _by_reference=True)
+            for name, handle in models.items()
+        }
         self._post = postprocessor.options(_by_reference=True)
         self._bundles = bundles
-        self._coalescer: Coalescer[Item, Answer] = Coalescer(
-            self._send, bundles.max_items, bundles.max_in_flight, bundles.max_wait_s
-        )
+        # A bundle goes to one Model deployment, so single images wait for company by model.
+        self._coalescers: dict[str, Coalescer[Item, Answer]] = {
+            name: Coalescer(
+                self._send, bundles.max_items, bundles.max_in_flight, bundles.max_wait_s
+            )
+            for name in models
+        }
         self._metrics = StageMetrics()
         poison = poison or PoisonSettings()
         self._quarantine = Quarantine(poison.ttl_s, poison.max_entries)
@@ -110,24 +117,33 @@ class Caller:
         refused = await self._refused(item)
         if refused is not None:
             return self._finish(refused, started)
-        out = await self._within_deadline(self._coalescer.submit(item), [item])
+        coalescer = self._coalescers[item.model]
+        out = await self._within_deadline(coalescer.submit(item), [item])
         return self._finish(out[0], started)
 
     async def many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
-        """Items that arrived together, as bundles of at most `max_items`; `ItemError`s (already
-        decided by the transport) keep their places. One answer per entry, in order."""
+        """Items that arrived together, as bundles of at most `max_items` (and of one model each);
+        `ItemError`s (already decided by the transport) keep their places. One answer per entry,
+        in order."""
         started = time.perf_counter()
         items = [(await self._refused(i) or i) if isinstance(i, Item) else i for i in items]
-        todo = [i for i in items if isinstance(i, Item)]
+        by_model: dict[str, list[Item]] = {}
+        for i in items:
+            if isinstance(i, Item):
+                by_model.setdefault(i.model, []).append(i)
+        parts = [p for same in by_model.values() for p in chunks(same, self._bundles.max_items)]
         retries = Retries()  # one request: its retries stop at its first double failure
         sent = await asyncio.gather(
-            *(
-                self._within_deadline(self._send(part, retries), part)
-                for part in chunks(todo, self._bundles.max_items)
-            )
+            *(self._within_deadline(self._send(part, retries), part) for part in parts)
         )
-        answers = iter(a for part in sent for a in part)
-        return [self._finish(next(answers) if isinstance(i, Item) else i, started) for i in items]
+        answers = {
+            item.item_id: answer
+            for part, out in zip(parts, sent, strict=True)
+            for item, answer in zip(part, out, strict=True)
+        }
+        return [
+            self._finish(answers[i.item_id] if isinstance(i, Item) else i, started) for i in items
+        ]
 
     async def _within_deadline(
         self, work: Awaitable[Answer | Sequence[Answer]], items: Sequence[Item]
@@ -253,7 +269,7 @@ class Caller:
             # handed to two calls is resolved by each, and the second spins on the event loop
             # until the Preprocessor has finished (bench/README.md: the Ingress's busiest code).
             bundle = await pre._to_object_ref()
-            outputs = self._model.remote(bundle)
+            outputs = self._models[items[0].model].remote(bundle)  # a bundle is one model's
             post = self._post.remote(outputs, bundle)
             answers: tuple[Answer, ...] = await post
         except asyncio.CancelledError:
@@ -265,14 +281,15 @@ class Caller:
 
     def stats(self) -> dict[str, Any]:
         """This replica's bundling so far: settings, bundles and images sent, mean bundle size."""
-        c = self._coalescer
+        bundles = sum(c.bundles_sent for c in self._coalescers.values())
+        images = sum(c.items_sent for c in self._coalescers.values())
         return {
             "max_items": self._bundles.max_items,
             "max_in_flight": self._bundles.max_in_flight,
             "max_wait_s": self._bundles.max_wait_s,
-            "coalesced_bundles": c.bundles_sent,
-            "coalesced_images": c.items_sent,
-            "mean_coalesced_size": round(c.items_sent / c.bundles_sent, 2) if c.bundles_sent else 0,
+            "coalesced_bundles": bundles,
+            "coalesced_images": images,
+            "mean_coalesced_size": round(images / bundles, 2) if bundles else 0,
         }
 
     def _finish(self, out: Answer, started: float) -> Answer:

@@ -6,6 +6,7 @@
     │   │   ├── InvalidOption     400  a per-request option is out of range or unknown
     │   │   └── EmptyImage        400  zero bytes where an image was expected
     │   ├── Unauthorized          401  missing or wrong API key
+    │   ├── UnknownModel          404  no served model has that name
     │   ├── RequestTimeout        408  the body did not arrive within the request's deadline
     │   ├── PayloadTooLarge       413  body, image bytes or image count over the limit
     │   │   └── TooManyPixels     413  decoded or resized size over the pixel limit (bomb, sliver)
@@ -60,6 +61,11 @@ class EmptyImage(BadRequest):
 class Unauthorized(ClientError):
     status = 401
     code = "unauthorized"
+
+
+class UnknownModel(ClientError):
+    status = 404
+    code = "unknown_model"
 
 
 class RequestTimeout(ClientError):

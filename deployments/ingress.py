@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,9 +25,11 @@ from deployments.caller import BundleSettings, Caller, PoisonSettings
 from deployments.errors import (
     BadRequest,
     Unauthorized,
+    UnknownModel,
     UnsupportedMediaType,
     VisionError,
 )
+from deployments.health import ModelState, Readiness
 from deployments.http import (
     MAX_PART_HEADER_BYTES,
     TIMEOUT_HEADER,
@@ -45,19 +48,27 @@ from deployments.http import (
     within_deadline,
 )
 from deployments.schema import ERRORS, PREDICT_BODY, MultiResultOut, ResultOut, option_parameters
-from deployments.types import Item, ItemError, Options, Result, new_item_id
+from deployments.types import Item, ItemError, ModelInfo, Options, Result, new_item_id
 
 logger = logging.getLogger("ray.serve")
-STAGES = ("preprocessor", "model", "postprocessor")
+STAGES = ("preprocessor", "postprocessor")  # asked directly; models through Serve (health.py)
 HEALTH_EVERY_S = 1.0  # how often the Ingress asks every stage whether it answers
 HEALTH_STALE_S = 5.0  # older than this, a probe asks the stages itself
 HEALTH_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
-class IngressSettings:
+class ModelRoute:
+    """What the Ingress knows of one served model: enough to validate a request for it."""
+
     task: str  # a name in deployments.tasks.REGISTRY: it validates the options
     max_candidates: int = 100  # what the Model keeps per image (classification's max_top_k)
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSettings:
+    models: dict[str, ModelRoute]  # by served name (`models:` in serve_config.yaml)
+    default_model: str  # what /v1/predict and the handle API run when no model is named
     max_body_bytes: int = 64 * 1024 * 1024
     max_image_bytes: int = 20 * 1024 * 1024  # one multipart part's data
     max_images_per_request: int = 64  # multipart parts of any name
@@ -85,11 +96,13 @@ class Ingress:
     def __init__(
         self,
         preprocessor: DeploymentHandle[Any],
-        model: DeploymentHandle[Any],
+        models: dict[str, DeploymentHandle[Any]],
         postprocessor: DeploymentHandle[Any],
         settings: IngressSettings,
     ) -> None:
-        self._caller = Caller(preprocessor, model, postprocessor, settings.bundles, settings.poison)
+        self._caller = Caller(
+            preprocessor, models, postprocessor, settings.bundles, settings.poison
+        )
         self._budget = BodyBudget(settings.max_body_bytes_in_flight)
         self._multipart = MultipartLimits(
             max_parts=settings.max_images_per_request,
@@ -97,13 +110,16 @@ class Ingress:
             max_header_bytes=MAX_PART_HEADER_BYTES,
         )
         self._pre_ready = preprocessor.options(method_name="ready")
-        self._model_ready = model.options(method_name="ready")
         self._post_ready = postprocessor.options(method_name="ready")
-        self._describe = model.options(method_name="describe")
+        self._describe = {n: h.options(method_name="describe") for n, h in models.items()}
+        app_name = preprocessor.app_name
+        self._readiness = Readiness(
+            app_name, {n: h.deployment_name for n, h in models.items()}, serve.status
+        )
         self._stages: tuple[float | None, str | None] = (None, None)  # (checked at, problem)
         self._watcher: asyncio.Task[None] | None = None
         self._settings = settings
-        self._task = tasks.get(settings.task)
+        self._tasks = {n: tasks.get(r.task) for n, r in settings.models.items()}
         # Read once; the key itself is never logged or echoed. Unusable key settings raise
         # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
         self._api_key = load_api_key(os.environ)
@@ -115,16 +131,20 @@ class Ingress:
         self,
         image: bytes,
         *,
+        model: str | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
         **options: int | float | str | None,
     ) -> Result:
         """One image -> its `Result`; a bad image raises the typed `VisionError` subclass.
 
-        `options` are the task's (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...).
+        `model` is a served model's name (the default model when None); `options` are its
+        task's (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...).
         """
-        parsed = self._options(options)
-        item = self._item(image, parsed, request_id or new_item_id(), self._deadline(timeout_s))
+        name = self._model_named(model)
+        parsed = self._options(name, options)
+        rid = request_id or new_item_id()
+        item = self._item(image, parsed, rid, self._deadline(timeout_s), name)
         out = await self._caller.one(item)
         if isinstance(out, ItemError):
             raise out.to_exception()
@@ -134,15 +154,26 @@ class Ingress:
         self,
         images: list[bytes],
         *,
+        model: str | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
         **options: int | float | str | None,
     ) -> list[Result | ItemError]:
         """Several images -> one `Result` or `ItemError` each, in input order."""
-        parsed = self._options(options)
+        name = self._model_named(model)
+        parsed = self._options(name, options)
         rid = request_id or new_item_id()
         deadline = self._deadline(timeout_s)
-        return await self._caller.many([self._item(i, parsed, rid, deadline) for i in images])
+        return await self._caller.many([self._item(i, parsed, rid, deadline, name) for i in images])
+
+    def _model_named(self, name: str | None) -> str:
+        """A served model's name (the default for None); `UnknownModel` (404) for any other."""
+        if name is None:
+            return self._settings.default_model
+        if name not in self._settings.models:
+            served = ", ".join(sorted(self._settings.models))
+            raise UnknownModel(f"no model is served as {name[:100]!r}; served: {served}")
+        return name
 
     def _deadline(self, timeout_s: float | None) -> float:
         settings = self._settings
@@ -154,17 +185,23 @@ class Ingress:
             name="timeout_s",
         )
 
-    def _options(self, given: dict[str, int | float | str | None]) -> Options:
-        return tasks.parse_options(given, self._task, self._settings.max_candidates)
+    def _options(
+        self,
+        model: str,
+        given: Mapping[str, int | float | str | None] | Sequence[tuple[str, str]],
+    ) -> Options:
+        route = self._settings.models[model]
+        return tasks.parse_options(given, self._tasks[model], route.max_candidates)
 
     @staticmethod
-    def _item(data: bytes, options: Options, request_id: str, deadline: float) -> Item:
+    def _item(data: bytes, options: Options, request_id: str, deadline: float, model: str) -> Item:
         return Item(
             item_id=new_item_id(),
             request_id=request_id,
             data=data,
             options=options,
             deadline=deadline,
+            model=model,
         )
 
     # --- HTTP API --------------------------------------------------------------------------
@@ -177,13 +214,26 @@ class Ingress:
         summary="Classify, detect or segment one image (raw body) or several (multipart)",
     )
     async def predict_http(self, request: Request) -> Response:
+        return await self._timed_predict(request, None)
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        response_model=ResultOut | MultiResultOut,
+        responses=ERRORS,
+        openapi_extra={**PREDICT_BODY, "parameters": option_parameters()},
+        summary="The same, by the named model (`models:` in serve_config.yaml)",
+    )
+    async def predict_model_http(self, name: str, request: Request) -> Response:
+        return await self._timed_predict(request, name)
+
+    async def _timed_predict(self, request: Request, model: str | None) -> Response:
         started = time.perf_counter()
-        response = await self._predict_http(request)
+        response = await self._predict_http(request, model)
         # Time spent here, apart from any wait in front of the ingress (RFC 8673's Server-Timing).
         response.headers["server-timing"] = f"app;dur={(time.perf_counter() - started) * 1e3:.1f}"
         return response
 
-    async def _predict_http(self, request: Request) -> Response:
+    async def _predict_http(self, request: Request, model: str | None) -> Response:
         request_id = request.headers.get("x-request-id") or new_item_id()
         # Body bytes this request holds, from the moment they are known until it is answered.
         reservation = self._budget.reservation()
@@ -191,6 +241,7 @@ class Ingress:
             if not valid_request_id(request_id):
                 raise BadRequest("x-request-id must be 1-200 printable ASCII characters")
             self._authorize(request)
+            name = self._model_named(model)
             settings = self._settings
             deadline = deadline_from(
                 request.headers.get(TIMEOUT_HEADER),
@@ -198,9 +249,7 @@ class Ingress:
                 time.time(),
                 settings.max_request_timeout_s,
             )
-            options = tasks.parse_options(
-                request.query_params.multi_items(), self._task, settings.max_candidates
-            )
+            options = self._options(name, request.query_params.multi_items())
             kind, params = media_type(request.headers.get("content-type"))
             if kind != "multipart/form-data" and not is_image_type(kind):
                 raise UnsupportedMediaType(
@@ -217,13 +266,13 @@ class Ingress:
                 parts = image_parts(
                     await within_deadline(read, deadline), settings.max_images_per_request
                 )
-                items = [self._part_item(p, options, request_id, deadline) for p in parts]
+                items = [self._part_item(p, options, request_id, deadline, name) for p in parts]
                 results = await self._caller.many(items)
                 return json_response(
                     {"request_id": request_id, "results": [r.to_dict() for r in results]}
                 )
             body = await within_deadline(read_body(request, limit, reservation), deadline)
-            out = await self._caller.one(self._item(body, options, request_id, deadline))
+            out = await self._caller.one(self._item(body, options, request_id, deadline, name))
             if isinstance(out, ItemError):
                 return self._error(out.to_exception(), request_id)
             return json_response(out.to_dict())
@@ -241,11 +290,11 @@ class Ingress:
             reservation.release()
 
     def _part_item(
-        self, part: Part, options: Options, request_id: str, deadline: float
+        self, part: Part, options: Options, request_id: str, deadline: float, model: str
     ) -> Item | ItemError:
         kind, _ = media_type(part.content_type)
         if is_image_type(kind):
-            return self._item(part.data, options, request_id, deadline)
+            return self._item(part.data, options, request_id, deadline, model)
         return ItemError.from_exception(
             new_item_id(),
             UnsupportedMediaType(
@@ -268,18 +317,52 @@ class Ingress:
             error_body(exc, request_id), status=exc.status, headers=headers or None
         )
 
-    @app.get("/v1/health", summary="200 when every stage answered within the last few seconds")
+    # --- Health and model information --------------------------------------------------------
+
+    @app.get("/v1/health/live", summary="200 while this Ingress answers; asks no other stage")
+    async def live(self) -> Response:
+        # Liveness restarts a pod when it fails: it must never depend on a Model (a slow or
+        # scaling one) or on anything downstream, only on this replica's event loop.
+        return json_response({"status": "alive"})
+
+    @app.get(
+        "/v1/health/ready",
+        summary="200 when every stage answered lately and every model is ready (or at zero)",
+    )
+    async def ready_http(self) -> Response:
+        return await self._ready_response()
+
+    @app.get("/v1/health", summary="The same as /v1/health/ready (kept for existing probes)")
     async def health(self) -> Response:
-        # Probes are answered from the latest check, which a background task repeats every
-        # second: a probe never waits on three stage calls, so it stays fast under load.
+        return await self._ready_response()
+
+    async def _ready_response(self) -> Response:
+        problem = await self.readiness()
+        models = {n: s.to_dict() for n, s in self._readiness.states().items()}
+        if problem is not None:
+            body = {"status": "unavailable", "detail": problem, "models": models}
+            return json_response(body, status=503)
+        stages = dict.fromkeys(STAGES, "ready")
+        return json_response({"status": "ok", "stages": stages, "models": models})
+
+    async def readiness(self) -> str | None:
+        """None when the service is ready, else why not (transports format it).
+
+        Probes are answered from the latest check, which a background task repeats every
+        second: a probe never waits on the stages, so it stays fast under load.
+        """
         if self._watcher is None or self._watcher.done():
             self._watcher = asyncio.get_running_loop().create_task(self._watch_stages())
         checked_at, problem = self._stages
         if checked_at is None or time.monotonic() - checked_at > HEALTH_STALE_S:
             problem = await self._check_stages()  # no recent check: the probe waits for one
-        if problem is not None:
-            return json_response({"status": "unavailable", "detail": problem}, status=503)
-        return json_response({"status": "ok", "stages": dict.fromkeys(STAGES, "ready")})
+        return problem
+
+    async def model_state(self, name: str) -> ModelState:
+        """One model's latest readiness (`UnknownModel` for a name not served)."""
+        name = self._model_named(name)
+        await self.readiness()  # a fresh check when none ran lately
+        return self._readiness.states()[name]
 
     async def _watch_stages(self) -> None:
         while True:
@@ -287,26 +370,66 @@ class Ingress:
             await asyncio.sleep(HEALTH_EVERY_S)
 
     async def _check_stages(self) -> str | None:
-        """Ask every stage; None when all answered, else what went wrong. Remembered."""
-        checks = [
-            self._pre_ready.remote(),
-            self._model_ready.remote(),
-            self._post_ready.remote(),
-        ]
+        """Ask the Preprocessor and Postprocessor, and Serve for every model; None when all
+        are ready, else what is not. Remembered."""
+        checks = [self._pre_ready.remote(), self._post_ready.remote()]
         problem: str | None = None
         try:
             await asyncio.wait_for(asyncio.gather(*checks), timeout=HEALTH_TIMEOUT_S)
+            states = await asyncio.wait_for(self._readiness.refresh(), timeout=HEALTH_TIMEOUT_S)
+            waiting = {n: s.state for n, s in states.items() if not s.ready}
+            if waiting:
+                problem = f"models not ready: {waiting}"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready
             problem = repr(exc)
         self._stages = (time.monotonic(), problem)
         return problem
 
-    @app.get("/v1/model", summary="Model, task, labels, input size and batching settings")
+    @app.get("/v1/model", summary="The default model: task, labels, input size and batching")
     async def model_info(self, request: Request) -> Response:
+        return await self._model_info_http(request, None)
+
+    @app.get("/v1/models", summary="Every served model: name, task and readiness")
+    async def models_http(self, request: Request) -> Response:
         try:
             self._authorize(request)
         except Unauthorized as exc:
             return self._error(exc, request.headers.get("x-request-id", ""))
-        info = await self._describe.remote()
+        await self.readiness()  # a fresh check when none ran lately
+        states = self._readiness.states()
+        return json_response(
+            {
+                "default_model": self._settings.default_model,
+                "models": [
+                    {"name": n, "task": r.task, **states[n].to_dict()}
+                    for n, r in self._settings.models.items()
+                ],
+            }
+        )
+
+    @app.get("/v1/models/{name}", summary="One model: task, labels, input size and batching")
+    async def named_model_info(self, name: str, request: Request) -> Response:
+        return await self._model_info_http(request, name)
+
+    @app.get("/v1/models/{name}/ready", summary="200 when the model is ready (or at zero)")
+    async def model_ready_http(self, name: str) -> Response:
+        try:
+            state = await self.model_state(name)
+        except UnknownModel as exc:
+            return self._error(exc, "")
+        return json_response({"name": name, **state.to_dict()}, status=200 if state.ready else 503)
+
+    async def _model_info_http(self, request: Request, model: str | None) -> Response:
+        try:
+            self._authorize(request)
+            name = self._model_named(model)
+        except VisionError as exc:
+            return self._error(exc, request.headers.get("x-request-id", ""))
+        info = await self.describe(name)
         # The bundling of the Ingress replica that answered (the Model reports its own batching).
-        return json_response({**info.to_dict(), "bundles": self._caller.stats()})
+        return json_response({**info.to_dict(), "name": name, "bundles": self._caller.stats()})
+
+    async def describe(self, model: str | None = None) -> ModelInfo:
+        """What the named model's replica reports about itself (it starts one if at zero)."""
+        info: ModelInfo = await self._describe[self._model_named(model)].remote()
+        return info

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -23,6 +24,22 @@ from deployments.types import Bundle, ItemError, Meta, RawOutput, Result, Sample
 logger = logging.getLogger("ray.serve")
 
 
+def _same_item(raw: RawOutput | ItemError, sample: Sample | ItemError) -> None:
+    if raw.item_id != sample.item_id:
+        raise JoinMismatch(
+            f"result for item {raw.item_id} met metadata of item {sample.item_id}; refusing to join"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ModelAnswers:
+    """What the Postprocessor needs to answer for one served model."""
+
+    source: str  # the model's own name (torchvision name or factory), as results report it
+    task: str  # a name in deployments.tasks.REGISTRY
+    labels: tuple[str, ...]
+
+
 def join(
     raw: RawOutput | ItemError,
     sample: Sample | ItemError,
@@ -33,10 +50,7 @@ def join(
     defaults: BaseModel,
 ) -> Result | ItemError:
     """The client's answer for one item; raises `JoinMismatch` if the two halves disagree on id."""
-    if raw.item_id != sample.item_id:
-        raise JoinMismatch(
-            f"result for item {raw.item_id} met metadata of item {sample.item_id}; refusing to join"
-        )
+    _same_item(raw, sample)
     if isinstance(sample, ItemError):
         return sample
     if isinstance(raw, ItemError):
@@ -65,30 +79,43 @@ def join_bundle(
     outputs: Sequence[RawOutput | ItemError],
     bundle: Bundle,
     *,
-    model: str,
-    task: Task,
-    labels: tuple[str, ...],
-    defaults: BaseModel,
+    models: Mapping[str, ModelAnswers],
+    defaults: Mapping[str, BaseModel],
 ) -> tuple[Result | ItemError, ...]:
-    """`join` for every item of a bundle, in its order; a count or id mismatch raises."""
+    """`join` for every item of a bundle, in its order, each by its own model (`Meta.model`);
+    a count or id mismatch raises."""
     if len(outputs) != len(bundle.items):
         raise JoinMismatch(
             f"{len(outputs)} model outputs met a bundle of {len(bundle.items)} items; "
             "refusing to join"
         )
-    return tuple(
-        join(raw, sample, model=model, task=task, labels=labels, defaults=defaults)
-        for raw, sample in zip(outputs, bundle.items, strict=True)
-    )
+    joined: list[Result | ItemError] = []
+    for raw, sample in zip(outputs, bundle.items, strict=True):
+        if isinstance(sample, Sample):
+            served = models[sample.meta.model]
+            task = tasks.get(served.task)
+            joined.append(
+                join(
+                    raw,
+                    sample,
+                    model=served.source,
+                    task=task,
+                    labels=served.labels,
+                    defaults=defaults[task.name],
+                )
+            )
+        else:  # an earlier stage's error passes through in its place
+            _same_item(raw, sample)
+            joined.append(sample)
+    return tuple(joined)
 
 
 @serve.deployment
 class Postprocessor:
-    def __init__(self, model: str, task: str, labels: tuple[str, ...]) -> None:
-        self._model = model
-        self._task = tasks.get(task)
-        self._labels = labels
-        self._defaults = self._task.defaults()
+    def __init__(self, models: Mapping[str, ModelAnswers]) -> None:
+        self._models = dict(models)
+        self._tasks = {tasks.get(m.task) for m in self._models.values()}
+        self._defaults = {t.name: t.defaults() for t in self._tasks}
         self._metrics = StageMetrics()
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -96,9 +123,9 @@ class Postprocessor:
 
         Args:
             user_config: one section per task, e.g. `detection: {score_threshold: 0.5}`; every
-                section is validated, the model's own task's applies.
+                section is validated, each model's own task's applies to it.
         """
-        self._defaults = tasks.defaults_for(self._task, user_config)
+        self._defaults = {t.name: tasks.defaults_for(t, user_config) for t in self._tasks}
 
     async def __call__(
         self, outputs: Sequence[RawOutput | ItemError], bundle: Bundle
@@ -109,14 +136,7 @@ class Postprocessor:
         bug upstream: `JoinMismatch` is raised and nothing is joined.
         """
         start = time.perf_counter()
-        joined = join_bundle(
-            outputs,
-            bundle,
-            model=self._model,
-            task=self._task,
-            labels=self._labels,
-            defaults=self._defaults,
-        )
+        joined = join_bundle(outputs, bundle, models=self._models, defaults=self._defaults)
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         per_item_ms = round(elapsed_ms / max(1, len(joined)), 3)
         for out in joined:

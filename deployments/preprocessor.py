@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
@@ -24,8 +24,10 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class Preprocessor:
-    def __init__(self, resize: ResizeSpec, limits: DecodeLimits, threads: int) -> None:
-        self._resize = resize
+    def __init__(
+        self, resize: Mapping[str, ResizeSpec], limits: DecodeLimits, threads: int
+    ) -> None:
+        self._resize = dict(resize)  # by served model name: each model's own input
         self._limits = limits
         # Pillow releases the GIL while decoding and resizing, so threads use every core.
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
@@ -47,7 +49,7 @@ class Preprocessor:
         loop = asyncio.get_running_loop()
         try:
             done = await loop.run_in_executor(
-                self._pool, decode, item.data, self._resize, self._limits
+                self._pool, decode, item.data, self._resize[item.model], self._limits
             )
         except VisionError as exc:  # the client's input, or a fault that is this item's alone
             logger.info(
@@ -64,6 +66,7 @@ class Preprocessor:
             options=item.options,
             deadline=item.deadline,
             preprocess_ms=(time.perf_counter() - start) * 1000.0,
+            model=item.model,
         )
         return Sample(meta=meta, pixels=done.pixels)
 

@@ -101,6 +101,7 @@ class Meta:
     options: Options
     deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
     preprocess_ms: float = 0.0
+    model: str = ""  # the served model's name (`models:` in serve_config.yaml)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class Item:
     data: bytes
     options: Options
     deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
+    model: str = ""  # the served model it goes to; "" in a one-model graph's own tests
 
 
 @dataclass(frozen=True, slots=True)

@@ -322,11 +322,11 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
 
 def chaos_config(base: dict[str, Any], port: int, replicas: int = 2) -> dict[str, Any]:
     """serve_config.yaml with the echo model, loopback on `port`, `replicas` of every stage."""
-    from tools.serve_process import on_loopback
+    from tools.serve_process import on_loopback, serve_one_model
 
     config = on_loopback(base, port)
     app = config["applications"][0]
-    app["args"]["model"] = dict(ECHO)
+    serve_one_model(app, dict(ECHO), "echo")
     for d in app["deployments"]:
         d.pop("autoscaling_config", None)
         d["num_replicas"] = replicas

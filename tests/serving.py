@@ -15,10 +15,13 @@ from ray import serve
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
+from tools.serve_process import serve_one_model
+
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8000"
 METRICS_PORT = 8089  # Ray's Prometheus endpoint on the test cluster's node
 APP = "vision"
+ONE_MODEL = "the-model"  # what `app_config(model=...)` serves its one model as
 T = TypeVar("T")
 
 
@@ -49,12 +52,16 @@ def app_config(
     user_configs: dict[str, dict[str, Any]] | None = None,
     options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """`serve_config.yaml` (or `base`) with overrides, served on loopback only."""
+    """`serve_config.yaml` (or `base`) with overrides, served on loopback only.
+
+    `model` serves that one model (as `models: [{name: ONE_MODEL, model: ...}]`, the default) in
+    place of the config's models, whose other deployments it drops; its deployment is `Model`.
+    """
     config = copy.deepcopy(base if base is not None else load_config())
     config["http_options"] = {**config.get("http_options", {}), "host": "127.0.0.1", "port": 8000}
     app = config["applications"][0]
     if model is not None:
-        app["args"]["model"] = model
+        serve_one_model(app, model, ONE_MODEL)
     _merge(app["args"], args or {})
     deployments = {d["name"]: d for d in app["deployments"]}
     for name, user_config in (user_configs or {}).items():
@@ -70,7 +77,7 @@ def app_config(
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
     """Nested mappings merge key by key (`limits: {max_body_bytes: ...}` keeps the other limits)."""
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "model":
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
             _merge(base[key], value)
         else:
             base[key] = value

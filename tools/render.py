@@ -10,7 +10,9 @@ An overlay holds only what differs from serve_config.yaml, merged into it by `de
   by `name`; a name the base lacks is an error, so a misspelt deployment cannot slip in;
 - anything else (scalars, other lists) replaces the base's value;
 - a value tagged `!replace` replaces the base's value whole instead of merging into it (e.g. a
-  deployment's `user_config: !replace {top_k: 5}` drops the base's other keys).
+  deployment's `user_config: !replace {top_k: 5}` drops the base's other keys);
+- a named-list item tagged `!drop` (`- !drop {name: Model-shapes-segmenter}`) removes the base's
+  item of that name (an overlay that serves fewer models drops their deployments).
 
 Targets: each `configs/overlays/<name>.yaml` renders `configs/<name>.yaml` (a full Serve config for
 `serve run`); `kuberay/gpu_override.yaml` renders serveConfigV2 into `kuberay/rayservice.yaml`
@@ -74,8 +76,32 @@ class Replace:
         return f"Replace({self.value!r})"
 
 
+class Drop:
+    """A named-list item that removes the base's item of the same name (`!drop` in YAML)."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Drop) and other.name == self.name
+
+    def __repr__(self) -> str:
+        return f"Drop({self.name!r})"
+
+
 class _OverlayLoader(yaml.SafeLoader):
     pass
+
+
+def _construct_drop(loader: yaml.SafeLoader, node: yaml.Node) -> Drop:
+    if not isinstance(node, yaml.MappingNode):
+        raise ValueError("!drop takes a mapping with the `name` of the item to remove")
+    fields = loader.construct_mapping(node, deep=True)
+    if set(fields) != {"name"}:
+        raise ValueError(f"!drop takes only `name`; got {sorted(fields)}")
+    return Drop(str(fields["name"]))
 
 
 def _construct_replace(loader: yaml.SafeLoader, node: yaml.Node) -> Replace:
@@ -87,6 +113,7 @@ def _construct_replace(loader: yaml.SafeLoader, node: yaml.Node) -> Replace:
 
 
 _OverlayLoader.add_constructor("!replace", _construct_replace)
+_OverlayLoader.add_constructor("!drop", _construct_drop)
 
 
 def _plain(value: Any) -> Any:
@@ -104,7 +131,10 @@ def _is_named_list(value: Any) -> bool:
     return (
         isinstance(value, list)
         and bool(value)
-        and all(isinstance(item, dict) and "name" in item for item in map(_plain, value))
+        and all(
+            isinstance(item, Drop) or (isinstance(item, dict) and "name" in item)
+            for item in map(_plain, value)
+        )
     )
 
 
@@ -120,12 +150,16 @@ def deep_merge(base: Any, override: Any) -> Any:
     if _is_named_list(base) and _is_named_list(override):
         merged_items = copy.deepcopy(base)
         index = {item["name"]: i for i, item in enumerate(base)}
+        dropped = set()
         for item in override:
-            name = _plain(item)["name"]
+            name = item.name if isinstance(item, Drop) else _plain(item)["name"]
             if name not in index:
                 raise ValueError(f"override names {name!r}, which is not one of {sorted(index)}")
-            merged_items[index[name]] = deep_merge(base[index[name]], item)
-        return merged_items
+            if isinstance(item, Drop):
+                dropped.add(index[name])
+            else:
+                merged_items[index[name]] = deep_merge(base[index[name]], item)
+        return [item for i, item in enumerate(merged_items) if i not in dropped]
     return _plain(override)
 
 

@@ -72,6 +72,21 @@ def on_loopback(config: dict[str, Any], port: int) -> dict[str, Any]:
     return config
 
 
+def default_model_spec(app: dict[str, Any]) -> dict[str, Any]:
+    """The default model's spec in one application of a config (its `models:` entry's `model`)."""
+    args = app["args"]
+    spec: dict[str, Any] = named_item(args["models"], args["default_model"])["model"]
+    return spec
+
+
+def serve_one_model(app: dict[str, Any], spec: dict[str, Any], name: str) -> None:
+    """Make one application of a config serve only `spec`, as `name` (the default model, whose
+    deployment is `Model`), dropping the deployments of the models it served besides."""
+    app["args"]["models"] = [{"name": name, "model": spec}]
+    app["args"]["default_model"] = name
+    app["deployments"] = [d for d in app["deployments"] if not d["name"].startswith("Model-")]
+
+
 def model_user_config(config: dict[str, Any]) -> dict[str, Any]:
     """The Model's batching in `config`, with the Model's own fallbacks for what it leaves out."""
     from deployments.model import BatchingConfig  # imported late: it pulls in torch

@@ -7,6 +7,7 @@ import pytest
 
 from tests import images
 from tests.serving import BASE_URL, ROOT, app_config, deploy, load_config, post_image
+from tools.serve_process import default_model_spec
 
 # A smaller input keeps the 800 px Faster R-CNN's CPU forward passes cheap (42 s -> ~15 s); the
 # config's model, weights entry, labels and the rest of its preprocessing are what is under test.
@@ -21,7 +22,7 @@ EXAMPLES = [
 def test_example_config_starts_offline_with_weights_none(name: str, task: str, labels: int) -> None:
     base = load_config(ROOT / "configs" / name)
     model = {
-        **base["applications"][0]["args"]["model"],
+        **default_model_spec(base["applications"][0]),
         "weights": "none",
         "allow_download": False,
         **CHEAPER.get(name, {}),

@@ -16,6 +16,7 @@ from shapes.evaluate_offline import EVAL_SEED_BASE
 from shapes.generate import GeneratedImage, generate
 from shapes.metrics import iou
 from tests.serving import BASE_URL, app_config, deploy, load_config, post_many
+from tools.serve_process import default_model_spec
 
 # Held-out seeds (training never sees them); sizes mix tiny, huge, portrait, landscape and 4:1.
 SIZES = [
@@ -59,7 +60,7 @@ def _images() -> list[GeneratedImage]:
 @pytest.fixture(scope="module")
 def shipped_app() -> None:
     config = load_config()
-    model = config["applications"][0]["args"]["model"]
+    model = default_model_spec(config["applications"][0])
     assert model["name"] == "shapes.model:build_detector", "the default config serves the detector"
     # A long wait: batches fill to BATCH from concurrent requests rather than by timing luck.
     deploy(

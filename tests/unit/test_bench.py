@@ -135,12 +135,22 @@ def test_bench_config_overrides_model_port_and_user_config() -> None:
         "applications": [
             {
                 "name": "vision",
-                "args": {"model": {"name": "resnet50", "weights": "DEFAULT", "torch_threads": 1}},
+                "args": {
+                    "models": [
+                        {
+                            "name": "resnet",
+                            "model": {"name": "resnet50", "weights": "DEFAULT", "torch_threads": 1},
+                        },
+                        {"name": "other", "model": {"name": "resnet34"}},
+                    ],
+                    "default_model": "resnet",
+                },
                 "deployments": [
                     {
                         "name": "Model",
                         "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
-                    }
+                    },
+                    {"name": "Model-other", "num_replicas": 1},
                 ],
             }
         ],
@@ -150,12 +160,15 @@ def test_bench_config_overrides_model_port_and_user_config() -> None:
     )
     assert config["http_options"] == {"host": "127.0.0.1", "port": 8100}
     app = config["applications"][0]
-    assert app["args"]["model"] == {
+    (served,) = app["args"]["models"]  # the benchmark's model alone, as the default
+    assert app["args"]["default_model"] == served["name"]
+    assert served["model"] == {
         "name": "resnet18",
         "weights": "none",
         "seed": 0,
         "torch_threads": 1,
     }
+    assert [d["name"] for d in app["deployments"]] == ["Model"]
     assert app["deployments"][0] == {
         "name": "Model",
         "user_config": {"max_batch_size": 1, "batch_wait_timeout_s": 0.01},

@@ -35,20 +35,32 @@ def test_config_validates_and_resolves(path: Path) -> None:
     resolved = resolve(args.model)
     assert resolved.labels, "labels must be known before any weight is loaded"
     names = [d.name for d in app.deployments]
-    assert names == ["Ingress", "Preprocessor", "Model", "Postprocessor"]
+    models = [args.deployment_of(m.name) for m in args.models]
+    assert names == ["Ingress", "Preprocessor", *models, "Postprocessor"]
+    assert models[0] == "Model", "the default model's deployment keeps the one-model name"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_model_can_hold_full_batches_and_graph_fits_two_cores(path: Path) -> None:
     deployments = {d["name"]: d for d in _app(load_config(path))["deployments"]}
-    model = deployments["Model"]
-    assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
-    cpus = sum(
-        d.get("ray_actor_options", {}).get("num_cpus", 1)
-        * d.get("autoscaling_config", {}).get("min_replicas", d.get("num_replicas", 1))
+    for name, model in deployments.items():
+        if name.startswith("Model"):
+            assert model["max_ongoing_requests"] >= model["user_config"]["max_batch_size"]
+
+    def cpus(d: dict[str, Any]) -> float:
+        return float(d.get("ray_actor_options", {}).get("num_cpus", 1))
+
+    floor = sum(
+        cpus(d) * d.get("autoscaling_config", {}).get("min_replicas", d.get("num_replicas", 1))
         for d in deployments.values()
     )
-    assert cpus <= 2.0, f"{path.name} asks for {cpus} CPUs; a 2-core laptop would wait forever"
+    # A model that scales to zero must still fit when its first request wakes it.
+    woken = max(
+        (cpus(d) for d in deployments.values() if d["autoscaling_config"]["min_replicas"] == 0),
+        default=0.0,
+    )
+    total = floor + woken
+    assert total <= 2.0, f"{path.name} asks for {total} CPUs; a 2-core laptop would wait forever"
 
 
 OVERLAYS = sorted(render.OVERLAYS.glob("*.yaml"))
@@ -62,8 +74,10 @@ def test_examples_differ_from_the_default_only_in_model_and_hot_knobs(overlay: P
     assert set(config) == {"applications"}
     (app,) = config["applications"]
     assert app["name"] == "vision" and set(app) <= {"name", "args", "deployments"}
-    assert set(app.get("args", {})) <= {"model"}
+    assert set(app.get("args", {})) <= {"models", "default_model"}
     for deployment in app.get("deployments", []):
+        if isinstance(deployment, render.Drop):  # a model the default serves and this one not
+            continue
         assert set(deployment) <= {"name", "user_config"}, deployment["name"]
 
 
@@ -71,6 +85,8 @@ def test_examples_differ_from_the_default_only_in_model_and_hot_knobs(overlay: P
 def test_every_deployment_autoscales_and_bounds_its_queue(path: Path) -> None:
     for d in _app(load_config(path))["deployments"]:
         scaling = d["autoscaling_config"]
-        assert 1 <= scaling["min_replicas"] <= scaling["max_replicas"], d["name"]
+        # Only a model other than the default may scale to zero: /v1/predict stays warm.
+        floor = 0 if d["name"].startswith("Model-") else 1
+        assert floor <= scaling["min_replicas"] <= scaling["max_replicas"], d["name"]
         assert 0 < scaling["target_ongoing_requests"] <= d["max_ongoing_requests"], d["name"]
         assert d["max_queued_requests"] > 0, d["name"]

@@ -10,7 +10,7 @@ import pytest
 from deployments import tasks
 from deployments.errors import ERRORS_BY_CODE, CorruptImage, JoinMismatch
 from deployments.geometry import boxes_to_input, plan
-from deployments.postprocessor import join, join_bundle
+from deployments.postprocessor import ModelAnswers, join, join_bundle
 from deployments.schema import ERRORS, ItemErrorOut, ResultOut
 from deployments.types import (
     Bundle,
@@ -155,10 +155,8 @@ def _bundle_join(outputs: list[RawOutput | ItemError], bundle: Bundle) -> tuple[
     return join_bundle(
         outputs,
         bundle,
-        model="m",
-        task=CLASSIFICATION,
-        labels=LABELS,
-        defaults=CLASSIFICATION.defaults(),
+        models={"": ModelAnswers("m", "classification", LABELS)},
+        defaults={"classification": CLASSIFICATION.defaults()},
     )
 
 

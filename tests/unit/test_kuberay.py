@@ -131,26 +131,35 @@ def test_serve_config_v2_differs_from_serve_config_only_in_model_gpus(
     serve_config_v2: dict[str, Any],
 ) -> None:
     base = load_config()
-    model_base = _deployments(base)["Model"].get("ray_actor_options", {})
-    model_k8s = _deployments(serve_config_v2)["Model"]["ray_actor_options"]
-    assert model_base.get("num_gpus", 0) == 0, "serve_config.yaml must run without a GPU"
-    assert model_k8s["num_gpus"] > 0, "the RayService must place the Model on GPUs"
-    assert model_k8s["num_cpus"] == model_base["num_cpus"], "the override keeps num_cpus"
-
     without_gpus = copy.deepcopy(serve_config_v2)
-    del _deployments(without_gpus)["Model"]["ray_actor_options"]["num_gpus"]
-    if not model_base:
-        del _deployments(without_gpus)["Model"]["ray_actor_options"]
+    models = _model_deployments(base)
+    assert len(models) == len(load_config()["applications"][0]["args"]["models"])
+    for name in models:
+        model_base = _deployments(base)[name].get("ray_actor_options", {})
+        model_k8s = _deployments(serve_config_v2)[name]["ray_actor_options"]
+        assert model_base.get("num_gpus", 0) == 0, "serve_config.yaml must run without a GPU"
+        assert model_k8s["num_gpus"] > 0, f"the RayService must place {name} on GPUs"
+        assert model_k8s["num_cpus"] == model_base["num_cpus"], "the override keeps num_cpus"
+        del _deployments(without_gpus)[name]["ray_actor_options"]["num_gpus"]
+        if not model_base:
+            del _deployments(without_gpus)[name]["ray_actor_options"]
     assert without_gpus == base
+
+
+def _model_deployments(config: dict[str, Any]) -> list[str]:
+    """The Model deployment of every served model, as graph.py names them."""
+    args = AppArgs.model_validate(config["applications"][0]["args"])
+    return [args.deployment_of(m.name) for m in args.models]
 
 
 def test_gpu_override_sets_only_the_model_gpus() -> None:
     override = render.load_yaml(render.GPU_OVERRIDE)
     (app,) = override["applications"]
-    (model,) = app["deployments"]
     assert set(override) == {"applications"} and set(app) == {"name", "deployments"}
-    assert model["name"] == "Model" and set(model) == {"name", "ray_actor_options"}
-    assert set(model["ray_actor_options"]) == {"num_gpus"}, "num_cpus comes from serve_config.yaml"
+    assert [d["name"] for d in app["deployments"]] == _model_deployments(load_config())
+    for model in app["deployments"]:
+        assert set(model) == {"name", "ray_actor_options"}
+        assert set(model["ray_actor_options"]) == {"num_gpus"}, "num_cpus: serve_config.yaml's"
 
 
 def test_import_path_resolves_and_args_validate(serve_config_v2: dict[str, Any]) -> None:
@@ -207,7 +216,9 @@ def test_cpu_group_fits_the_cpu_stages_at_their_maxima(
     group = _group(cluster, "cpu")
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert "nvidia.com/gpu" not in limits
-    cpu_stages = [d for d in _deployments(serve_config_v2).values() if d["name"] != "Model"]
+    cpu_stages = [
+        d for d in _deployments(serve_config_v2).values() if not d["name"].startswith("Model")
+    ]
     assert {d["name"] for d in cpu_stages} == {"Ingress", "Preprocessor", "Postprocessor"}
 
     def demand(count: str) -> float:
@@ -236,12 +247,16 @@ def test_gpu_group_scales_from_zero_and_fits_the_model(
         "tolerations"
     ]
 
-    model = _deployments(serve_config_v2)["Model"]
-    options = model["ray_actor_options"]
-    per_pod = math.floor(gpus / options["num_gpus"] + 1e-9)
-    assert per_pod >= 1, "one Model replica must fit on one GPU pod"
-    assert _fits(per_pod * options["num_cpus"], math.ceil(_quantity(resources["limits"]["cpu"])))
-    assert group["maxReplicas"] * per_pod >= model["autoscaling_config"]["max_replicas"]
+    pods_needed = 0
+    for name in _model_deployments(serve_config_v2):
+        model = _deployments(serve_config_v2)[name]
+        options = model["ray_actor_options"]
+        per_pod = math.floor(gpus / options["num_gpus"] + 1e-9)
+        assert per_pod >= 1, f"one {name} replica must fit on one GPU pod"
+        cpus = math.ceil(_quantity(resources["limits"]["cpu"]))
+        assert _fits(per_pod * options["num_cpus"], cpus)
+        pods_needed += math.ceil(model["autoscaling_config"]["max_replicas"] / per_pod)
+    assert group["maxReplicas"] >= pods_needed, "every model at its max_replicas must fit"
 
 
 def test_upgrade_strategy_is_set(service: dict[str, Any]) -> None:
@@ -332,9 +347,9 @@ def test_probes(cluster: dict[str, Any]) -> None:
         probe = worker["readinessProbe"]
         readiness = _probe_targets(probe)
         # The service's own health, plus what KubeRay's replaced probe checked.
-        for target in ("/v1/health", "/-/healthz", "/api/local_raylet_healthz"):
+        for target in ("/v1/health/ready", "/-/healthz", "/api/local_raylet_healthz"):
             assert target in readiness, (group["groupName"], target)
-        assert re.search(rf"localhost:{serve_port}/v1/health(\s|$)", readiness), readiness
+        assert re.search(rf"localhost:{serve_port}/v1/health/ready(\s|$)", readiness), readiness
         assert probe["timeoutSeconds"] >= 2 + 2 + 5, "the wget timeouts must fit in the probe's"
 
 

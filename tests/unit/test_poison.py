@@ -134,7 +134,7 @@ def _items(names: list[str]) -> list[Item]:
 def _caller(graph: FakeGraph, bundles: BundleSettings | None = None) -> Caller:
     return Caller(
         graph,  # type: ignore[arg-type]
-        graph,  # type: ignore[arg-type]
+        {"": graph},  # type: ignore[dict-item]
         graph,  # type: ignore[arg-type]
         bundles or BundleSettings(),
         PoisonSettings(ttl_s=600, max_entries=100),

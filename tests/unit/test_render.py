@@ -53,6 +53,20 @@ def test_replace_tag_replaces_a_mapping_whole(tmp_path: Path) -> None:
     assert untagged["d"][0]["user_config"] == {"top_k": 3, "score_threshold": 0.5}
 
 
+def test_drop_tag_removes_a_named_item_and_refuses_a_name_the_base_lacks(
+    tmp_path: Path,
+) -> None:
+    base = {"d": [{"name": "A", "x": 1}, {"name": "B"}, {"name": "C"}]}
+    merged = render.deep_merge(
+        base, _overlay("d:\n  - !drop {name: B}\n  - {name: C, y: 2}\n", tmp_path)
+    )
+    assert merged == {"d": [{"name": "A", "x": 1}, {"name": "C", "y": 2}]}
+    with pytest.raises(ValueError, match="'Z'"):
+        render.deep_merge(base, _overlay("d:\n  - !drop {name: Z}\n", tmp_path))
+    with pytest.raises(ValueError, match="only `name`"):
+        _overlay("d:\n  - !drop {name: B, x: 1}\n", tmp_path)
+
+
 def test_replace_tag_works_on_a_named_item_and_inside_new_keys(tmp_path: Path) -> None:
     base = {"d": [{"name": "A", "x": 1, "y": 2}, {"name": "B"}]}
     overlay = _overlay(
