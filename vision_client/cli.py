@@ -40,6 +40,7 @@ class UsageError(Exception):
 class Settings:
     url: str
     protocol: str
+    model: str | None
     options: tuple[tuple[str, str], ...]
     concurrency: int
     timeout_s: float
@@ -98,6 +99,11 @@ def parser() -> argparse.ArgumentParser:
         default="v1",
         help="v1: POST /v1/predict, the raw image as the body (the only one implemented; the "
         "Open Inference Protocol's /v2 is planned)",
+    )
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a served model's name (GET /v1/models lists them); default: the service's default",
     )
     p.add_argument(
         "--option",
@@ -160,6 +166,7 @@ def settings_from(args: argparse.Namespace, environ: Mapping[str, str]) -> Setti
     return Settings(
         url=args.url,
         protocol=args.protocol,
+        model=args.model,
         options=tuple(args.options),
         concurrency=args.concurrency,
         timeout_s=args.timeout,
@@ -206,7 +213,7 @@ async def run(
     Returns how many images did not get a 2xx. `transport` and `sleep` replace the network and
     the clock in tests.
     """
-    protocol = PROTOCOLS[settings.protocol]()
+    protocol = PROTOCOLS[settings.protocol](settings.model)
     headers = {TIMEOUT_HEADER: f"{settings.timeout_s:g}"}
     if settings.api_key:
         headers["authorization"] = f"Bearer {settings.api_key}"

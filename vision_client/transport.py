@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
+from urllib.parse import quote
 
 import httpx
 
@@ -28,9 +29,18 @@ class Transport(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class V1:
-    """`POST /v1/predict`: the raw image as the body, the options as query parameters."""
+    """`POST /v1/predict` (or `/v1/models/{model}/predict`): the raw image as the body, the
+    options as query parameters."""
 
-    path: str = "/v1/predict"
+    model: str | None = None  # a served model's name; None: the service's default model
+
+    @property
+    def path(self) -> str:
+        return (
+            "/v1/predict"
+            if self.model is None
+            else f"/v1/models/{quote(self.model, safe='')}/predict"
+        )
 
     def request(
         self, client: httpx.AsyncClient, image: bytes, options: Sequence[tuple[str, str]]
@@ -57,4 +67,5 @@ def json_or_text(response: httpx.Response) -> Any:
     return response.text
 
 
-PROTOCOLS: dict[str, Callable[[], Transport]] = {"v1": V1}
+# Each takes the served model's name (None: the default model).
+PROTOCOLS: dict[str, Callable[[str | None], Transport]] = {"v1": V1}

@@ -221,6 +221,26 @@ def test_run_writes_a_line_per_image_and_counts_failures(tmp_path: Path) -> None
         assert request.headers["content-type"] == "application/octet-stream"
 
 
+def test_model_picks_the_named_models_route(tmp_path: Path) -> None:
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.raw_path.decode())
+        return httpx.Response(200, json={})
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"png")
+    for argv, path in [
+        ([], "/v1/predict"),
+        (["--model=shapes-segmenter"], "/v1/models/shapes-segmenter/predict"),
+        (["--model=a/b"], "/v1/models/a%2Fb/predict"),  # a name never escapes its segment
+    ]:
+        settings = _settings(*argv)
+        transport = httpx.MockTransport(handler)
+        asyncio.run(cli.run(settings, [image], io.StringIO(), progress=False, transport=transport))
+        assert seen.pop() == path
+
+
 def test_run_without_an_answer_records_the_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
