@@ -5,9 +5,10 @@
 
 `serve run` of `serve_config.yaml` (the segmenter's scale-down made quick, nothing else
 changed), then per round: wait until `/v1/models` says the model is `scaled_to_zero` and its
-last replica is gone, time one request (cold), then `--warm` requests right after it (warm), and
-the same requests to the always-warm default model (reference). The cold time is split with
-the Serve controller's and the new replica's own log lines. See bench/README.md, "Cold start".
+last replica is gone, and a random 0-10 s more; time one request (cold), then `--warm` requests
+right after it (warm), and the same requests to the always-warm default model (reference). The
+cold time is split with the Serve controller's and the new replica's own log lines. See
+bench/README.md, "Cold start".
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import datetime as dt
 import json
 import os
 import platform
+import random
 import re
 import shlex
 import subprocess
@@ -362,6 +364,7 @@ def run_round(
     reference: str,
     headers: dict[str, str],
     serve_logs: Path | None,
+    rng: random.Random,
 ) -> dict[str, Any]:
     url = service.url
     t = time.perf_counter()
@@ -379,6 +382,11 @@ def run_round(
 
     wait_for(at_zero, args.zero_timeout_s, f"{args.model} to scale to zero", every_s=0.5)
     to_zero_s = time.perf_counter() - t
+    # Serve acts on handle metrics pushed every `metrics_interval_s` (10 s), and the scale-down
+    # that ends the wait above is itself timed by a push: sent at once, every round's request
+    # would arrive at the same point of that cycle. A user's request arrives at any point.
+    offset_s = rng.uniform(0.0, args.spread_s)
+    time.sleep(offset_s)
     meter = CpuMeter(service.proc.pid if service.proc else None)
     poller = Poller(url, args.model, headers)
     poller.start()
@@ -393,6 +401,7 @@ def run_round(
     record: dict[str, Any] = {
         "round": n,
         "waited_for_zero_s": to_zero_s,
+        "sent_after_zero_s": offset_s,
         "cold_ms": cold_ms,
         "cold_task": answer.get("task"),
         "cold_server_ms": answer.get("timings_ms", {}),
@@ -424,7 +433,8 @@ def _print_round(r: dict[str, Any]) -> None:
         f"round {r['round']}: cold {r['cold_ms']:.0f} ms ({ph}; model ready in "
         f"{_cell(r.get('model_ready_s'))} s), warm p50 {percentile(r['warm_ms'], 50):.1f} ms, "
         f"reference p50 {percentile(r['reference_ms'], 50):.1f} ms, other cores "
-        f"{_cell(r['other_cores'], 1, 2)} (waited {r['waited_for_zero_s']:.0f} s for zero)",
+        f"{_cell(r['other_cores'], 1, 2)} (waited {r['waited_for_zero_s']:.0f} s for zero, "
+        f"then {r['sent_after_zero_s']:.1f} s)",
         flush=True,
     )
 
@@ -444,6 +454,14 @@ def main(argv: list[str] | None = None) -> int:
         default=2.0,
         help="idle seconds before the model's replica is let go (serve_config.yaml: 300)",
     )
+    parser.add_argument(
+        "--spread-s",
+        type=float,
+        default=10.0,
+        help="send each cold request a random 0..S s after the model reached zero (seeded), "
+        "so requests do not all meet Serve's 10 s metrics push at the same point",
+    )
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--zero-timeout-s", type=float, default=180.0)
     parser.add_argument("--image", default="640x480", help="WxH of the generated PNG sent")
     parser.add_argument(
@@ -493,6 +511,8 @@ def main(argv: list[str] | None = None) -> int:
             "look_back_period_s": LOOK_BACK_S,
             **overrides,
         },
+        "spread_s": args.spread_s,
+        "seed": args.seed,
         "uptime_start": _uptime(),
         "loadavg_start": os.getloadavg(),
     }
@@ -510,10 +530,20 @@ def main(argv: list[str] | None = None) -> int:
             if serve_logs is None:
                 print("  Ray's session folder not found: the cold time is not split")
             print(f"up in {meta['startup_s']:.0f} s", flush=True)
+            rng = random.Random(args.seed)
             with httpx.Client(headers=headers, timeout=COLD_TIMEOUT_S + 10) as client:
                 for n in range(1, args.rounds + 1):
                     r = run_round(
-                        n, service, client, args, image, deployment, reference, headers, serve_logs
+                        n,
+                        service,
+                        client,
+                        args,
+                        image,
+                        deployment,
+                        reference,
+                        headers,
+                        serve_logs,
+                        rng,
                     )
                     _print_round(r)
                     rounds.append(r)
