@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup run test lint bench evaluate chaos
+.PHONY: setup run test lint bench bench-cold-start evaluate chaos
 
 setup: $(STAMP)
 
@@ -35,6 +35,11 @@ lint: setup
 # `pip install -e '.[bench]'`) and the graph, each started in turn on 127.0.0.1:8000; ~6 minutes.
 bench: setup
 	$(PY) -m bench.run
+
+# The cold start of the model that scales to zero (bench/README.md, "Cold start"): serve_config.yaml
+# on 127.0.0.1:8300, its first request after each scale-down timed and split; ~4 minutes.
+bench-cold-start: setup
+	$(PY) -m bench.cold_start $(COLD_START_ARGS)
 
 # Accuracy of the served shapes detector, then segmenter, over HTTP (each starts its service on a
 # free port).
