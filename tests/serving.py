@@ -74,6 +74,29 @@ def app_config(
     return config
 
 
+SEGMENTER_DEPLOYMENT = "Model-shapes-segmenter"
+
+
+def shipped_models_config(batch: int) -> dict[str, Any]:
+    """serve_config.yaml's two shipped models, each batching `batch` images with a long wait (so
+    batches fill from concurrent requests, not by timing luck) and the segmenter kept awake.
+
+    test_shipped_detector.py and test_shipped_segmenter.py deploy exactly this, one after the
+    other, so the second deploy changes nothing and costs nothing.
+    """
+    config = load_config()
+    segmenter = next(
+        d for d in config["applications"][0]["deployments"] if d["name"] == SEGMENTER_DEPLOYMENT
+    )
+    scaling = {**segmenter["autoscaling_config"], "min_replicas": 1}
+    batching = {"max_batch_size": batch, "batch_wait_timeout_s": 1.0}
+    return app_config(
+        config,
+        user_configs={"Model": batching, SEGMENTER_DEPLOYMENT: batching},
+        options={SEGMENTER_DEPLOYMENT: {"autoscaling_config": scaling}},
+    )
+
+
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
     """Nested mappings merge key by key (`limits: {max_body_bytes: ...}` keeps the other limits)."""
     for key, value in changes.items():

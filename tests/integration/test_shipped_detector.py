@@ -15,7 +15,7 @@ import pytest
 from shapes.evaluate_offline import EVAL_SEED_BASE
 from shapes.generate import GeneratedImage, generate
 from shapes.metrics import iou
-from tests.serving import BASE_URL, app_config, deploy, load_config, post_many
+from tests.serving import BASE_URL, deploy, load_config, post_many, shipped_models_config
 from tools.serve_process import default_model_spec
 
 # Held-out seeds (training never sees them); sizes mix tiny, huge, portrait, landscape and 4:1.
@@ -62,10 +62,7 @@ def shipped_app() -> None:
     config = load_config()
     model = default_model_spec(config["applications"][0])
     assert model["name"] == "shapes.model:build_detector", "the default config serves the detector"
-    # A long wait: batches fill to BATCH from concurrent requests rather than by timing luck.
-    deploy(
-        app_config(user_configs={"Model": {"max_batch_size": BATCH, "batch_wait_timeout_s": 1.0}})
-    )
+    deploy(shipped_models_config(BATCH))
 
 
 def _best_iou(label: str, box: Any, others: list[tuple[str, Any]]) -> float:

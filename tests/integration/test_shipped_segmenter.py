@@ -1,4 +1,4 @@
-"""The shipped shapes segmenter through its config: every pixel's class in original pixels.
+"""The shipped segmenter as serve_config.yaml serves it: every pixel's class in original pixels.
 
 The generator knows every pixel's class, so a mask mapped back wrongly (letterbox, 4:1, EXIF
 rotation) or joined to another image shows as lost IoU, for that image and for the whole set.
@@ -18,7 +18,7 @@ from PIL import Image
 from shapes import CATEGORIES
 from shapes.evaluate_offline import EVAL_SEED_BASE
 from shapes.generate import GeneratedImage, generate
-from tests.serving import BASE_URL, ROOT, app_config, deploy, load_config, post_many
+from tests.serving import BASE_URL, deploy, post_many, shipped_models_config
 
 # Held-out seeds; sizes mix tiny, large, portrait, landscape and 4:1 both ways.
 SIZES = [
@@ -41,14 +41,14 @@ def _images() -> list[GeneratedImage]:
     return out
 
 
+SEGMENTER = "/v1/models/shapes-segmenter"
+
+
 @pytest.fixture(scope="module")
 def segmenter_app() -> None:
-    config = load_config(ROOT / "configs" / "shapes_segmenter.yaml")
-    deploy(
-        app_config(
-            config, user_configs={"Model": {"max_batch_size": BATCH, "batch_wait_timeout_s": 1.0}}
-        )
-    )
+    # The default config serves it beside the detector (the same deploy as
+    # test_shipped_detector.py's, so nothing restarts between the two modules).
+    deploy(shipped_models_config(BATCH))
 
 
 def _confusion(truth: np.ndarray, predicted: np.ndarray) -> np.ndarray:
@@ -66,7 +66,9 @@ def test_every_pixel_comes_back_in_original_pixels_under_batching(segmenter_app:
     images = _images()
     headers = [{"content-type": f"image/{im.fmt.lower()}"} for im in images]
     responses = asyncio.run(
-        post_many([im.data for im in images], "/v1/predict?mask_format=png", headers=headers)
+        post_many(
+            [im.data for im in images], f"{SEGMENTER}/predict?mask_format=png", headers=headers
+        )
     )
     total = np.zeros((CLASSES, CLASSES), dtype=np.int64)
     weak = []
@@ -92,6 +94,6 @@ def test_every_pixel_comes_back_in_original_pixels_under_batching(segmenter_app:
 
 
 def test_model_endpoint_describes_the_segmenter(segmenter_app: None) -> None:
-    info = httpx.get(f"{BASE_URL}/v1/model").json()
+    info = httpx.get(f"{BASE_URL}{SEGMENTER}").json()
     assert info["task"] == "segmentation"
     assert info["labels"] == ["background", *CATEGORIES]
