@@ -97,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
         "--protocol",
         choices=sorted(PROTOCOLS),
         default="v1",
-        help="v1: POST /v1/predict, the raw image as the body (the only one implemented; the "
-        "Open Inference Protocol's /v2 is planned)",
+        help="v1: POST /v1/predict, the raw image as the body; v2: the Open Inference "
+        "Protocol, POST /v2/models/NAME/infer with the image as a BYTES tensor (needs --model)",
     )
     p.add_argument(
         "--model",
@@ -283,6 +283,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     p = parser()
     args = p.parse_args(argv)
     settings = settings_from(args, os.environ if environ is None else environ)
+    if settings.protocol == "v2" and settings.model is None:
+        p.error("--protocol v2 needs --model NAME (GET /v1/models lists the served models)")
     try:
         paths = find_images(args.inputs)
     except UsageError as exc:

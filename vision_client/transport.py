@@ -1,12 +1,13 @@
 """Protocols: how one image becomes an HTTP request, and a response the body a JSON line holds.
 
 A protocol is one class here and one entry in `PROTOCOLS`; finding images, concurrency, retries
-and output are shared by all of them. Only `v1` exists. The Open Inference Protocol (`/v2`) would
-be a second class: a tensor request to `/v2/models/{name}/infer`, its outputs read back into a body.
+and output are shared by all of them: `v1` (the service's own API) and `v2` (the Open Inference
+Protocol, as Triton's clients speak it).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -58,6 +59,46 @@ class V1:
         return json_or_text(response)
 
 
+@dataclass(frozen=True, slots=True)
+class V2:
+    """`POST /v2/models/{model}/infer`: the image as a one-element BYTES tensor named `image`, sent
+    as binary data (the protocol's binary-data extension), the options as request `parameters`;
+    the answer's output tensors come back as JSON."""
+
+    model: str | None = None  # required: the protocol names the model in every request
+
+    def request(
+        self, client: httpx.AsyncClient, image: bytes, options: Sequence[tuple[str, str]]
+    ) -> httpx.Request:
+        if self.model is None:  # the command line refuses this before any request
+            raise ValueError("the Open Inference Protocol needs a model name")
+        element = len(image).to_bytes(4, "little") + image  # a BYTES element: length, bytes
+        header = {
+            "inputs": [
+                {
+                    "name": "image",
+                    "datatype": "BYTES",
+                    "shape": [1],
+                    "parameters": {"binary_data_size": len(element)},
+                }
+            ],
+            "parameters": dict(options),
+        }
+        head = json.dumps(header).encode()
+        return client.build_request(
+            "POST",
+            f"/v2/models/{quote(self.model, safe='')}/infer",
+            content=head + element,
+            headers={
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(len(head)),
+            },
+        )
+
+    def body(self, response: httpx.Response) -> Any:
+        return json_or_text(response)
+
+
 def json_or_text(response: httpx.Response) -> Any:
     if response.headers.get("content-type", "").startswith("application/json"):
         try:
@@ -68,4 +109,4 @@ def json_or_text(response: httpx.Response) -> Any:
 
 
 # Each takes the served model's name (None: the default model).
-PROTOCOLS: dict[str, Callable[[str | None], Transport]] = {"v1": V1}
+PROTOCOLS: dict[str, Callable[[str | None], Transport]] = {"v1": V1, "v2": V2}

@@ -54,7 +54,7 @@ def test_api_key_from_the_flag_or_else_the_environment() -> None:
         ["--timeout", "nan"],
         ["--retries", "-1"],
         ["--url", "vision:8000"],
-        ["--protocol", "v2"],  # not implemented yet
+        ["--protocol", "v3"],
     ],
 )
 def test_bad_arguments_are_a_usage_error(
@@ -239,6 +239,40 @@ def test_model_picks_the_named_models_route(tmp_path: Path) -> None:
         transport = httpx.MockTransport(handler)
         asyncio.run(cli.run(settings, [image], io.StringIO(), progress=False, transport=transport))
         assert seen.pop() == path
+
+
+def test_v2_sends_the_image_as_a_binary_bytes_tensor(tmp_path: Path) -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"model_name": "det", "outputs": []})
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG-bytes")
+    settings = _settings("--protocol=v2", "--model=det", "--option=score_threshold=0.3")
+    out = io.StringIO()
+    transport = httpx.MockTransport(handler)
+    assert asyncio.run(cli.run(settings, [image], out, progress=False, transport=transport)) == 0
+    (request,) = seen
+    assert request.url.raw_path == b"/v2/models/det/infer"
+    body = request.content
+    head_length = int(request.headers["inference-header-content-length"])
+    header = json.loads(body[:head_length])
+    assert header["inputs"] == [
+        {"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 14}}
+    ]
+    assert header["parameters"] == {"score_threshold": "0.3"}
+    element = body[head_length:]
+    assert int.from_bytes(element[:4], "little") == 10 and element[4:] == b"\x89PNG-bytes"
+    assert json.loads(out.getvalue())["body"] == {"model_name": "det", "outputs": []}
+
+
+def test_v2_without_a_model_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--protocol=v2", "x.jpg"], {})
+    assert exit_.value.code == 2
+    assert "needs --model" in capsys.readouterr().err
 
 
 def test_run_without_an_answer_records_the_error() -> None:
