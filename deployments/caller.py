@@ -34,6 +34,7 @@ from deployments.batching import Coalescer, chunks
 from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage
 from deployments.metrics import StageMetrics
 from deployments.poison import PoisonSettings, Quarantine, Retries, content_hash
+from deployments.tracing import OFF, Tracing
 from deployments.types import Item, ItemError, Result
 
 logger = logging.getLogger("ray.serve")
@@ -86,6 +87,7 @@ class Caller:
         postprocessor: DeploymentHandle[Any],
         bundles: BundleSettings,
         poison: PoisonSettings | None = None,
+        tracing: Tracing = OFF,
     ) -> None:
         # Pinned by reference: a Bundle passes from the Preprocessor to the Model and the
         # Postprocessor as an object reference, so pixels never come back through here (Serve's
@@ -110,9 +112,36 @@ class Caller:
         # Solo retries go one at a time, so a retry that kills its replica takes no other
         # retry with it (which would then count as a second kill of an innocent image).
         self._retry_lock = asyncio.Lock()
+        self._tracing = tracing
 
-    async def one(self, item: Item) -> Answer:
-        """One image, sent with whatever else is waiting; never raises for the client's input."""
+    async def one(self, item: Item, trace: str | None = None) -> Answer:
+        """One image, sent with whatever else is waiting; never raises for the client's input.
+
+        `trace`: the client's W3C trace context (`tracing.carrier`); the request's span joins it.
+        """
+        with self._tracing.request(trace, item.request_id) as request:
+            answer = await self._one(request.stamp(item))
+            request.answered(answer)
+            return answer
+
+    async def many(
+        self, items: Sequence[Item | ItemError], trace: str | None = None
+    ) -> list[Answer]:
+        """Items that arrived together, as bundles of at most `max_items` (and of one model each);
+        `ItemError`s (already decided by the transport) keep their places. One answer per entry,
+        in order.
+
+        `trace`: the client's W3C trace context; one span for the request, whatever its size.
+        """
+        request_id = next((i.request_id for i in items if isinstance(i, Item)), "")
+        with self._tracing.request(trace, request_id) as request:
+            answers = await self._many(
+                [request.stamp(i) if isinstance(i, Item) else i for i in items]
+            )
+            request.answered(answers)
+            return answers
+
+    async def _one(self, item: Item) -> Answer:
         started = time.perf_counter()
         refused = await self._refused(item)
         if refused is not None:
@@ -121,10 +150,7 @@ class Caller:
         out = await self._within_deadline(coalescer.submit(item), [item])
         return self._finish(out[0], started)
 
-    async def many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
-        """Items that arrived together, as bundles of at most `max_items` (and of one model each);
-        `ItemError`s (already decided by the transport) keep their places. One answer per entry,
-        in order."""
+    async def _many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
         started = time.perf_counter()
         items = [(await self._refused(i) or i) if isinstance(i, Item) else i for i in items]
         by_model: dict[str, list[Item]] = {}

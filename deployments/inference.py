@@ -22,6 +22,7 @@ from deployments.errors import DeadlineExceeded, InferenceFailed
 from deployments.geometry import plan_stretch
 from deployments.model_source import ModelSpec, Resolved, load
 from deployments.tasks import Arrays, Task
+from deployments.tracing import OFF, Tracing
 from deployments.types import Geometry, ItemError, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
@@ -39,6 +40,7 @@ class Runner:
     device: torch.device
     # Called once per forward pass with (items, milliseconds), for metrics.
     on_batch: Callable[[int, float], None] | None = field(default=None, repr=False)
+    tracing: Tracing = field(default=OFF, repr=False)  # a span per forward pass
     task: Task = field(init=False, repr=False)
 
     @classmethod
@@ -48,6 +50,7 @@ class Runner:
         resolved: Resolved,
         device: torch.device | None = None,
         on_batch: Callable[[int, float], None] | None = None,
+        tracing: Tracing = OFF,
     ) -> Runner:
         """The runner for a configured model: its weights loaded, its normalisation and top-k."""
         return cls(
@@ -55,6 +58,7 @@ class Runner:
             resolved=resolved,
             device=device or pick_device(),
             on_batch=on_batch,
+            tracing=tracing,
         )
 
     def __post_init__(self) -> None:
@@ -102,8 +106,9 @@ class Runner:
     def _run_group(self, samples: list[Sample]) -> list[RawOutput | ItemError]:
         start = time.perf_counter()
         try:
-            pixels = np.stack([s.pixels for s in samples])
-            outputs = self.forward(pixels, [s.meta.geometry for s in samples])
+            with self.tracing.forward(samples):
+                pixels = np.stack([s.pixels for s in samples])
+                outputs = self.forward(pixels, [s.meta.geometry for s in samples])
         except Exception as exc:  # noqa: BLE001 - a batch-wide fault must not fail every item
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

@@ -48,6 +48,7 @@ from deployments.http import (
     within_deadline,
 )
 from deployments.schema import ERRORS, PREDICT_BODY, MultiResultOut, ResultOut, option_parameters
+from deployments.tracing import Tracing, carrier
 from deployments.types import Item, ItemError, ModelInfo, Options, Result, new_item_id
 
 logger = logging.getLogger("ray.serve")
@@ -101,7 +102,12 @@ class Ingress:
         settings: IngressSettings,
     ) -> None:
         self._caller = Caller(
-            preprocessor, models, postprocessor, settings.bundles, settings.poison
+            preprocessor,
+            models,
+            postprocessor,
+            settings.bundles,
+            settings.poison,
+            tracing=Tracing.from_env("Ingress"),
         )
         self._budget = BodyBudget(settings.max_body_bytes_in_flight)
         self._multipart = MultipartLimits(
@@ -134,18 +140,20 @@ class Ingress:
         model: str | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        traceparent: str | None = None,
         **options: int | float | str | None,
     ) -> Result:
         """One image -> its `Result`; a bad image raises the typed `VisionError` subclass.
 
         `model` is a served model's name (the default model when None); `options` are its
-        task's (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...).
+        task's (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...); `traceparent`
+        (W3C) makes the request's spans part of the caller's trace.
         """
         name = self._model_named(model)
         parsed = self._options(name, options)
         rid = request_id or new_item_id()
         item = self._item(image, parsed, rid, self._deadline(timeout_s), name)
-        out = await self._caller.one(item)
+        out = await self._caller.one(item, traceparent)
         if isinstance(out, ItemError):
             raise out.to_exception()
         return out
@@ -157,6 +165,7 @@ class Ingress:
         model: str | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
+        traceparent: str | None = None,
         **options: int | float | str | None,
     ) -> list[Result | ItemError]:
         """Several images -> one `Result` or `ItemError` each, in input order."""
@@ -164,7 +173,8 @@ class Ingress:
         parsed = self._options(name, options)
         rid = request_id or new_item_id()
         deadline = self._deadline(timeout_s)
-        return await self._caller.many([self._item(i, parsed, rid, deadline, name) for i in images])
+        items = [self._item(i, parsed, rid, deadline, name) for i in images]
+        return await self._caller.many(items, traceparent)
 
     def _model_named(self, name: str | None) -> str:
         """A served model's name (the default for None); `UnknownModel` (404) for any other."""
@@ -267,12 +277,13 @@ class Ingress:
                     await within_deadline(read, deadline), settings.max_images_per_request
                 )
                 items = [self._part_item(p, options, request_id, deadline, name) for p in parts]
-                results = await self._caller.many(items)
+                results = await self._caller.many(items, carrier(request.headers))
                 return json_response(
                     {"request_id": request_id, "results": [r.to_dict() for r in results]}
                 )
             body = await within_deadline(read_body(request, limit, reservation), deadline)
-            out = await self._caller.one(self._item(body, options, request_id, deadline, name))
+            item = self._item(body, options, request_id, deadline, name)
+            out = await self._caller.one(item, carrier(request.headers))
             if isinstance(out, ItemError):
                 return self._error(out.to_exception(), request_id)
             return json_response(out.to_dict())

@@ -17,6 +17,7 @@ from deployments.batching import ForwardQueue, chunks
 from deployments.inference import Runner, pick_device
 from deployments.metrics import ModelMetrics
 from deployments.model_source import ModelSpec, Resolved
+from deployments.tracing import Tracing
 from deployments.types import Bundle, ItemError, ModelInfo, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
@@ -54,7 +55,10 @@ class Model:
         started = time.perf_counter()
         self._resolved = resolved
         self._metrics = ModelMetrics()
-        self._runner = Runner.for_model(spec, resolved, device, on_batch=self._record_batch)
+        self._tracing = Tracing.from_env("Model")
+        self._runner = Runner.for_model(
+            spec, resolved, device, on_batch=self._record_batch, tracing=self._tracing
+        )
         self._batching = BatchingConfig()
         self._waiting: set[str] = set()  # item ids in predict() not yet handed to a forward pass
         # Items gathered by @serve.batch wait here for the one forward pass at a time.
@@ -106,6 +110,7 @@ class Model:
         ids = [s.item_id for s in samples]
         self._waiting.update(ids)
         self._metrics.queue_depth.set(len(self._waiting))
+        self._tracing.waiting(samples)
         try:
             gathered = await asyncio.gather(
                 *(
@@ -122,6 +127,7 @@ class Model:
                 raise
         finally:
             self._waiting.difference_update(ids)  # also when cancelled before its batch ran
+            self._tracing.waited(ids)
         answers = iter(outputs)  # one per sample, in order; the Postprocessor checks ids
         return tuple(
             self._waited(next(answers), entered) if isinstance(item, Sample) else item

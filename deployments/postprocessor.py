@@ -19,6 +19,7 @@ from deployments import tasks
 from deployments.errors import JoinMismatch
 from deployments.metrics import StageMetrics
 from deployments.tasks import Task
+from deployments.tracing import OFF, Tracing
 from deployments.types import Bundle, ItemError, Meta, RawOutput, Result, Sample
 
 logger = logging.getLogger("ray.serve")
@@ -81,6 +82,7 @@ def join_bundle(
     *,
     models: Mapping[str, ModelAnswers],
     defaults: Mapping[str, BaseModel],
+    tracing: Tracing = OFF,
 ) -> tuple[Result | ItemError, ...]:
     """`join` for every item of a bundle, in its order, each by its own model (`Meta.model`);
     a count or id mismatch raises."""
@@ -94,16 +96,17 @@ def join_bundle(
         if isinstance(sample, Sample):
             served = models[sample.meta.model]
             task = tasks.get(served.task)
-            joined.append(
-                join(
-                    raw,
-                    sample,
-                    model=served.source,
-                    task=task,
-                    labels=served.labels,
-                    defaults=defaults[task.name],
+            with tracing.join(raw, sample):
+                joined.append(
+                    join(
+                        raw,
+                        sample,
+                        model=served.source,
+                        task=task,
+                        labels=served.labels,
+                        defaults=defaults[task.name],
+                    )
                 )
-            )
         else:  # an earlier stage's error passes through in its place
             _same_item(raw, sample)
             joined.append(sample)
@@ -117,6 +120,7 @@ class Postprocessor:
         self._tasks = {tasks.get(m.task) for m in self._models.values()}
         self._defaults = {t.name: t.defaults() for t in self._tasks}
         self._metrics = StageMetrics()
+        self._tracing = Tracing.from_env("Postprocessor")
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply new option defaults.
@@ -136,7 +140,9 @@ class Postprocessor:
         bug upstream: `JoinMismatch` is raised and nothing is joined.
         """
         start = time.perf_counter()
-        joined = join_bundle(outputs, bundle, models=self._models, defaults=self._defaults)
+        joined = join_bundle(
+            outputs, bundle, models=self._models, defaults=self._defaults, tracing=self._tracing
+        )
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         per_item_ms = round(elapsed_ms / max(1, len(joined)), 3)
         for out in joined:

@@ -17,6 +17,7 @@ from ray import serve
 from deployments.errors import DeadlineExceeded, VisionError
 from deployments.imaging import DecodeLimits, ResizeSpec, decode
 from deployments.metrics import StageMetrics
+from deployments.tracing import Tracing
 from deployments.types import Bundle, Item, ItemError, Meta, Sample
 
 logger = logging.getLogger("ray.serve")
@@ -32,10 +33,13 @@ class Preprocessor:
         # Pillow releases the GIL while decoding and resizing, so threads use every core.
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self._metrics = StageMetrics()
+        self._tracing = Tracing.from_env("Preprocessor")
 
     async def __call__(self, items: Sequence[Item]) -> Bundle:
         """Items -> a `Bundle` with a `Sample` or an `ItemError` per item, in order."""
-        decoded = await asyncio.gather(*(self._one(item) for item in items))
+        decoded = await asyncio.gather(
+            *(self._tracing.decoding(item, self._one(item)) for item in items)
+        )
         return Bundle(items=tuple(decoded))
 
     async def _one(self, item: Item) -> Sample | ItemError:
@@ -67,6 +71,7 @@ class Preprocessor:
             deadline=item.deadline,
             preprocess_ms=(time.perf_counter() - start) * 1000.0,
             model=item.model,
+            trace=item.trace,
         )
         return Sample(meta=meta, pixels=done.pixels)
 

@@ -102,6 +102,7 @@ class Meta:
     deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
     preprocess_ms: float = 0.0
     model: str = ""  # the served model's name (`models:` in serve_config.yaml)
+    trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +127,7 @@ class Item:
     options: Options
     deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
     model: str = ""  # the served model it goes to; "" in a one-model graph's own tests
+    trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
 
 
 @dataclass(frozen=True, slots=True)
