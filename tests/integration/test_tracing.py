@@ -246,3 +246,23 @@ def test_a_multipart_request_is_one_trace_whose_pass_links_every_image(
         s.span_id for s in spans["batch_wait"]
     }
     assert {s.attribute("vision.item_id") for s in spans["join"]} == {r["item_id"] for r in results}
+
+
+def test_the_handle_api_takes_a_traceparent_beside_the_tasks_options(
+    receiver: OtlpReceiver,
+) -> None:
+    colours = images.distinct_colours(N, seed=4300)
+    trace_id, client_span = _client(200)
+    handle = serve.get_app_handle(APP)
+    results = handle.predict_many.remote(
+        [images.solid_png(c) for c in colours],
+        request_id="by-handle",
+        traceparent=f"00-{trace_id}-{client_span}-01",
+        top_k=3,
+    ).result()
+    assert [colour_in([p.to_dict() for p in r.predictions]) for r in results] == colours
+
+    spans = _one_trace(receiver, trace_id, items=N)
+    _check_request(spans, client_span, "by-handle")
+    (forward,) = spans["forward"]
+    assert len(forward.span.links) == N
