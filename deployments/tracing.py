@@ -43,7 +43,7 @@ from dataclasses import replace
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -55,8 +55,8 @@ logger = logging.getLogger("ray.serve")
 EXPORTERS = ("otlp", "console", "none")
 PROTOCOL = "http/protobuf"
 DEFAULT_SERVICE_NAME = "vision"
-# A traceparent is 55 characters and a valid tracestate at most 512: anything longer is not
-# carried (it would ride along with every item through every hop).
+# A traceparent is 55 characters and a valid tracestate at most 512: longer header values are
+# not parsed at all (they come from clients).
 MAX_CARRIER_CHARS = 55 + 1 + 512
 
 _PROPAGATOR = TraceContextTextMapPropagator()
@@ -169,16 +169,16 @@ class _Request:
 
 
 _UNTRACED = _Request(None)
+_UNTRACED_REQUEST = nullcontext(_UNTRACED)
+_NOTHING: AbstractContextManager[None] = nullcontext()  # reusable: what every call gets when off
 
 
 class Tracing:
     """One replica's tracer. Built by `from_env` in a replica's `__init__`; `OFF` (no provider)
     when the environment asks for no tracing, and then every method returns at its first line."""
 
-    def __init__(self, provider: TracerProvider | None, stage: str = "") -> None:
-        self._provider = provider
+    def __init__(self, provider: TracerProvider | None) -> None:
         self._tracer: Tracer | None = None if provider is None else provider.get_tracer(__name__)
-        self._stage = stage
         # item id -> its batch_wait span, from arrival at the Model until its predict call ends
         # (a forward pass retried on halves links the same spans again).
         self._waits: dict[str, Span] = {}
@@ -194,28 +194,18 @@ class Tracing:
             resource = resource.merge(Resource({SERVICE_NAME: DEFAULT_SERVICE_NAME}))
         # The sampler comes from OTEL_TRACES_SAMPLER (default: parent-based, always on).
         provider = TracerProvider(resource=resource)
-        for exporter in exporters:
-            provider.add_span_processor(cls._processor(exporter))
+        for exporter in exporters:  # spans are exported off the request path, in batches
+            provider.add_span_processor(BatchSpanProcessor(exporter))
         logger.info(
             "tracing on: %s spans of service %s",
             ", ".join(type(e).__name__ for e in exporters),
             resource.attributes.get(SERVICE_NAME),
         )
-        return cls(provider, stage)
-
-    @staticmethod
-    def _processor(exporter: SpanExporter) -> SpanProcessor:
-        # Spans are exported off the request path, in batches (OTEL_BSP_* tune it).
-        return BatchSpanProcessor(exporter)
+        return cls(provider)
 
     @property
     def enabled(self) -> bool:
         return self._tracer is not None
-
-    def shutdown(self) -> None:
-        """Export what is buffered and stop (the provider also does this at process exit)."""
-        if self._provider is not None:
-            self._provider.shutdown()
 
     # --- Ingress ---------------------------------------------------------------------------
 
@@ -234,7 +224,7 @@ class Tracing:
     def request(self, parent: str | None, request_id: str) -> AbstractContextManager[_Request]:
         """The ingress span of one request, a child of `parent` (the client's carrier string)."""
         if self._tracer is None:
-            return nullcontext(_UNTRACED)
+            return _UNTRACED_REQUEST
         return self._ingress(parent, request_id)
 
     # --- Preprocessor ----------------------------------------------------------------------
@@ -298,7 +288,7 @@ class Tracing:
         """One forward pass over `samples`: its span, linked to each item's batch_wait span (or
         to the context the item carried, when it has none), ends their waits."""
         if self._tracer is None:
-            return nullcontext()
+            return _NOTHING
         return self._forward(samples)
 
     @contextmanager
@@ -343,7 +333,7 @@ class Tracing:
     ) -> AbstractContextManager[None]:
         """The join span of one item (none for an item that failed before the Model)."""
         if self._tracer is None or isinstance(sample, ItemError):
-            return nullcontext()
+            return _NOTHING
         return self._join(raw, sample)
 
     @contextmanager

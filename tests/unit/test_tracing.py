@@ -86,7 +86,7 @@ def exported() -> InMemorySpanExporter:
 def tracing(exported: InMemorySpanExporter) -> Iterator[Tracing]:
     provider = TracerProvider(shutdown_on_exit=False)
     provider.add_span_processor(SimpleSpanProcessor(exported))
-    yield Tracing(provider, "test")
+    yield Tracing(provider)
     provider.shutdown()
 
 
