@@ -175,7 +175,8 @@ _NOTHING: AbstractContextManager[None] = nullcontext()  # reusable: what every c
 
 class Tracing:
     """One replica's tracer. Built by `from_env` in a replica's `__init__`; `OFF` (no provider)
-    when the environment asks for no tracing, and then every method returns at its first line."""
+    when the environment asks for no tracing, and then every method returns at its first line.
+    Spans still buffered are exported when the replica's process exits (the SDK's atexit)."""
 
     def __init__(self, provider: TracerProvider | None) -> None:
         self._tracer: Tracer | None = None if provider is None else provider.get_tracer(__name__)
