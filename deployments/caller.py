@@ -119,7 +119,7 @@ class Caller:
 
         `trace`: the client's W3C trace context (`tracing.carrier`); the request's span joins it.
         """
-        with self._tracing.request(trace, item.request_id) as request:
+        with self._tracing.request(trace, item.request_id, item.model) as request:
             answer = await self._one(request.stamp(item))
             request.answered(answer)
             return answer
@@ -133,8 +133,9 @@ class Caller:
 
         `trace`: the client's W3C trace context; one span for the request, whatever its size.
         """
-        request_id = next((i.request_id for i in items if isinstance(i, Item)), "")
-        with self._tracing.request(trace, request_id) as request:
+        first = next((i for i in items if isinstance(i, Item)), None)
+        request_id, model = ("", "") if first is None else (first.request_id, first.model)
+        with self._tracing.request(trace, request_id, model) as request:
             answers = await self._many(
                 [request.stamp(i) if isinstance(i, Item) else i for i in items]
             )

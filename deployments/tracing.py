@@ -211,22 +211,24 @@ class Tracing:
     # --- Ingress ---------------------------------------------------------------------------
 
     @contextmanager
-    def _ingress(self, parent: str | None, request_id: str) -> Iterator[_Request]:
+    def _ingress(self, parent: str | None, request_id: str, model: str) -> Iterator[_Request]:
         assert self._tracer is not None
         span = self._tracer.start_span(
             "ingress",
             context=context_of(parent),
             kind=SpanKind.SERVER,
-            attributes={"vision.request_id": request_id},
+            attributes={"vision.request_id": request_id, "vision.model": model},
         )
         with _ended(span):
             yield _Request(span)
 
-    def request(self, parent: str | None, request_id: str) -> AbstractContextManager[_Request]:
+    def request(
+        self, parent: str | None, request_id: str, model: str = ""
+    ) -> AbstractContextManager[_Request]:
         """The ingress span of one request, a child of `parent` (the client's carrier string)."""
         if self._tracer is None:
             return _UNTRACED_REQUEST
-        return self._ingress(parent, request_id)
+        return self._ingress(parent, request_id, model)
 
     # --- Preprocessor ----------------------------------------------------------------------
 
@@ -243,7 +245,7 @@ class Tracing:
         span = self._tracer.start_span(
             "decode",
             context=context_of(item.trace),
-            attributes=_item_attributes(item.item_id, item.request_id)
+            attributes=_item_attributes(item.item_id, item.request_id, item.model)
             | {"vision.image.bytes": len(item.data)},
         )
         with _ended(span):
@@ -271,7 +273,7 @@ class Tracing:
             self._waits[meta.item_id] = self._tracer.start_span(
                 "batch_wait",
                 context=context_of(meta.trace),
-                attributes=_item_attributes(meta.item_id, meta.request_id),
+                attributes=_item_attributes(meta.item_id, meta.request_id, meta.model),
             )
 
     def waited(self, item_ids: Sequence[str]) -> None:
@@ -307,7 +309,7 @@ class Tracing:
             else:
                 linked = trace.get_current_span(context_of(meta.trace)).get_span_context()
             if linked.is_valid:
-                links.append(Link(linked, _item_attributes(meta.item_id, meta.request_id)))
+                links.append(Link(linked, {"vision.item_id": meta.item_id}))
         started_ns = time.time_ns()  # the waits end exactly where the pass starts
         span = self._tracer.start_span(
             "forward",
@@ -315,6 +317,7 @@ class Tracing:
             start_time=started_ns,
             links=links,
             attributes={
+                "vision.model": samples[0].meta.model if samples else "",
                 "vision.batch.size": len(samples),
                 "vision.batch.item_ids": [s.item_id for s in samples],
             },
@@ -329,11 +332,9 @@ class Tracing:
 
     # --- Postprocessor ---------------------------------------------------------------------
 
-    def join(
-        self, raw: RawOutput | ItemError, sample: Sample | ItemError
-    ) -> AbstractContextManager[None]:
-        """The join span of one item (none for an item that failed before the Model)."""
-        if self._tracer is None or isinstance(sample, ItemError):
+    def join(self, raw: RawOutput | ItemError, sample: Sample) -> AbstractContextManager[None]:
+        """The join span of one item (an item that failed before the Model is not joined)."""
+        if self._tracer is None:
             return _NOTHING
         return self._join(raw, sample)
 
@@ -344,7 +345,7 @@ class Tracing:
         span = self._tracer.start_span(
             "join",
             context=context_of(meta.trace),
-            attributes=_item_attributes(meta.item_id, meta.request_id),
+            attributes=_item_attributes(meta.item_id, meta.request_id, meta.model),
         )
         with _ended(span):
             if isinstance(raw, ItemError):
@@ -357,8 +358,8 @@ class Tracing:
 OFF = Tracing(None)
 
 
-def _item_attributes(item_id: str, request_id: str) -> dict[str, str]:
-    return {"vision.item_id": item_id, "vision.request_id": request_id}
+def _item_attributes(item_id: str, request_id: str, model: str) -> dict[str, str]:
+    return {"vision.item_id": item_id, "vision.request_id": request_id, "vision.model": model}
 
 
 def _failed(span: Span, error: ItemError) -> None:

@@ -23,7 +23,7 @@ from ray import serve
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import APP, BASE_URL, app_config, deploy, post_many, wait_until
+from tests.serving import APP, BASE_URL, ONE_MODEL, app_config, deploy, post_many, wait_until
 
 OTLP_PORT = 4318  # the standard OTLP/HTTP port, on loopback
 ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
@@ -170,6 +170,7 @@ def _check_request(spans: dict[str, list[Received]], client_span: str, request_i
     assert ingress.parent_id == client_span, "the request's span is not the client's child"
     assert ingress.stage == "Ingress" and ingress.service == "vision-test"
     assert ingress.attribute("vision.request_id") == request_id
+    assert ingress.attribute("vision.model") == ONE_MODEL
     for name, stage in (
         ("decode", "Preprocessor"),
         ("batch_wait", "Model"),
@@ -208,6 +209,7 @@ def test_concurrent_requests_share_one_forward_span_that_links_each_of_them(
     (forward,) = forwards.values()
     assert forward.stage == "Model" and forward.parent_id == ""
     assert forward.attribute("vision.batch.size") == N
+    assert forward.attribute("vision.model") == ONE_MODEL
     assert len(forward.span.links) == N
     linked = {(link.trace_id.hex(), link.span_id.hex()) for link in forward.span.links}
     waits = {
