@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup run test lint bench bench-cold-start evaluate chaos
+.PHONY: setup run test lint bench bench-cold-start evaluate chaos proto
 
 setup: $(STAMP)
 
@@ -52,3 +52,8 @@ evaluate: setup
 # or answered with another image's result. `make chaos CHAOS_ARGS='--seconds 60'` for a short run.
 chaos: setup
 	$(PY) -m scripts.chaos $(CHAOS_ARGS)
+
+# Regenerate the Open Inference Protocol's gRPC modules from their .proto (grpcio-tools, a dev
+# dependency); the generated files are committed.
+proto:
+	$(PY) -m grpc_tools.protoc -I . --python_out=. --grpc_python_out=. deployments/oip_proto/grpc_predict_v2.proto

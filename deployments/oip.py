@@ -1,0 +1,679 @@
+"""The Open Inference Protocol (KServe v2), REST and gRPC: parsing and formatting, Ray-free.
+
+A transport over `deployments.caller`, like `/v1`: a request becomes one `Item` per image (the
+Ingress builds them), and the `Result` or `ItemError` of each becomes output tensors.
+
+Request. One input, `image`, datatype BYTES, shape [N] or [N, 1]: each element one encoded image
+file (JPEG, PNG, ...). Over REST its data come with the binary-data extension (each element a
+4-byte little-endian length, then the bytes; `Inference-Header-Content-Length` says where the JSON
+ends), or in the JSON as base64 strings; over gRPC in `raw_input_contents` (the same framing) or in
+`contents.bytes_contents`. Options are the model's task's (`top_k`, `score_threshold`, ...): in
+the request's `parameters` or the input's, validated by the task as `/v1` query parameters are.
+
+Response. Every image's predictions, one row each, concatenated in input order; `counts` (INT64,
+[N]) says how many rows belong to each image (numpy: `np.split(rows, np.cumsum(counts)[:-1])`).
+Tensors come from the task's prediction schema: `boxes` FP32 [R, 4] in original displayed pixels,
+`scores` FP32 [R], `class_ids` INT64 [R], `labels` BYTES [R], segmentation's `areas` INT64 [R]
+and `masks` BYTES [R] (COCO RLE, JSON text), and with `mask_format=png` `label_maps` BYTES [N]
+(base64 PNG, one per image). The response's `parameters["items"]` is a JSON string with one entry
+per image: its `item_id`, `width`, `height`, `orientation`, `format`, `batch_size` and `count`, or
+its `error` (`code`, `message`, `status`). One failed image among several leaves the request a
+success; a request of one image that fails gets that image's error and status, as on `/v1`.
+
+Errors are `{"error": "<message>"}` with `/v1`'s status codes (REST), or the matching gRPC code
+with the message as details. Every count and size is bounded before anything is allocated for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import orjson
+
+from deployments.errors import BadRequest, InvalidOption, PayloadTooLarge, VisionError
+from deployments.tasks import Task
+from deployments.types import ItemError, Result
+
+IMAGE_INPUT = "image"
+VERSION = "1"  # models are not versioned; "1" (or no version) names the one there is
+SERVER_NAME = "vision-serve"
+EXTENSIONS = ("binary_tensor_data", "parameters")
+HEADER_LENGTH = "inference-header-content-length"
+# The JSON part of a REST body. Images belong in the binary part (tritonclient's default); this
+# bounds what a JSON parser may be asked to build (a megabyte of `[0,0,...]` is a million objects).
+MAX_JSON_BYTES = 4 * 1024 * 1024
+# Request parameters the protocol itself uses (binary data, Triton's `timeout` in microseconds);
+# the rest are the task's options.
+_PROTOCOL_PARAMETERS = frozenset({"binary_data_output", "binary_data_size", "timeout"})
+_UNSUPPORTED_PARAMETERS = frozenset(
+    {"sequence_id", "sequence_start", "sequence_end", "priority", "shared_memory_region"}
+)
+_LENGTH = struct.Struct("<I")
+
+# HTTP status -> gRPC status code name (grpc.StatusCode.<name>).
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+class ModelNotFound(VisionError):
+    """An OIP request names a model (or version) this service does not serve."""
+
+    status = 404
+    code = "model_not_found"
+
+
+def grpc_code(status: int) -> str:
+    """The gRPC status code name for one of our HTTP statuses."""
+    return GRPC_CODES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+
+
+# --- what a request may hold ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The Ingress's limits, as they apply to one OIP request."""
+
+    max_body_bytes: int
+    max_image_bytes: int
+    max_images: int
+    max_json_bytes: int = MAX_JSON_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool | None = None  # REST: this output's `binary_data` parameter, when given
+
+
+@dataclass(frozen=True, slots=True)
+class InferRequest:
+    """One parsed infer request: the images, and what the client asked about them."""
+
+    id: str
+    images: tuple[bytes, ...]
+    options: tuple[tuple[str, str | int | float], ...]  # raw, for `tasks.parse_options`
+    outputs: tuple[RequestedOutput, ...] = ()  # empty: all of them
+    binary_output: bool = False  # REST: `binary_data_output`
+    timeout_s: float | None = None  # Triton's `timeout` parameter (sent in microseconds)
+
+
+def check_model(name: str, version: str | None, served: Sequence[str]) -> None:
+    """404 (`ModelNotFound`) unless `name` is served and `version` is empty or `VERSION`."""
+    if name not in served:
+        raise ModelNotFound(
+            f"model {name!r} is not served here; the models are: {', '.join(served) or 'none'}"
+        )
+    if version not in (None, "", VERSION):
+        raise ModelNotFound(
+            f"model {name!r} has no version {version!r}; its one version is {VERSION!r} "
+            "(or leave the version out)"
+        )
+
+
+def _options(
+    parameters: Mapping[str, Any], where: str, out: list[tuple[str, str | int | float]]
+) -> None:
+    for key, value in parameters.items():
+        if key in _PROTOCOL_PARAMETERS:
+            continue
+        if key in _UNSUPPORTED_PARAMETERS:
+            raise InvalidOption(f"{where} parameter {key!r} is not supported by this server")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise InvalidOption(
+                f"{where} parameter {key!r} must be a string or a number; got {value!r}"
+            )
+        out.append((key, value))
+
+
+def _timeout_s(parameters: Mapping[str, Any]) -> float | None:
+    value = parameters.get("timeout")
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise BadRequest(
+            f"parameter 'timeout' must be a positive number of microseconds; got {value!r}"
+        )
+    return float(value) / 1e6
+
+
+def _flag(parameters: Mapping[str, Any], name: str, where: str) -> bool | None:
+    value = parameters.get(name)
+    if value is None or isinstance(value, bool):
+        return value
+    raise BadRequest(f"{where} parameter {name!r} must be true or false; got {value!r}")
+
+
+def _image_count(shape: Sequence[Any], limits: Limits) -> int:
+    """N for a shape of [N] or [N, 1]; bounded by `max_images` before anything is read."""
+    dims = list(shape)
+    if not (1 <= len(dims) <= 2) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in dims
+    ):
+        raise BadRequest(
+            f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1] (one encoded image per "
+            f"element); got {dims}"
+        )
+    if len(dims) == 2 and dims[1] != 1:
+        raise BadRequest(f"input {IMAGE_INPUT!r} must have shape [N] or [N, 1]; got {dims}")
+    n: int = dims[0]
+    if n < 1:
+        raise BadRequest(f"input {IMAGE_INPUT!r} holds no image (shape {dims})")
+    if n > limits.max_images:
+        raise PayloadTooLarge(
+            f"{n} images in one request; the limit is {limits.max_images} (max_images_per_request)"
+        )
+    return n
+
+
+def _check_input(name: str, datatype: str, count: int) -> None:
+    if count != 1 or name != IMAGE_INPUT:
+        raise BadRequest(
+            f"send exactly one input, named {IMAGE_INPUT!r} (datatype BYTES, one encoded image "
+            f"per element); got {count} input(s)" + (f", the first named {name!r}" if count else "")
+        )
+    if datatype != "BYTES":
+        raise BadRequest(
+            f"input {IMAGE_INPUT!r} must have datatype BYTES (each element an encoded image "
+            f"file); got {datatype!r}"
+        )
+
+
+def split_bytes_elements(raw: bytes | memoryview, count: int, limits: Limits) -> list[bytes]:
+    """The elements of a BYTES tensor's raw data: `count` times a 4-byte little-endian length,
+    then that many bytes. Each length is checked against `max_image_bytes` and against what is
+    left before it is sliced."""
+    view = memoryview(raw)
+    out: list[bytes] = []
+    at = 0
+    for i in range(count):
+        if len(view) - at < 4:
+            raise BadRequest(
+                f"input {IMAGE_INPUT!r} declares {count} element(s) but its data end after {i}"
+            )
+        (size,) = _LENGTH.unpack_from(view, at)
+        at += 4
+        if size > limits.max_image_bytes:
+            raise PayloadTooLarge(
+                f"image {i} is {size} bytes; the limit is {limits.max_image_bytes} "
+                "(max_image_bytes)"
+            )
+        if size > len(view) - at:
+            raise BadRequest(
+                f"image {i} declares {size} bytes but only {len(view) - at} remain in the data"
+            )
+        out.append(bytes(view[at : at + size]))
+        at += size
+    if at != len(view):
+        raise BadRequest(
+            f"input {IMAGE_INPUT!r} has {len(view) - at} bytes after its {count} element(s); "
+            "its shape and data disagree"
+        )
+    return out
+
+
+def join_bytes_elements(elements: Sequence[bytes]) -> bytes:
+    """The raw form of a BYTES tensor (the inverse of `split_bytes_elements`)."""
+    return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
+
+
+# --- REST -----------------------------------------------------------------------------------
+
+
+def parse_rest(body: bytes, header_length: str | None, limits: Limits) -> InferRequest:
+    """A REST infer body (JSON, or JSON and binary data) -> `InferRequest`; 400/413 when bad."""
+    if len(body) > limits.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the body is {len(body)} bytes; the limit is {limits.max_body_bytes} bytes"
+        )
+    json_end = len(body)
+    if header_length is not None:
+        if not header_length.strip().isdigit() or int(header_length) > len(body):
+            raise BadRequest(
+                f"Inference-Header-Content-Length must be the byte length of the JSON part, at "
+                f"most the body's {len(body)} bytes; got {header_length!r}"
+            )
+        json_end = int(header_length)
+    if json_end > limits.max_json_bytes:
+        raise PayloadTooLarge(
+            f"the JSON part is {json_end} bytes; the limit is {limits.max_json_bytes}: send the "
+            "images as binary data (Inference-Header-Content-Length; tritonclient's default)"
+        )
+    try:
+        header = orjson.loads(body[:json_end])
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request's JSON is malformed: {exc}") from None
+    if not isinstance(header, dict):
+        raise BadRequest("the request's JSON must be an object with 'inputs'")
+    binary = memoryview(body)[json_end:]
+    parameters = _mapping(header.get("parameters"), "the request's 'parameters'")
+    inputs = header.get("inputs")
+    if not isinstance(inputs, list):
+        raise BadRequest("the request needs 'inputs': a list with one input named 'image'")
+    first = inputs[0] if inputs and isinstance(inputs[0], dict) else {}
+    _check_input(str(first.get("name", "")), str(first.get("datatype", "")), len(inputs))
+    count = _image_count(_list(first.get("shape"), "input 'image' shape"), limits)
+    input_parameters = _mapping(first.get("parameters"), "input 'image' parameters")
+    size = input_parameters.get("binary_data_size")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            raise BadRequest(f"binary_data_size must be a byte count; got {size!r}")
+        if size != len(binary):
+            raise BadRequest(
+                f"input 'image' declares binary_data_size {size}, but {len(binary)} bytes "
+                "follow the JSON part"
+            )
+        if "data" in first:
+            raise BadRequest("input 'image' has both 'data' and binary_data_size; send one")
+        images = split_bytes_elements(binary, count, limits)
+    else:
+        if len(binary):
+            raise BadRequest(
+                f"{len(binary)} bytes follow the JSON part, but no input declares binary_data_size"
+            )
+        images = _json_images(first.get("data"), count, limits)
+    options: list[tuple[str, str | int | float]] = []
+    _options(parameters, "request", options)
+    _options(input_parameters, "input 'image'", options)
+    outputs = tuple(_requested_rest(o) for o in _list(header.get("outputs", []), "'outputs'"))
+    request_id = header.get("id", "")
+    if not isinstance(request_id, str):
+        raise BadRequest(f"the request's 'id' must be a string; got {request_id!r}")
+    return InferRequest(
+        id=request_id,
+        images=tuple(images),
+        options=tuple(options),
+        outputs=outputs,
+        binary_output=bool(_flag(parameters, "binary_data_output", "request")),
+        timeout_s=_timeout_s(parameters),
+    )
+
+
+def _mapping(value: Any, what: str) -> Mapping[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be an object")
+    return value
+
+
+def _list(value: Any, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BadRequest(f"{what} must be a list; got {value!r}")
+    return value
+
+
+def _json_images(data: Any, count: int, limits: Limits) -> list[bytes]:
+    """BYTES data in JSON: base64 strings, flat or nested by the shape."""
+    if not isinstance(data, list):
+        raise BadRequest(
+            "input 'image' needs 'data' (base64 strings, one per image) or binary data "
+            "(parameters.binary_data_size)"
+        )
+    flat = [e for row in data for e in (row if isinstance(row, list) else [row])]
+    if len(flat) != count:
+        raise BadRequest(f"input 'image' has shape for {count} image(s) but {len(flat)} elements")
+    images = []
+    for i, element in enumerate(flat):
+        if not isinstance(element, str):
+            raise BadRequest(f"image {i} in 'data' must be a base64 string")
+        if len(element) * 3 // 4 > limits.max_image_bytes:
+            raise PayloadTooLarge(
+                f"image {i} is over the limit of {limits.max_image_bytes} bytes (max_image_bytes)"
+            )
+        try:
+            images.append(base64.b64decode(element, validate=True))
+        except (binascii.Error, ValueError):
+            raise BadRequest(
+                f"image {i} in 'data' is not base64; in JSON a BYTES element is the image file "
+                "in base64 (or send binary data)"
+            ) from None
+    return images
+
+
+def _requested_rest(value: Any) -> RequestedOutput:
+    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
+        raise BadRequest("each of 'outputs' must be an object with a 'name'")
+    parameters = _mapping(value.get("parameters"), f"output {value['name']!r} parameters")
+    unknown = sorted(set(parameters) - {"binary_data"})
+    if unknown:
+        raise BadRequest(
+            f"output {value['name']!r} has parameter(s) {unknown}; only binary_data is supported "
+            "(classification results are the top_k option)"
+        )
+    return RequestedOutput(value["name"], _flag(parameters, "binary_data", "output"))
+
+
+# --- gRPC -----------------------------------------------------------------------------------
+
+
+def parameter_value(parameter: Any) -> bool | int | float | str | None:
+    """An `InferParameter` message's value, whichever of its fields is set."""
+    which = parameter.WhichOneof("parameter_choice")
+    return None if which is None else getattr(parameter, which)
+
+
+def _parameters(message_map: Any) -> dict[str, Any]:
+    return {key: parameter_value(value) for key, value in message_map.items()}
+
+
+def parse_grpc(request: Any, limits: Limits) -> InferRequest:
+    """A `ModelInferRequest` message -> `InferRequest`; 400/413 when bad."""
+    size = request.ByteSize()
+    if size > limits.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the request is {size} bytes; the limit is {limits.max_body_bytes} bytes"
+        )
+    inputs = request.inputs
+    _check_input(
+        inputs[0].name if inputs else "", inputs[0].datatype if inputs else "", len(inputs)
+    )
+    first: Any = inputs[0]
+    count = _image_count(list(first.shape), limits)
+    raw = request.raw_input_contents
+    if len(raw):
+        if len(raw) != len(inputs):
+            raise BadRequest(
+                f"raw_input_contents has {len(raw)} entries for {len(inputs)} input(s)"
+            )
+        images = split_bytes_elements(raw[0], count, limits)
+    else:
+        elements = first.contents.bytes_contents
+        if len(elements) != count:
+            raise BadRequest(
+                f"input 'image' has shape for {count} image(s) but {len(elements)} elements"
+            )
+        for i, element in enumerate(elements):
+            if len(element) > limits.max_image_bytes:
+                raise PayloadTooLarge(
+                    f"image {i} is {len(element)} bytes; the limit is {limits.max_image_bytes} "
+                    "(max_image_bytes)"
+                )
+        images = [bytes(e) for e in elements]
+    parameters = _parameters(request.parameters)
+    options: list[tuple[str, str | int | float]] = []
+    _options(parameters, "request", options)
+    _options(_parameters(first.parameters), "input 'image'", options)
+    outputs = []
+    for requested in request.outputs:
+        unknown = sorted(set(requested.parameters) - {"binary_data"})
+        if unknown:
+            raise BadRequest(
+                f"output {requested.name!r} has parameter(s) {unknown}; only binary_data is "
+                "supported (classification results are the top_k option)"
+            )
+        outputs.append(RequestedOutput(requested.name))
+    return InferRequest(
+        id=request.id,
+        images=tuple(images),
+        options=tuple(options),
+        outputs=tuple(outputs),
+        timeout_s=_timeout_s(parameters),
+    )
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """An output tensor: its name, datatype and shape (-1: any size), and how a prediction (or,
+    `per_image`, a result's extra field) fills it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    source: str  # the prediction field, or the result's extra field
+    per_image: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Tensor:
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    values: npt.NDArray[Any] | list[bytes]  # numeric: a numpy array; BYTES: the elements
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+    def raw(self) -> bytes:
+        """Little-endian bytes in row-major order (BYTES: length-prefixed elements)."""
+        if isinstance(self.values, list):
+            return join_bytes_elements(self.values)
+        return self.values.astype(self.values.dtype.newbyteorder("<"), copy=False).tobytes()
+
+    def json_data(self) -> list[Any]:
+        """The flat data as JSON holds it (BYTES as text: every BYTES output here is text)."""
+        if isinstance(self.values, list):
+            return [v.decode("utf-8") for v in self.values]
+        flat: list[Any] = self.values.ravel().tolist()
+        return flat
+
+
+# Prediction fields, in the order outputs are listed. Anything a new task adds that is not here
+# still gets an output: BYTES, one JSON text per prediction (`_fallback_spec`).
+_PREDICTION_TENSORS = {
+    "box": TensorSpec("boxes", "FP32", (-1, 4), "box"),
+    "score": TensorSpec("scores", "FP32", (-1,), "score"),
+    "class_id": TensorSpec("class_ids", "INT64", (-1,), "class_id"),
+    "label": TensorSpec("labels", "BYTES", (-1,), "label"),
+    "area": TensorSpec("areas", "INT64", (-1,), "area"),
+    "mask": TensorSpec("masks", "BYTES", (-1,), "mask"),
+}
+COUNTS = TensorSpec("counts", "INT64", (-1,), "count", per_image=True)
+# A result's extra fields (segmentation's `label_map` with mask_format=png), one per image.
+LABEL_MAPS = TensorSpec("label_maps", "BYTES", (-1,), "label_map", per_image=True)
+_DTYPES = {"FP32": np.float32, "INT64": np.int64}
+
+
+def _fallback_spec(name: str) -> TensorSpec:
+    return TensorSpec(f"{name}s", "BYTES", (-1,), name)
+
+
+def output_specs(task: Task) -> tuple[TensorSpec, ...]:
+    """Every output a model of `task` can return, from the task's prediction schema."""
+    fields = list(task.prediction_schema.model_fields)
+    ordered = [f for f in _PREDICTION_TENSORS if f in fields] + [
+        f for f in fields if f not in _PREDICTION_TENSORS
+    ]
+    specs = [_PREDICTION_TENSORS.get(f) or _fallback_spec(f) for f in ordered]
+    if "mask" in fields:  # tasks with masks give a label map instead with mask_format=png
+        specs.append(LABEL_MAPS)
+    return (*specs, COUNTS)
+
+
+def input_metadata() -> list[dict[str, Any]]:
+    return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
+
+
+def model_metadata(name: str, task: Task) -> dict[str, Any]:
+    """`GET /v2/models/{name}` (and gRPC ModelMetadata): the model's inputs and outputs."""
+    return {
+        "name": name,
+        "versions": [VERSION],
+        "platform": f"pytorch_{task.name}",
+        "inputs": input_metadata(),
+        "outputs": [
+            {"name": s.name, "datatype": s.datatype, "shape": list(s.shape)}
+            for s in output_specs(task)
+        ],
+    }
+
+
+def server_metadata(version: str) -> dict[str, Any]:
+    return {"name": SERVER_NAME, "version": version, "extensions": list(EXTENSIONS)}
+
+
+def _element(value: Any) -> bytes:
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    return orjson.dumps(value)
+
+
+def _column(spec: TensorSpec, answers: Sequence[Result | ItemError]) -> Tensor | None:
+    """One output's tensor over every image's predictions (per-image outputs: one element per
+    image, empty for a failed one); None when no prediction (or image) has the field."""
+    results = [a for a in answers if isinstance(a, Result)]
+    if spec.per_image:
+        if not any(spec.source in r.extra for r in results):
+            return None
+        elements = [
+            _element(a.extra[spec.source])
+            if isinstance(a, Result) and spec.source in a.extra
+            else b""
+            for a in answers
+        ]
+        return Tensor(spec.name, spec.datatype, (len(elements),), elements)
+    values = [getattr(p, spec.source, None) for r in results for p in r.predictions]
+    if any(v is None for v in values):
+        return None  # e.g. masks with mask_format=png: the label map carries them
+    rows = len(values)
+    if spec.datatype == "BYTES":
+        return Tensor(spec.name, "BYTES", (rows,), [_element(v) for v in values])
+    shape = (rows, *spec.shape[1:])
+    array = np.asarray(values, dtype=_DTYPES[spec.datatype]).reshape(shape)
+    return Tensor(spec.name, spec.datatype, shape, array)
+
+
+def _item_entry(answer: Result | ItemError) -> dict[str, Any]:
+    if isinstance(answer, ItemError):
+        return {
+            "item_id": answer.item_id,
+            "error": {"code": answer.code, "message": answer.message, "status": answer.status},
+        }
+    return {
+        "item_id": answer.item_id,
+        **answer.image.to_dict(),
+        "batch_size": answer.batch_size,
+        "count": len(answer.predictions),
+    }
+
+
+def outputs_for(
+    answers: Sequence[Result | ItemError], task: Task, requested: Sequence[RequestedOutput] = ()
+) -> tuple[list[Tensor], dict[str, Any]]:
+    """Each image's `Result` or `ItemError` -> the output tensors and the response parameters.
+
+    A request of one image that failed raises that image's error (its status, as on `/v1`); with
+    several, failed images count 0 rows and carry their error in `parameters["items"]`.
+    """
+    if len(answers) == 1 and isinstance(answers[0], ItemError):
+        raise answers[0].to_exception()
+    specs = output_specs(task)
+    names = [s.name for s in specs]
+    wanted = [r.name for r in requested]
+    unknown = [n for n in wanted if n not in names]
+    if unknown:
+        raise BadRequest(
+            f"unknown output(s) {unknown}; this model's outputs are: {', '.join(names)}"
+        )
+    tensors: list[Tensor] = []
+    for spec in specs:
+        if wanted and spec.name not in wanted:
+            continue
+        if spec is COUNTS:
+            counts = np.array(
+                [len(a.predictions) if isinstance(a, Result) else 0 for a in answers],
+                dtype=np.int64,
+            )
+            tensors.append(Tensor(COUNTS.name, "INT64", (len(answers),), counts))
+            continue
+        tensor = _column(spec, answers)
+        if tensor is not None:
+            tensors.append(tensor)
+    items = orjson.dumps([_item_entry(a) for a in answers]).decode("utf-8")
+    return tensors, {"items": items}
+
+
+def _binary(tensor: Tensor, request: InferRequest) -> bool:
+    for requested in request.outputs:
+        if requested.name == tensor.name and requested.binary is not None:
+            return requested.binary
+    return request.binary_output
+
+
+def rest_response(
+    model: str,
+    request: InferRequest,
+    tensors: Sequence[Tensor],
+    parameters: Mapping[str, Any],
+) -> tuple[bytes, dict[str, str]]:
+    """The REST infer response: its body and headers (binary outputs after the JSON part)."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for tensor in tensors:
+        out: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        if _binary(tensor, request):
+            blob = tensor.raw()
+            out["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            out["data"] = tensor.json_data()
+        outputs.append(out)
+    body: dict[str, Any] = {"model_name": model, "model_version": VERSION}
+    if request.id:
+        body["id"] = request.id
+    body["parameters"] = dict(parameters)
+    body["outputs"] = outputs
+    header = orjson.dumps(body)
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def error_json(exc: VisionError) -> bytes:
+    """The protocol's error body."""
+    return orjson.dumps({"error": exc.message})
+
+
+def set_parameter(parameter: Any, value: bool | int | float | str) -> None:
+    """Fill an `InferParameter` message from a Python value."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
+
+
+def grpc_response(
+    pb: Any,
+    model: str,
+    request: InferRequest,
+    tensors: Sequence[Tensor],
+    parameters: Mapping[str, Any],
+) -> Any:
+    """The `ModelInferResponse` (`pb` is the generated module): every output's data in
+    `raw_output_contents`, as Triton answers and tritonclient reads."""
+    response = pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request.id)
+    for key, value in parameters.items():
+        set_parameter(response.parameters[key], value)
+    for tensor in tensors:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        response.raw_output_contents.append(tensor.raw())
+    return response
