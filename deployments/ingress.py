@@ -1,10 +1,13 @@
-"""Ingress: the HTTP API and the Python handle API, thin adapters over one `Caller`.
+"""Ingress: the HTTP API, the Open Inference Protocol (REST and gRPC) and the Python handle API,
+thin adapters over one `Caller`.
 
-Both parse what they receive into `Item`s and format the `Result`s or `ItemError`s they get back;
-the request flow itself (bundles, deadlines, retry, join) lives in `deployments.caller`.
+Each parses what it receives into `Item`s and formats the `Result`s or `ItemError`s it gets back;
+the request flow itself (bundles, deadlines, retry, join) lives in `deployments.caller`, and the
+OIP codec in `deployments.oip`.
 """
 
 import asyncio
+import importlib.metadata
 import logging
 import os
 import time
@@ -12,18 +15,21 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import grpc
 from fastapi import Request
 from fastapi.responses import Response
 from fastapi_offline import FastAPIOffline
 from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import ClientDisconnect
 
-from deployments import tasks
+from deployments import oip, tasks
 from deployments.auth import authorized, describe, load_api_key
 from deployments.caller import BundleSettings, Caller, PoisonSettings
 from deployments.errors import (
     BadRequest,
+    ServerError,
     Unauthorized,
     UnknownModel,
     UnsupportedMediaType,
@@ -63,6 +69,7 @@ class ModelRoute:
     """What the Ingress knows of one served model: enough to validate a request for it."""
 
     task: str  # a name in deployments.tasks.REGISTRY: it validates the options
+    model_name: str = ""  # the served model's name: the one /v2/models/{name} routes
     max_candidates: int = 100  # what the Model keeps per image (classification's max_top_k)
 
 
@@ -79,6 +86,30 @@ class IngressSettings:
     max_request_timeout_s: float = 120.0  # a request may ask for more; it gets this
     bundles: BundleSettings = field(default_factory=BundleSettings)
     poison: PoisonSettings = field(default_factory=PoisonSettings)
+
+
+def _pb() -> Any:
+    """The generated OIP messages, imported on first use: tritonclient's gRPC modules register
+    the same `inference.*` names in protobuf's default pool, so a process that imports this module
+    with them (a test) must not also load ours."""
+    from deployments.oip_proto import grpc_predict_v2_pb2
+
+    return grpc_predict_v2_pb2
+
+
+def _grpc_error(grpc_context: RayServegRPCContext, exc: VisionError, empty: Any) -> Any:
+    """The RPC's status from the error's HTTP status, its message as details; `empty` returned."""
+    grpc_context.set_code(getattr(grpc.StatusCode, oip.grpc_code(exc.status)))
+    grpc_context.set_details(exc.message)
+    grpc_context.set_trailing_metadata([("vision-error-code", exc.code)])
+    return empty
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("vision-serve")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 # `/docs` and `/redoc` load Swagger UI and ReDoc from the installed `fastapi_offline` package,
@@ -198,7 +229,7 @@ class Ingress:
     def _options(
         self,
         model: str,
-        given: Mapping[str, int | float | str | None] | Sequence[tuple[str, str]],
+        given: Mapping[str, int | float | str | None] | Sequence[tuple[str, str | int | float]],
     ) -> Options:
         route = self._settings.models[model]
         return tasks.parse_options(given, self._tasks[model], route.max_candidates)
@@ -444,3 +475,208 @@ class Ingress:
         """What the named model's replica reports about itself (it starts one if at zero)."""
         info: ModelInfo = await self._describe[self._model_named(model)].remote()
         return info
+
+    # --- Open Inference Protocol (KServe v2): REST, then gRPC; the codec is deployments.oip ---
+
+    def _oip_models(self) -> tuple[str, ...]:
+        return tuple(self._settings.models)
+
+    async def _oip_ready(self, name: str | None) -> bool:
+        """The server (`name` None: every stage and model) or one model is ready."""
+        if name is None:
+            return await self.readiness() is None
+        return (await self.model_state(name)).ready
+
+    def _oip_limits(self) -> oip.Limits:
+        settings = self._settings
+        return oip.Limits(
+            max_body_bytes=settings.max_body_bytes,
+            max_image_bytes=settings.max_image_bytes,
+            max_images=settings.max_images_per_request,
+        )
+
+    async def _oip_infer(
+        self, name: str, request: oip.InferRequest, deadline: float, request_id: str
+    ) -> tuple[list[oip.Tensor], dict[str, Any]]:
+        """One parsed infer request through the graph -> its output tensors and parameters."""
+        task = self._tasks[name]
+        options = self._options(name, request.options)
+        if request.timeout_s is not None:  # Triton's `timeout`: the tighter deadline wins
+            timeout = deadline_from(
+                request.timeout_s,
+                self._settings.request_timeout_s,
+                time.time(),
+                self._settings.max_request_timeout_s,
+                name="parameter 'timeout'",
+            )
+            deadline = min(deadline, timeout)
+        if request.id and valid_request_id(request.id):
+            request_id = request.id
+        items = [self._item(i, options, request_id, deadline, name) for i in request.images]
+        if len(items) == 1:
+            answers = [await self._caller.one(items[0])]
+        else:
+            answers = await self._caller.many(items)
+        return oip.outputs_for(answers, task, request.outputs)
+
+    def _oip_error(self, exc: VisionError) -> Response:
+        headers = {"content-type": "application/json"}
+        if exc.status == 503:
+            headers["retry-after"] = str(self._settings.retry_after_s)
+        elif exc.status == 401:
+            headers["www-authenticate"] = "Bearer"
+        return Response(content=oip.error_json(exc), status_code=exc.status, headers=headers)
+
+    @app.get("/v2", summary="OIP server metadata: name, version, extensions")
+    async def oip_server_metadata(self, request: Request) -> Response:
+        try:
+            self._authorize(request)
+        except VisionError as exc:
+            return self._oip_error(exc)
+        return json_response(oip.server_metadata(_version()))
+
+    @app.get("/v2/health/live", summary="OIP liveness: 200 while the Ingress answers")
+    async def oip_live(self) -> Response:
+        return json_response({"live": True})
+
+    @app.get("/v2/health/ready", summary="OIP readiness: 200 when every stage answers, else 503")
+    async def oip_ready(self) -> Response:
+        ready = await self._oip_ready(None)
+        return json_response({"ready": ready}, status=200 if ready else 503)
+
+    @app.get("/v2/models/{name}", summary="OIP model metadata: inputs and outputs")
+    @app.get("/v2/models/{name}/versions/{version}", summary="OIP model metadata")
+    async def oip_model_metadata(
+        self, request: Request, name: str, version: str | None = None
+    ) -> Response:
+        try:
+            self._authorize(request)
+            oip.check_model(name, version, self._oip_models())
+        except VisionError as exc:
+            return self._oip_error(exc)
+        return json_response(oip.model_metadata(name, self._tasks[name]))
+
+    @app.get("/v2/models/{name}/ready", summary="OIP model readiness: 200 when it can infer")
+    @app.get("/v2/models/{name}/versions/{version}/ready", summary="OIP model readiness")
+    async def oip_model_ready(self, name: str, version: str | None = None) -> Response:
+        try:
+            oip.check_model(name, version, self._oip_models())
+        except VisionError as exc:
+            return self._oip_error(exc)
+        ready = await self._oip_ready(name)
+        return json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+
+    @app.post(
+        "/v2/models/{name}/infer",
+        summary="OIP inference: encoded images as the BYTES input 'image' (README: Open "
+        "Inference Protocol)",
+    )
+    @app.post("/v2/models/{name}/versions/{version}/infer", summary="OIP inference")
+    async def oip_infer(self, request: Request, name: str, version: str | None = None) -> Response:
+        reservation = self._budget.reservation()
+        header_id = request.headers.get("x-request-id", "")
+        request_id = header_id if valid_request_id(header_id) else new_item_id()
+        try:
+            self._authorize(request)
+            oip.check_model(name, version, self._oip_models())
+            settings = self._settings
+            deadline = deadline_from(
+                request.headers.get(TIMEOUT_HEADER),
+                settings.request_timeout_s,
+                time.time(),
+                settings.max_request_timeout_s,
+            )
+            read = read_body(request, settings.max_body_bytes, reservation)
+            body = await within_deadline(read, deadline)
+            parsed = oip.parse_rest(
+                body, request.headers.get(oip.HEADER_LENGTH), self._oip_limits()
+            )
+            tensors, parameters = await self._oip_infer(name, parsed, deadline, request_id)
+            content, headers = oip.rest_response(name, parsed, tensors, parameters)
+            return Response(content=content, headers=headers)
+        except VisionError as exc:
+            return self._oip_error(exc)
+        except ClientDisconnect:
+            logger.info("request %s: the client left before its body arrived", request_id)
+            return self._oip_error(BadRequest("the client disconnected before the whole body"))
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            return self._oip_error(ServerError("the service failed on this request; logged"))
+        finally:
+            reservation.release()
+
+    # gRPC: Serve's proxy calls the method named after the RPC (serve_config.yaml grpc_options).
+
+    async def ServerLive(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return _pb().ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return _pb().ServerReadyResponse(ready=await self._oip_ready(None))
+
+    async def ModelReady(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        pb = _pb()
+        try:
+            oip.check_model(request.name, request.version, self._oip_models())
+        except VisionError as exc:
+            return _grpc_error(grpc_context, exc, pb.ModelReadyResponse())
+        return pb.ModelReadyResponse(ready=await self._oip_ready(request.name))
+
+    async def ServerMetadata(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        pb = _pb()
+        try:
+            self._grpc_authorize(grpc_context)
+        except VisionError as exc:
+            return _grpc_error(grpc_context, exc, pb.ServerMetadataResponse())
+        return pb.ServerMetadataResponse(**oip.server_metadata(_version()))
+
+    async def ModelMetadata(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        pb = _pb()
+        try:
+            self._grpc_authorize(grpc_context)
+            oip.check_model(request.name, request.version, self._oip_models())
+        except VisionError as exc:
+            return _grpc_error(grpc_context, exc, pb.ModelMetadataResponse())
+        meta = oip.model_metadata(request.name, self._tasks[request.name])
+        tensor = pb.ModelMetadataResponse.TensorMetadata
+        return pb.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def ModelInfer(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        pb = _pb()
+        reservation = self._budget.reservation()
+        request_id = grpc_context.request_id() or new_item_id()
+        try:
+            self._grpc_authorize(grpc_context)
+            oip.check_model(request.model_name, request.model_version, self._oip_models())
+            reservation.ensure(request.ByteSize())  # already in memory; counted as /v1 bodies are
+            settings = self._settings
+            deadline = deadline_from(
+                None, settings.request_timeout_s, time.time(), settings.max_request_timeout_s
+            )
+            parsed = oip.parse_grpc(request, self._oip_limits())
+            tensors, parameters = await self._oip_infer(
+                request.model_name, parsed, deadline, request_id
+            )
+            return oip.grpc_response(pb, request.model_name, parsed, tensors, parameters)
+        except VisionError as exc:
+            return _grpc_error(grpc_context, exc, pb.ModelInferResponse())
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            failed = ServerError("the service failed on this request; logged")
+            return _grpc_error(grpc_context, failed, pb.ModelInferResponse())
+        finally:
+            reservation.release()
+
+    def _grpc_authorize(self, grpc_context: RayServegRPCContext) -> None:
+        if not self._api_key:
+            return
+        metadata = dict(grpc_context.invocation_metadata())
+        if not authorized(metadata.get("authorization"), self._api_key):
+            raise Unauthorized(
+                "a valid API key is required: send the metadata 'authorization: Bearer <key>'"
+            )

@@ -37,7 +37,13 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from deployments.errors import BadRequest, InvalidOption, PayloadTooLarge, VisionError
+from deployments.errors import (
+    BadRequest,
+    InvalidOption,
+    PayloadTooLarge,
+    UnknownModel,
+    VisionError,
+)
 from deployments.tasks import Task
 from deployments.types import ItemError, Result
 
@@ -70,13 +76,6 @@ GRPC_CODES = {
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
-
-
-class ModelNotFound(VisionError):
-    """An OIP request names a model (or version) this service does not serve."""
-
-    status = 404
-    code = "model_not_found"
 
 
 def grpc_code(status: int) -> str:
@@ -116,14 +115,14 @@ class InferRequest:
 
 
 def check_model(name: str, version: str | None, served: Sequence[str]) -> None:
-    """404 (`ModelNotFound`) unless `name` is served and `version` is empty or `VERSION`."""
+    """404 (`UnknownModel`) unless `name` is served and `version` is empty or `VERSION`."""
     if name not in served:
-        raise ModelNotFound(
-            f"model {name!r} is not served here; the models are: {', '.join(served) or 'none'}"
+        raise UnknownModel(
+            f"model {name[:100]!r} is not served here; the models are: {', '.join(served) or 'none'}"
         )
     if version not in (None, "", VERSION):
-        raise ModelNotFound(
-            f"model {name!r} has no version {version!r}; its one version is {VERSION!r} "
+        raise UnknownModel(
+            f"model {name[:100]!r} has no version {version[:100]!r}; its one version is {VERSION!r} "
             "(or leave the version out)"
         )
 

@@ -19,6 +19,7 @@ from tools.serve_process import serve_one_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8000"
+GRPC_ADDRESS = "127.0.0.1:9000"  # serve_config.yaml grpc_options.port
 METRICS_PORT = 8089  # Ray's Prometheus endpoint on the test cluster's node
 APP = "vision"
 ONE_MODEL = "the-model"  # what `app_config(model=...)` serves its one model as
@@ -120,8 +121,12 @@ def fixed_replicas(replicas: int) -> dict[str, Any]:
 def deploy(config: dict[str, Any], timeout_s: float = 180) -> None:
     """Apply a config the way `serve run <config>` does, then wait for the app to run."""
     schema = ServeDeploySchema.model_validate(config)
+    # Serve starts once per test session, with the first deploy's options: every config carries
+    # serve_config.yaml's grpc_options, so the gRPC proxy is up whichever module deploys first.
     client = serve_start(
-        http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location
+        http_options=schema.http_options.model_dump(),
+        grpc_options=schema.grpc_options.model_dump(),
+        proxy_location=schema.proxy_location,
     )
     client.deploy_apps(schema)
 

@@ -179,7 +179,7 @@ def for_torchvision(name: str) -> Task | None:
 
 
 def parse_options(
-    params: Mapping[str, str | int | float | None] | Sequence[tuple[str, str]],
+    params: Mapping[str, str | int | float | None] | Sequence[tuple[str, str | int | float]],
     task: Task,
     max_candidates: int,
 ) -> Options:

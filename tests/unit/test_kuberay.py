@@ -396,10 +396,15 @@ def test_a_disruption_budget_per_worker_group(
     assert len(budgets) == len(groups)
 
 
-def test_network_policy_admits_only_the_serve_port_from_outside(
+def _serve_ports() -> list[int]:
+    """Serve's HTTP port and its gRPC port (the Open Inference Protocol's)."""
+    config = load_config()
+    return [config["http_options"]["port"], config["grpc_options"]["port"]]
+
+
+def test_network_policy_admits_only_the_serve_ports_from_outside(
     cluster: dict[str, Any], documents: list[dict[str, Any]]
 ) -> None:
-    serve_port = load_config()["http_options"]["port"]
     (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
     spec = policy["spec"]
     assert "Ingress" in spec["policyTypes"]
@@ -423,18 +428,19 @@ def test_network_policy_admits_only_the_serve_port_from_outside(
                 assert [p["port"] for p in rule["ports"]] == [8265], rule
             else:
                 assert source["podSelector"] == spec["podSelector"], "Ray's ports: own pods only"
-    assert open_ports == [serve_port]
+    assert open_ports == _serve_ports()
 
 
-def test_only_the_serve_port_leaves_the_cluster(
+def test_only_the_serve_ports_leave_the_cluster(
     service: dict[str, Any], cluster: dict[str, Any], documents: list[dict[str, Any]]
 ) -> None:
-    serve_port = load_config()["http_options"]["port"]
+    http_port, grpc_port = _serve_ports()
     serve_service = service["spec"]["serveService"]["spec"]
-    assert [p["port"] for p in serve_service["ports"]] == [serve_port]
+    assert [p["port"] for p in serve_service["ports"]] == [http_port, grpc_port]
+    for container in _containers(cluster):
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert (ports["serve"], ports["serve-grpc"]) == (http_port, grpc_port), container["name"]
     head = cluster["headGroupSpec"]
-    (head_container,) = head["template"]["spec"]["containers"]
-    assert {p["name"]: p["containerPort"] for p in head_container["ports"]}["serve"] == serve_port
 
     internal = {None, "ClusterIP"}
     assert serve_service.get("type") in internal, "a LoadBalancer is opt-in (kuberay/README.md)"

@@ -23,7 +23,13 @@ import tritonclient.http as httpclient
 from tritonclient.grpc._utils import _get_inference_request
 
 from deployments import oip, tasks
-from deployments.errors import BadRequest, CorruptImage, InvalidOption, PayloadTooLarge
+from deployments.errors import (
+    BadRequest,
+    CorruptImage,
+    InvalidOption,
+    PayloadTooLarge,
+    UnknownModel,
+)
 from deployments.types import ImageInfo, ItemError, Prediction, Result
 from tests.images import jpeg, png
 from tests.serving import ROOT
@@ -212,10 +218,10 @@ def test_grpc_bad_requests_are_named() -> None:
 def test_model_and_version_are_checked() -> None:
     oip.check_model("shapes", "", ["shapes", "echo"])
     oip.check_model("shapes", "1", ["shapes"])
-    with pytest.raises(oip.ModelNotFound, match="the models are: shapes") as unknown:
+    with pytest.raises(UnknownModel, match="the models are: shapes") as unknown:
         oip.check_model("resnet", None, ["shapes"])
     assert unknown.value.status == 404
-    with pytest.raises(oip.ModelNotFound, match="no version '2'"):
+    with pytest.raises(UnknownModel, match="no version '2'"):
         oip.check_model("shapes", "2", ["shapes"])
 
 

@@ -1,0 +1,262 @@
+"""The Open Inference Protocol with Triton's own clients, over HTTP and gRPC, against the shipped
+detector: the same boxes as `/v1/predict`, several images in one infer, bad inputs answered in
+the protocol's form with `/v1`'s codes while their neighbours succeed, and readiness.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
+
+from shapes.evaluate_offline import EVAL_SEED_BASE
+from shapes.generate import GeneratedImage, generate
+from tests.images import truncated_jpeg
+from tests.serving import BASE_URL, GRPC_ADDRESS, app_config, deploy, load_config
+
+MODEL = load_config()["applications"][0]["args"]["model"]["name"]
+SIZES = [(437, 273), (640, 480), (300, 900), (1024, 256)]
+MAX_IMAGES = 4  # the deploy's max_images_per_request, so "one too many" is cheap to send
+
+
+@pytest.fixture(scope="module")
+def oip_app() -> None:
+    deploy(app_config(args={"limits": {"max_images_per_request": MAX_IMAGES}}))
+
+
+@pytest.fixture(scope="module")
+def images() -> list[GeneratedImage]:
+    return [
+        generate(
+            EVAL_SEED_BASE + 700_000 + i,
+            width=w,
+            height=h,
+            fmt="JPEG",
+            orientation=6 * (i % 2) or 1,
+        )
+        for i, (w, h) in enumerate(SIZES)
+    ]
+
+
+@pytest.fixture(scope="module")
+def v1_answers(oip_app: None, images: list[GeneratedImage]) -> list[dict[str, Any]]:
+    answers = []
+    for image in images:
+        r = httpx.post(
+            f"{BASE_URL}/v1/predict",
+            content=image.data,
+            params={"score_threshold": 0.3},
+            headers={"content-type": "image/jpeg"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        answers.append(r.json())
+    return answers
+
+
+@pytest.fixture(scope="module")
+def http() -> Iterator[httpclient.InferenceServerClient]:
+    client = httpclient.InferenceServerClient(BASE_URL.removeprefix("http://"), network_timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc() -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(GRPC_ADDRESS)
+    yield client
+    client.close()
+
+
+def _input(module: Any, images: list[bytes], datatype: str = "BYTES") -> Any:
+    tensor = module.InferInput("image", [len(images)], datatype)
+    tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
+    return tensor
+
+
+def _items(result: Any) -> list[dict[str, Any]]:
+    response = result.get_response()
+    if isinstance(response, dict):
+        return json.loads(response["parameters"]["items"])
+    return json.loads(response.parameters["items"].string_param)
+
+
+def _per_image(result: Any) -> list[list[dict[str, Any]]]:
+    """Each image's predictions, from the concatenated rows and `counts`."""
+    counts = result.as_numpy("counts")
+    cuts = np.cumsum(counts)[:-1]
+    columns = {
+        name: np.split(result.as_numpy(name), cuts)
+        for name in ("boxes", "scores", "class_ids", "labels")
+    }
+    out = []
+    for k in range(len(counts)):
+        out.append(
+            [
+                {
+                    "box": columns["boxes"][k][j].tolist(),
+                    "score": float(columns["scores"][k][j]),
+                    "class_id": int(columns["class_ids"][k][j]),
+                    "label": columns["labels"][k][j].decode(),
+                }
+                for j in range(int(counts[k]))
+            ]
+        )
+    return out
+
+
+def _same_predictions(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    assert [p["label"] for p in got] == [p["label"] for p in want]
+    assert [p["class_id"] for p in got] == [p["class_id"] for p in want]
+    np.testing.assert_allclose([p["score"] for p in got], [p["score"] for p in want], rtol=1e-5)
+    np.testing.assert_allclose(
+        np.array([p["box"] for p in got]).reshape(-1, 4),
+        np.array([p["box"] for p in want]).reshape(-1, 4),
+        atol=1e-3,
+    )
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_each_image_gets_the_same_boxes_as_v1(
+    transport: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    images: list[GeneratedImage],
+    v1_answers: list[dict[str, Any]],
+) -> None:
+    client, module = (http, httpclient) if transport == "http" else (grpc, grpcclient)
+    for k, (image, want) in enumerate(zip(images, v1_answers, strict=True)):
+        result = client.infer(
+            MODEL,
+            [_input(module, [image.data])],
+            request_id=f"{transport}-{k}",
+            parameters={"score_threshold": 0.3},
+        )
+        assert len(want["predictions"]) >= 1
+        _same_predictions(_per_image(result)[0], want["predictions"])
+        (item,) = _items(result)
+        assert {key: item[key] for key in ("width", "height", "orientation", "format")} == want[
+            "image"
+        ]
+        response = result.get_response()
+        assert (response["id"] if transport == "http" else response.id) == f"{transport}-{k}"
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_several_images_in_one_infer_each_answered_a_broken_one_apart(
+    transport: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    images: list[GeneratedImage],
+    v1_answers: list[dict[str, Any]],
+) -> None:
+    client, module = (http, httpclient) if transport == "http" else (grpc, grpcclient)
+    sent = [images[0].data, truncated_jpeg(), images[2].data, b"not an image"]
+    result = client.infer(MODEL, [_input(module, sent)], parameters={"score_threshold": 0.3})
+    items = _items(result)
+    assert [i.get("error", {}).get("status") for i in items] == [None, 422, None, 415]
+    assert items[1]["error"]["code"] == "corrupt_image"
+    assert items[3]["error"]["code"] == "unsupported_format"
+    per_image = _per_image(result)
+    assert [len(p) for p in per_image[1::2]] == [0, 0]
+    _same_predictions(per_image[0], v1_answers[0]["predictions"])
+    _same_predictions(per_image[2], v1_answers[2]["predictions"])
+
+
+def _status(call: Any) -> tuple[str, str]:
+    with pytest.raises(InferenceServerException) as caught:
+        call()
+    return str(caught.value.status()), caught.value.message()
+
+
+@pytest.mark.parametrize(
+    ("transport", "case", "expected", "words"),
+    [
+        ("http", "wrong datatype", "400", "datatype BYTES"),
+        ("grpc", "wrong datatype", "StatusCode.INVALID_ARGUMENT", "datatype BYTES"),
+        ("http", "unknown model", "404", "not served"),
+        ("grpc", "unknown model", "StatusCode.NOT_FOUND", "not served"),
+        ("http", "too many images", "413", "max_images_per_request"),
+        ("grpc", "too many images", "StatusCode.RESOURCE_EXHAUSTED", "max_images_per_request"),
+        ("http", "one broken image", "422", "truncated"),
+        ("grpc", "one broken image", "StatusCode.INVALID_ARGUMENT", "truncated"),
+        ("http", "bad option", "400", "score_threshold"),
+        ("grpc", "bad option", "StatusCode.INVALID_ARGUMENT", "score_threshold"),
+    ],
+)
+def test_bad_requests_get_protocol_errors_with_v1_codes(
+    transport: str,
+    case: str,
+    expected: str,
+    words: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    images: list[GeneratedImage],
+    oip_app: None,
+) -> None:
+    client, module = (http, httpclient) if transport == "http" else (grpc, grpcclient)
+    good = images[0].data
+    calls = {
+        "wrong datatype": lambda: client.infer(MODEL, [_uint8_input(module)]),
+        "unknown model": lambda: client.infer("resnet", [_input(module, [good])]),
+        "too many images": lambda: client.infer(MODEL, [_input(module, [good] * (MAX_IMAGES + 1))]),
+        "one broken image": lambda: client.infer(MODEL, [_input(module, [truncated_jpeg()])]),
+        "bad option": lambda: client.infer(
+            MODEL, [_input(module, [good])], parameters={"score_threshold": 2.5}
+        ),
+    }
+    status, message = _status(calls[case])
+    assert status == expected
+    assert words in message
+
+
+def _uint8_input(module: Any) -> Any:
+    pixels = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    tensor = module.InferInput("image", list(pixels.shape), "UINT8")
+    tensor.set_data_from_numpy(pixels)
+    return tensor
+
+
+def test_http_errors_are_the_protocols_json(oip_app: None) -> None:
+    r = httpx.post(f"{BASE_URL}/v2/models/nope/infer", content=b"{}", timeout=30)
+    assert r.status_code == 404
+    assert list(r.json()) == ["error"]
+    r = httpx.post(f"{BASE_URL}/v2/models/{MODEL}/infer", content=b"{not json", timeout=30)
+    assert r.status_code == 400
+    assert "malformed" in r.json()["error"]
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_health_and_metadata(
+    transport: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    oip_app: None,
+) -> None:
+    client = http if transport == "http" else grpc
+    assert client.is_server_live()
+    assert client.is_server_ready()
+    assert client.is_model_ready(MODEL)
+    assert not client.is_model_ready("resnet") if transport == "http" else True
+    meta = (
+        client.get_model_metadata(MODEL, as_json=True)
+        if transport == "grpc"
+        else (client.get_model_metadata(MODEL))
+    )
+    outputs = {o["name"]: o for o in meta["outputs"]}
+    assert outputs["boxes"]["datatype"] == "FP32"
+    assert [int(d) for d in outputs["boxes"]["shape"]] == [-1, 4]
+    assert meta["inputs"][0]["name"] == "image"
+    server = (
+        client.get_server_metadata(as_json=True)
+        if transport == "grpc"
+        else (client.get_server_metadata())
+    )
+    assert "binary_tensor_data" in server["extensions"]
