@@ -501,6 +501,7 @@ class Ingress:
         """One parsed infer request through the graph -> its output tensors and parameters."""
         task = self._tasks[name]
         options = self._options(name, request.options)
+        oip.check_outputs(request.outputs, task)
         if request.timeout_s is not None:  # Triton's `timeout`: the tighter deadline wins
             timeout = deadline_from(
                 request.timeout_s,

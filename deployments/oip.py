@@ -117,13 +117,14 @@ class InferRequest:
 def check_model(name: str, version: str | None, served: Sequence[str]) -> None:
     """404 (`UnknownModel`) unless `name` is served and `version` is empty or `VERSION`."""
     if name not in served:
+        served_names = ", ".join(served) or "none"
         raise UnknownModel(
-            f"model {name[:100]!r} is not served here; the models are: {', '.join(served) or 'none'}"
+            f"model {name[:100]!r} is not served here; the models are: {served_names}"
         )
     if version not in (None, "", VERSION):
         raise UnknownModel(
-            f"model {name[:100]!r} has no version {version[:100]!r}; its one version is {VERSION!r} "
-            "(or leave the version out)"
+            f"model {name[:100]!r} has no version {str(version)[:100]!r}; its one version is "
+            f"{VERSION!r} (or leave the version out)"
         )
 
 
@@ -564,6 +565,16 @@ def _item_entry(answer: Result | ItemError) -> dict[str, Any]:
     }
 
 
+def check_outputs(requested: Sequence[RequestedOutput], task: Task) -> None:
+    """400 for a requested output the task does not have (checked before anything runs)."""
+    names = [s.name for s in output_specs(task)]
+    unknown = [r.name for r in requested if r.name not in names]
+    if unknown:
+        raise BadRequest(
+            f"unknown output(s) {unknown}; this model's outputs are: {', '.join(names)}"
+        )
+
+
 def outputs_for(
     answers: Sequence[Result | ItemError], task: Task, requested: Sequence[RequestedOutput] = ()
 ) -> tuple[list[Tensor], dict[str, Any]]:
@@ -574,14 +585,9 @@ def outputs_for(
     """
     if len(answers) == 1 and isinstance(answers[0], ItemError):
         raise answers[0].to_exception()
+    check_outputs(requested, task)
     specs = output_specs(task)
-    names = [s.name for s in specs]
     wanted = [r.name for r in requested]
-    unknown = [n for n in wanted if n not in names]
-    if unknown:
-        raise BadRequest(
-            f"unknown output(s) {unknown}; this model's outputs are: {', '.join(names)}"
-        )
     tensors: list[Tensor] = []
     for spec in specs:
         if wanted and spec.name not in wanted:
