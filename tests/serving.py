@@ -120,6 +120,12 @@ def fixed_replicas(replicas: int) -> dict[str, Any]:
 
 def deploy(config: dict[str, Any], timeout_s: float = 180) -> None:
     """Apply a config the way `serve run <config>` does, then wait for the app to run."""
+    start(config)
+    wait_running(timeout_s)
+
+
+def start(config: dict[str, Any]) -> None:
+    """Apply a config the way `serve run <config>` does, without waiting for it."""
     schema = ServeDeploySchema.model_validate(config)
     # Serve starts once per test session, with the first deploy's options: every config carries
     # serve_config.yaml's grpc_options, so the gRPC proxy is up whichever module deploys first.
@@ -129,6 +135,10 @@ def deploy(config: dict[str, Any], timeout_s: float = 180) -> None:
         proxy_location=schema.proxy_location,
     )
     client.deploy_apps(schema)
+
+
+def wait_running(timeout_s: float = 180) -> None:
+    """Wait until the app runs with every deployment healthy; a failed deploy raises at once."""
 
     def running() -> bool:
         status = serve.status().applications.get(APP)

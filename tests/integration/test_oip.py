@@ -1,12 +1,18 @@
 """The Open Inference Protocol with Triton's own clients, over HTTP and gRPC, against the shipped
 detector: the same boxes as `/v1/predict`, several images in one infer, bad inputs answered in
-the protocol's form with `/v1`'s codes while their neighbours succeed, and readiness.
+the protocol's form with `/v1`'s codes while their neighbours succeed, a segmenter's masks, and
+readiness that stays false while a model warms up.
+
+One deploy for the module: serve_config.yaml's models, `colours` (a segmenter whose answer is
+known for every pixel: tests/fixtures/models.py) and `warming`, an echo model whose replica
+finishes its constructor only once the test creates a file.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,32 +20,62 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 from shapes.evaluate_offline import EVAL_SEED_BASE
 from shapes.generate import GeneratedImage, generate
-from tests.images import truncated_jpeg
-from tests.serving import BASE_URL, GRPC_ADDRESS, app_config, deploy, load_config
+from tests.images import encode, truncated_jpeg
+from tests.serving import (
+    BASE_URL,
+    GRPC_ADDRESS,
+    app_config,
+    start,
+    wait_running,
+    wait_until,
+)
 
-MODEL = load_config()["applications"][0]["args"]["model"]["name"]
+MODEL, COLOURS, WARMING = "shapes-detector", "colours", "warming"
 SIZES = [(437, 273), (640, 480), (300, 900), (1024, 256)]
 MAX_IMAGES = 4  # the deploy's max_images_per_request, so "one too many" is cheap to send
 
 
 @pytest.fixture(scope="module")
-def oip_app() -> None:
-    deploy(app_config(args={"limits": {"max_images_per_request": MAX_IMAGES}}))
+def gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("oip") / "warm-up-may-finish"
+
+
+@pytest.fixture(scope="module")
+def started(gate: Path) -> None:
+    """The app deployed, its Ingress answering; `warming` still in its constructor."""
+    config = app_config(args={"limits": {"max_images_per_request": MAX_IMAGES}})
+    models = config["applications"][0]["args"]["models"]
+    warming = {"name": "tests.fixtures.models:warming_echo", "weights": "none"}
+    models.append({"name": WARMING, "model": {**warming, "kwargs": {"gate_file": str(gate)}}})
+    models.append({"name": COLOURS, "model": {"name": "tests.fixtures.models:colours"}})
+    start(config)
+
+    def detector_ready() -> bool:
+        try:
+            return httpx.get(f"{BASE_URL}/v2/models/{MODEL}/ready", timeout=30).status_code == 200
+        except httpx.HTTPError:
+            return False  # the proxy has no route to the app yet
+
+    wait_until(detector_ready, 180, "the detector to be ready", every_s=0.5)
+
+
+@pytest.fixture(scope="module")
+def oip_app(started: None, gate: Path) -> None:
+    """Every model warm."""
+    gate.touch()
+    wait_running()
 
 
 @pytest.fixture(scope="module")
 def images() -> list[GeneratedImage]:
     return [
         generate(
-            EVAL_SEED_BASE + 700_000 + i,
-            width=w,
-            height=h,
-            fmt="JPEG",
-            orientation=6 * (i % 2) or 1,
+            EVAL_SEED_BASE + 700_000 + i, width=w, height=h, fmt="JPEG", orientation=(1, 6)[i % 2]
         )
         for i, (w, h) in enumerate(SIZES)
     ]
@@ -50,7 +86,7 @@ def v1_answers(oip_app: None, images: list[GeneratedImage]) -> list[dict[str, An
     answers = []
     for image in images:
         r = httpx.post(
-            f"{BASE_URL}/v1/predict",
+            f"{BASE_URL}/v1/models/{MODEL}/predict",
             content=image.data,
             params={"score_threshold": 0.3},
             headers={"content-type": "image/jpeg"},
@@ -73,6 +109,32 @@ def grpc() -> Iterator[grpcclient.InferenceServerClient]:
     client = grpcclient.InferenceServerClient(GRPC_ADDRESS)
     yield client
     client.close()
+
+
+def _clients(
+    transport: str, http: httpclient.InferenceServerClient, grpc: grpcclient.InferenceServerClient
+) -> tuple[Any, Any]:
+    return (http, httpclient) if transport == "http" else (grpc, grpcclient)
+
+
+def test_readiness_is_false_while_a_model_is_still_warming_up(
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    started: None,
+    gate: Path,
+) -> None:
+    if gate.exists():
+        pytest.skip("an earlier test let the warm-up finish")
+    for client in (http, grpc):
+        assert client.is_server_live()
+        assert client.is_model_ready(MODEL)
+        assert not client.is_model_ready(WARMING)
+        assert not client.is_server_ready()
+    gate.touch()
+    for client in (http, grpc):
+        ready = client.is_model_ready
+        wait_until(lambda r=ready: r(WARMING), 120, "the warmed-up model to be ready")
+        wait_until(client.is_server_ready, 30, "the server to be ready")
 
 
 def _input(module: Any, images: list[bytes], datatype: str = "BYTES") -> Any:
@@ -131,7 +193,7 @@ def test_each_image_gets_the_same_boxes_as_v1(
     images: list[GeneratedImage],
     v1_answers: list[dict[str, Any]],
 ) -> None:
-    client, module = (http, httpclient) if transport == "http" else (grpc, grpcclient)
+    client, module = _clients(transport, http, grpc)
     for k, (image, want) in enumerate(zip(images, v1_answers, strict=True)):
         result = client.infer(
             MODEL,
@@ -157,7 +219,7 @@ def test_several_images_in_one_infer_each_answered_a_broken_one_apart(
     images: list[GeneratedImage],
     v1_answers: list[dict[str, Any]],
 ) -> None:
-    client, module = (http, httpclient) if transport == "http" else (grpc, grpcclient)
+    client, module = _clients(transport, http, grpc)
     sent = [images[0].data, truncated_jpeg(), images[2].data, b"not an image"]
     result = client.infer(MODEL, [_input(module, sent)], parameters={"score_threshold": 0.3})
     items = _items(result)
@@ -201,7 +263,7 @@ def test_bad_requests_get_protocol_errors_with_v1_codes(
     images: list[GeneratedImage],
     oip_app: None,
 ) -> None:
-    client, module = (http, httpclient) if transport == "http" else (grpc, grpcclient)
+    client, module = _clients(transport, http, grpc)
     good = images[0].data
     calls = {
         "wrong datatype": lambda: client.infer(MODEL, [_uint8_input(module)]),
@@ -228,6 +290,9 @@ def test_http_errors_are_the_protocols_json(oip_app: None) -> None:
     r = httpx.post(f"{BASE_URL}/v2/models/nope/infer", content=b"{}", timeout=30)
     assert r.status_code == 404
     assert list(r.json()) == ["error"]
+    assert MODEL in r.json()["error"]  # it names the models there are
+    r = httpx.get(f"{BASE_URL}/v2/models/{MODEL}/versions/2/ready", timeout=30)
+    assert r.status_code == 404
     r = httpx.post(f"{BASE_URL}/v2/models/{MODEL}/infer", content=b"{not json", timeout=30)
     assert r.status_code == 400
     assert "malformed" in r.json()["error"]
@@ -240,11 +305,10 @@ def test_health_and_metadata(
     grpc: grpcclient.InferenceServerClient,
     oip_app: None,
 ) -> None:
-    client = http if transport == "http" else grpc
+    client, _ = _clients(transport, http, grpc)
     assert client.is_server_live()
     assert client.is_server_ready()
     assert client.is_model_ready(MODEL)
-    assert not client.is_model_ready("resnet") if transport == "http" else True
     meta = (
         client.get_model_metadata(MODEL, as_json=True)
         if transport == "grpc"
@@ -260,3 +324,39 @@ def test_health_and_metadata(
         else (client.get_server_metadata())
     )
     assert "binary_tensor_data" in server["extensions"]
+
+
+def test_segmenter_masks_are_v1s_over_both_transports(
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    oip_app: None,
+) -> None:
+    picture = Image.new("RGB", (160, 90), "white")
+    picture.paste((255, 0, 0), (10, 20, 60, 70))  # red: class 1, 50 x 50 pixels
+    picture.paste((0, 255, 0), (100, 5, 150, 25))  # green: class 2, 50 x 20
+    data = encode(picture, "PNG")
+
+    def v1(mask_format: str) -> dict[str, Any]:
+        r = httpx.post(
+            f"{BASE_URL}/v1/models/{COLOURS}/predict",
+            content=data,
+            params={"mask_format": mask_format},
+            headers={"content-type": "image/png"},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    rle = v1("rle")
+    result = http.infer(COLOURS, [_input(httpclient, [data])], parameters={"mask_format": "rle"})
+    masks = [json.loads(m) for m in result.as_numpy("masks")]
+    assert masks == [p["mask"] for p in rle["predictions"]]
+    assert result.as_numpy("areas").tolist() == [p["area"] for p in rle["predictions"]]
+    assert result.as_numpy("areas").tolist() == [2500, 1000]
+    assert result.get_output("label_maps") is None
+    png = v1("png")
+    result = grpc.infer(COLOURS, [_input(grpcclient, [data])], parameters={"mask_format": "png"})
+    assert result.as_numpy("label_maps")[0].decode() == png["label_map"]
+    assert result.get_output("masks") is None
+    labels = [v.decode() for v in result.as_numpy("labels")]
+    assert labels == [p["label"] for p in png["predictions"]] == ["red", "green"]
