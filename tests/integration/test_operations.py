@@ -9,15 +9,22 @@ import math
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 from tests import images
 from tests.fixtures.models import colour_in
 from tests.serving import (
     BASE_URL,
+    GRPC_ADDRESS,
     METRICS_PORT,
+    ONE_MODEL,
     app_config,
     deploy,
     post_image,
@@ -144,6 +151,33 @@ def test_api_key_is_required_when_configured() -> None:
     assert r.status_code == 200
     assert httpx.get(f"{BASE_URL}/v1/model", headers=good).status_code == 200
     assert httpx.get(f"{BASE_URL}/v1/health").status_code == 200  # probes stay open
+
+
+@pytest.mark.usefixtures("keyed_app")
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_api_key_guards_the_open_inference_protocol_too(transport: str) -> None:
+    module: Any = httpclient if transport == "http" else grpcclient
+    address = BASE_URL.removeprefix("http://") if transport == "http" else GRPC_ADDRESS
+    refused = "401" if transport == "http" else "StatusCode.UNAUTHENTICATED"
+    client = module.InferenceServerClient(address)
+    image = module.InferInput("image", [1], "BYTES")
+    image.set_data_from_numpy(np.array([images.solid_png((7, 8, 9))], dtype=np.object_))
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        for call in (
+            lambda h=headers: client.infer(ONE_MODEL, [image], headers=h),
+            lambda h=headers: client.get_model_metadata(ONE_MODEL, headers=h),
+            lambda h=headers: client.get_server_metadata(headers=h),
+        ):
+            with pytest.raises(InferenceServerException) as caught:
+                call()
+            assert str(caught.value.status()) == refused
+            assert API_KEY not in str(caught.value)
+    assert client.is_server_live() and client.is_server_ready()  # probes stay open
+    assert client.is_model_ready(ONE_MODEL)
+    good = {"authorization": f"Bearer {API_KEY}"}
+    labels = client.infer(ONE_MODEL, [image], headers=good).as_numpy("labels")
+    assert [v.decode() for v in labels[:3]] == ["r007", "g008", "b009"]
+    client.close()
 
 
 @pytest.mark.usefixtures("keyed_app")
