@@ -496,9 +496,16 @@ class Ingress:
         )
 
     async def _oip_infer(
-        self, name: str, request: oip.InferRequest, deadline: float, request_id: str
+        self,
+        name: str,
+        request: oip.InferRequest,
+        deadline: float,
+        request_id: str,
+        trace: str | None,
     ) -> tuple[list[oip.Tensor], dict[str, Any]]:
-        """One parsed infer request through the graph -> its output tensors and parameters."""
+        """One parsed infer request through the graph -> its output tensors and parameters.
+
+        `trace`: the client's W3C trace context (`traceparent` header or gRPC metadata)."""
         task = self._tasks[name]
         options = self._options(name, request.options)
         oip.check_outputs(request.outputs, task)
@@ -515,9 +522,9 @@ class Ingress:
             request_id = request.id
         items = [self._item(i, options, request_id, deadline, name) for i in request.images]
         if len(items) == 1:
-            answers = [await self._caller.one(items[0])]
+            answers = [await self._caller.one(items[0], trace)]
         else:
-            answers = await self._caller.many(items)
+            answers = await self._caller.many(items, trace)
         return oip.outputs_for(answers, task, request.outputs)
 
     def _oip_error(self, exc: VisionError) -> Response:
@@ -592,7 +599,8 @@ class Ingress:
             parsed = oip.parse_rest(
                 body, request.headers.get(oip.HEADER_LENGTH), self._oip_limits()
             )
-            tensors, parameters = await self._oip_infer(name, parsed, deadline, request_id)
+            trace = carrier(request.headers)
+            tensors, parameters = await self._oip_infer(name, parsed, deadline, request_id, trace)
             content, headers = oip.rest_response(name, parsed, tensors, parameters)
             return Response(content=content, headers=headers)
         except VisionError as exc:
@@ -660,8 +668,9 @@ class Ingress:
                 None, settings.request_timeout_s, time.time(), settings.max_request_timeout_s
             )
             parsed = oip.parse_grpc(request, self._oip_limits())
+            trace = carrier(dict(grpc_context.invocation_metadata()))
             tensors, parameters = await self._oip_infer(
-                request.model_name, parsed, deadline, request_id
+                request.model_name, parsed, deadline, request_id, trace
             )
             return oip.grpc_response(pb, request.model_name, parsed, tensors, parameters)
         except VisionError as exc:
