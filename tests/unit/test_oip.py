@@ -15,6 +15,7 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -33,6 +34,7 @@ from deployments.errors import (
 from deployments.types import ImageInfo, ItemError, Prediction, Result
 from tests.images import jpeg, png
 from tests.serving import ROOT
+from vision_client.transport import V2
 
 LIMITS = oip.Limits(max_body_bytes=1 << 20, max_image_bytes=64 * 1024, max_images=4)
 DETECTION = tasks.get("detection")
@@ -434,3 +436,13 @@ def test_our_proto_speaks_tritonclients_wire_format() -> None:
         for name, spec in fields.items():
             field = theirs.fields_by_name[name]
             assert [field.number, field.type, field.is_repeated] == spec, f"{full_name}.{name}"
+
+
+def test_vision_clients_v2_requests_parse() -> None:
+    image = jpeg(32, 24, seed=9)
+    built = V2(model="shapes-detector").request(httpx.AsyncClient(), image, [("top_k", "3")])
+    assert built.url.path == "/v2/models/shapes-detector/infer"
+    parsed = oip.parse_rest(built.read(), built.headers["inference-header-content-length"], LIMITS)
+    assert parsed.images == (image,)
+    assert parsed.options == (("top_k", "3"),)
+    assert not parsed.binary_output  # it reads the outputs as JSON
