@@ -6,12 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import BASE_URL, ROOT, app_config, deploy
+from tests.serving import BASE_URL, ONE_MODEL, ROOT, app_config, deploy
 
 ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
 
@@ -54,6 +55,29 @@ def test_cli_sends_a_folder_and_writes_a_line_per_image(tmp_path: Path) -> None:
     broken = lines["broken.jpg"]
     assert broken["status"] == 422
     assert broken["body"]["error"]["code"] == "corrupt_image"
+
+
+def test_cli_speaks_the_open_inference_protocol_too(tmp_path: Path) -> None:
+    colours = images.distinct_colours(2, seed=8)
+    for n, colour in enumerate(colours):
+        (tmp_path / f"{n}.png").write_bytes(images.solid_png(colour))
+    (tmp_path / "2.jpg").write_bytes(images.truncated_jpeg())
+    out = tmp_path / "results.jsonl"
+    command = [sys.executable, "-m", "vision_client", str(tmp_path), f"--url={BASE_URL}"]
+    command += ["--protocol=v2", f"--model={ONE_MODEL}", "--option=top_k=3", f"--out={out}"]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    assert done.returncode == 1, done.stderr
+    lines = {Path(str(line["path"])).name: line for line in _read(out)}
+    for n, colour in enumerate(colours):
+        body: Any = lines[f"{n}.png"]["body"]
+        assert lines[f"{n}.png"]["status"] == 200 and body["model_name"] == ONE_MODEL
+        outputs = {o["name"]: o for o in body["outputs"]}
+        labels = outputs["labels"]["data"]
+        assert len(labels) == 3
+        assert colour_in([{"label": label} for label in labels]) == colour  # its own answer
+    assert lines["2.jpg"]["status"] == 422
+    assert "error" in lines["2.jpg"]["body"]  # the protocol's error form
 
 
 def _read(path: Path) -> list[dict[str, object]]:
