@@ -68,6 +68,8 @@ def test_custom_metrics_reach_the_metrics_endpoint() -> None:
             return None
         ready = _sample(text, "ray_vision_items_total", outcome="ok") >= 12
         ready = ready and _sample(text, "ray_vision_items_total", outcome="corrupt_image") >= 1
+        # This test's Model replica reports its gauge too (the counters may be earlier ones').
+        ready = ready and "ray_vision_model_queue_depth" in text
         return text if ready and "ray_vision_batch_size_bucket" in text else None
 
     text = wait_until(scraped, 90, "the service's metrics on Ray's endpoint", every_s=1.0)
