@@ -120,7 +120,10 @@ def test_a_second_model_scales_from_zero_onto_a_gpu_node_and_back(
                 "target_ongoing_requests": 1,
                 "upscale_delay_s": 0,
                 "downscale_delay_s": 0,
-                "look_back_period_s": 11,  # just over Serve's 10 s metrics push
+                # Metrics every second, not Serve's 10 s (a deprecated field, the one Serve
+                # 2.58 reads): it decides to wake and to sleep within a second or two.
+                "metrics_interval_s": 1,
+                "look_back_period_s": 2,
             },
         },
     )
