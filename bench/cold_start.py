@@ -39,12 +39,12 @@ from bench.stats import mean, percentile
 from tools.serve_process import (
     APP,
     ROOT,
-    ServeError,
     ServeProcess,
     http_json,
     load_config,
     named_item,
     on_loopback,
+    run_main,
     session_pids,
     set_path,
     wait_for,
@@ -570,14 +570,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> int:
-    try:
-        return main()
-    except ServeError as exc:  # BenchError is one
-        print(f"cold start: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cold start: interrupted", file=sys.stderr)
-        return 130
+    return run_main(main, "cold start")
 
 
 if __name__ == "__main__":

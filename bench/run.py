@@ -46,12 +46,12 @@ from bench.service import (
 from bench.stats import arrival_offsets, open_loop_plan, serving_overhead, summarise
 from tools.serve_process import (
     ROOT,
-    ServeError,
     ServeProcess,
     load_config,
     model_user_config,
     port_in_use,
     read_stat,
+    run_main,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -871,14 +871,7 @@ def measure_litserve(
 
 
 def entry() -> int:
-    try:
-        return main()
-    except ServeError as exc:  # BenchError is one
-        print(f"bench: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("bench: interrupted", file=sys.stderr)
-        return 130
+    return run_main(main, "bench")
 
 
 if __name__ == "__main__":

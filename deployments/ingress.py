@@ -122,6 +122,14 @@ app = FastAPIOffline(
 )
 
 
+# What /docs shows for both predict routes: the bodies, the options, every error.
+PREDICT_DOCS: dict[str, Any] = {
+    "response_model": ResultOut | MultiResultOut,
+    "responses": ERRORS,
+    "openapi_extra": {**PREDICT_BODY, "parameters": option_parameters()},
+}
+
+
 @serve.deployment
 @serve.ingress(app)
 class Ingress:
@@ -249,9 +257,7 @@ class Ingress:
 
     @app.post(
         "/v1/predict",
-        response_model=ResultOut | MultiResultOut,
-        responses=ERRORS,
-        openapi_extra={**PREDICT_BODY, "parameters": option_parameters()},
+        **PREDICT_DOCS,
         summary="Classify, detect or segment one image (raw body) or several (multipart)",
     )
     async def predict_http(self, request: Request) -> Response:
@@ -259,9 +265,7 @@ class Ingress:
 
     @app.post(
         "/v1/models/{name}/predict",
-        response_model=ResultOut | MultiResultOut,
-        responses=ERRORS,
-        openapi_extra={**PREDICT_BODY, "parameters": option_parameters()},
+        **PREDICT_DOCS,
         summary="The same, by the named model (`models:` in serve_config.yaml)",
     )
     async def predict_model_http(self, name: str, request: Request) -> Response:

@@ -72,6 +72,19 @@ def on_loopback(config: dict[str, Any], port: int) -> dict[str, Any]:
     return config
 
 
+def run_main(main: Any, name: str) -> int:
+    """A command's exit code: `main()`'s, 2 with one line for a `ServeError`, 130 on Ctrl-C."""
+    try:
+        code: int = main()
+    except ServeError as exc:  # BenchError is one
+        print(f"{name}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
 def default_model_spec(app: dict[str, Any]) -> dict[str, Any]:
     """The default model's spec in one application of a config (its `models:` entry's `model`)."""
     args = app["args"]
