@@ -6,8 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-import torchvision
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.tasks import (
@@ -50,6 +48,8 @@ class Classification:
     custom_input_size = 224
 
     def serves(self, torchvision_name: str) -> bool:
+        import torchvision  # only where a model is resolved: the CPU stages never import torch
+
         return torchvision_name in torchvision.models.list_models(module=torchvision.models)
 
     def preprocessing(self, entry: WeightsEnum | None, spec: ModelSpec) -> Preprocessing:
@@ -73,6 +73,8 @@ class Classification:
     def decode(
         self, output: Any, geometries: Sequence[Geometry], resolved: Resolved
     ) -> list[Arrays]:
+        import torch  # decode runs in the Model, which has torch loaded already
+
         probs = torch.softmax(output.float(), dim=1)
         scores, ids = probs.topk(min(resolved.max_candidates, probs.shape[1]), dim=1)
         s, c = scores.cpu().numpy(), ids.cpu().numpy().astype(np.int64)

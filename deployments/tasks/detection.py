@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torchvision
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.geometry import boxes_to_source
@@ -95,6 +94,8 @@ class Detection:
     custom_input_size = 512
 
     def serves(self, torchvision_name: str) -> bool:
+        import torchvision  # only where a model is resolved: the CPU stages never import torch
+
         module = torchvision.models.detection
         return torchvision_name in torchvision.models.list_models(
             module=module

@@ -19,9 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
-import torch
-import torch.nn.functional as F
-import torchvision
 from pydantic import BaseModel, ConfigDict, Field
 
 from deployments.masks import NOT_SEEN, box_of, encode_png, encode_rle, to_source
@@ -47,6 +44,7 @@ from deployments.tasks.detection import (
 from deployments.types import Geometry, Meta, Prediction
 
 if TYPE_CHECKING:
+    import torch
     from torchvision.models import WeightsEnum
 
     from deployments.model_source import ModelSpec, Resolved
@@ -111,6 +109,9 @@ def displayed_labels(
     grid: an image shown 3x larger than the model saw it gets boundaries to the displayed pixel,
     not steps of 3.
     """
+    import torch  # label maps are made in the Model, which has torch loaded already
+    import torch.nn.functional as F
+
     x0, y0, x1, y1 = seen_region(geometry)
     width, height = max(x1 - x0, 1e-6), max(y1 - y0, 1e-6)
     shrink = min(1.0, math.sqrt(MAX_MAP_PIXELS / (width * height)))
@@ -169,6 +170,8 @@ class Semantic:
     custom_input_size = 512
 
     def serves(self, torchvision_name: str) -> bool:
+        import torchvision  # only where a model is resolved: the CPU stages never import torch
+
         return torchvision_name in torchvision.models.list_models(
             module=torchvision.models.segmentation
         )
@@ -197,6 +200,8 @@ class Semantic:
         classes = int(logits.shape[1])
         if classes > MAX_CLASSES:
             raise ValueError(f"segmentation serves at most {MAX_CLASSES} classes, not {classes}")
+        import torch  # decode runs in the Model, which has torch loaded already
+
         logits = logits.float()
         confidence, labels = torch.softmax(logits, dim=1).max(dim=1)
         flat = labels.flatten(1)
@@ -252,6 +257,8 @@ class Instances:
     custom_input_size = 512
 
     def serves(self, torchvision_name: str) -> bool:
+        import torchvision  # only where a model is resolved: the CPU stages never import torch
+
         return is_instance_segmenter(torchvision_name) and torchvision_name in (
             torchvision.models.list_models(module=torchvision.models.detection)
         )
