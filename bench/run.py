@@ -43,7 +43,13 @@ from bench.service import (
     litserve_role,
     system_cpu_s,
 )
-from bench.stats import arrival_offsets, open_loop_plan, serving_overhead, summarise
+from bench.stats import (
+    arrival_offsets,
+    open_loop_plan,
+    serving_overhead,
+    summarise,
+    with_join_tolerances,
+)
 from tools.serve_process import (
     ROOT,
     ServeProcess,
@@ -717,6 +723,8 @@ def main(argv: list[str] | None = None) -> int:
 
         raw_pass("before")
         refs = result["raw"]["before"].get("references") if "before" in result["raw"] else None
+        if refs is not None:
+            refs = {name: with_join_tolerances(by_image) for name, by_image in refs.items()}
         sw = Sweep(
             args=args,
             sets=sets,

@@ -185,7 +185,36 @@ def effective_batch_wait_ms(max_batch_size: int, batch_wait_timeout_s: float) ->
 
 # --- mis-joins: every served top-5 against the in-process reference for that exact image ------
 
-SCORE_TOLERANCE = 1e-4  # batch composition moves a score by ~1e-8; two images differ by ~1e-3
+SCORE_TOLERANCE = 1e-4  # batch composition moves a score by ~1e-8 on the CPU; images ~1e-3 apart
+
+
+def with_join_tolerances(
+    refs: Mapping[str, Mapping[str, Any]], k: int = 5, floor: float = SCORE_TOLERANCE
+) -> dict[str, dict[str, Any]]:
+    """Each reference with the widest score tolerance that still tells it from every other image.
+
+    On a GPU (TF32 convolutions, algorithms chosen per batch size) a deep random model's scores
+    move by more than `floor` between batch compositions, while two images differ by far more.
+    Half the distance from an image's top-k scores to the nearest other image's scores for those
+    classes (a class outside another's list counts as 0) keeps every answer within it nearer its
+    own image than any other, so the check still finds every mis-join.
+    """
+
+    def scores(ref: Mapping[str, Any]) -> dict[int, float]:
+        return dict(zip(ref["class_ids"], ref["scores"], strict=True))
+
+    table = {name: scores(ref) for name, ref in refs.items()}
+    out = {}
+    for name, ref in refs.items():
+        own = table[name]
+        top = list(own)[:k]
+        gaps = [
+            max(abs(own[c] - other.get(c, 0.0)) for c in top)
+            for other_name, other in table.items()
+            if other_name != name
+        ]
+        out[name] = {**ref, "tolerance": max(floor, min(gaps, default=0.0) / 2)}
+    return out
 
 
 def top_k_matches(
@@ -199,8 +228,10 @@ def top_k_matches(
     `reference` holds the image's top (k + a few) class ids and scores computed alone in-process,
     so near-ties that swap order between batch sizes still match. The ids alone would not do: a
     randomly initialised model ranks the same few classes first for every image, but the scores
-    differ per image.
+    differ per image. A `tolerance` in the reference (`with_join_tolerances`) overrides the
+    given one.
     """
+    tolerance = float(reference.get("tolerance", tolerance))
     ref = dict(zip(reference["class_ids"], reference["scores"], strict=True))
     if len(predictions) != min(k, len(ref)):
         return False

@@ -2,9 +2,9 @@
 
 What a Ray Serve user would write first for this job, and the bar the graph has to clear:
 
-- one replica (`num_cpus: 1`, like the graph's Model) that takes the HTTP request itself in a
-  plain Starlette `__call__` (no FastAPI: nothing to route but two paths, and FastAPI's routing
-  and validation would only add work per request);
+- one replica (`num_cpus: 1`, plus the graph's Model's `num_gpus` when it asks for a GPU) that
+  takes the HTTP request itself in a plain Starlette `__call__` (no FastAPI: nothing to route but
+  two paths, and FastAPI's routing and validation would only add work per request);
 - the body is decoded in a thread pool (`decode_threads`, 2) so the event loop keeps accepting;
 - `@serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)` gathers decoded images, and each
   batch's forward pass runs in one dedicated thread (`torch_threads` 2), so decoding and
@@ -75,7 +75,11 @@ def serve_config(
     graph_config: dict[str, Any], port: int, graph_app: str = "vision"
 ) -> dict[str, Any]:
     """A Serve config for this peer with the graph config's model args, on 127.0.0.1:`port`."""
-    app_args = next(a for a in graph_config["applications"] if a["name"] == graph_app)["args"]
+    app = next(a for a in graph_config["applications"] if a["name"] == graph_app)
+    model = next((d for d in app.get("deployments", []) if d.get("name") == "Model"), {})
+    # The peer's one replica is placed like the graph's Model: on a GPU when the Model asks for one.
+    placement = {"num_cpus": 1, **model.get("ray_actor_options", {})}
+    placement.pop("runtime_env", None)
     return {
         "proxy_location": graph_config.get("proxy_location", "EveryNode"),
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -84,7 +88,8 @@ def serve_config(
                 "name": APP,
                 "route_prefix": "/",
                 "import_path": "bench.peers.rayserve_plain:build_app",
-                "args": {"app_args": app_args},
+                "args": {"app_args": app["args"]},
+                "deployments": [{"name": DEPLOYMENT, "ray_actor_options": placement}],
             }
         ],
     }

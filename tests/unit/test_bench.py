@@ -16,6 +16,7 @@ from bench.peers.rayserve_plain import serve_config as plain_serve_config
 from bench.run import request_counts
 from bench.service import bench_config
 from bench.stats import (
+    SCORE_TOLERANCE,
     Sample,
     arrival_offsets,
     batch_fill_target,
@@ -38,6 +39,7 @@ from bench.stats import (
     throughput_target,
     top_k_matches,
     weighted_mean_batch,
+    with_join_tolerances,
 )
 from deployments.http import image_parts, parse_multipart
 from tools.serve_process import set_path
@@ -206,6 +208,20 @@ def test_top_k_matches_by_scores_not_just_classes() -> None:
     assert not top_k_matches(wrong, REF_A)
 
 
+def test_join_tolerance_is_half_the_distance_to_the_nearest_other_image() -> None:
+    # A deep random model on a GPU: peaky scores that move by ~1e-2 between batch compositions.
+    a = {"class_ids": [713, 440, 568, 988, 92, 11], "scores": [0.6, 0.24, 0.09, 0.03, 0.02, 0.01]}
+    b = {"class_ids": [713, 568, 440, 92, 988, 11], "scores": [0.79, 0.11, 0.08, 0.01, 0.005, 0.0]}
+    c = {"class_ids": [713, 440, 568, 988, 92, 11], "scores": [0.6, 0.24, 0.09, 0.03, 0.02, 1e-5]}
+    refs = with_join_tolerances({"a": a, "b": b})
+    assert refs["a"]["tolerance"] == pytest.approx(0.095) == refs["b"]["tolerance"]
+    noisy_a = [{"class_id": p["class_id"], "score": p["score"] + 0.01} for p in _preds(a)]
+    assert top_k_matches(noisy_a, refs["a"]) and not top_k_matches(noisy_a, refs["b"])
+    assert not top_k_matches(noisy_a, a)  # the fixed CPU tolerance would call it a mis-join
+    # Two images whose top-5 scores agree keep the floor (a `c` answer is never called `a`'s).
+    assert with_join_tolerances({"a": a, "c": c})["a"]["tolerance"] == SCORE_TOLERANCE
+
+
 def test_parse_response_counts_mis_joined_items() -> None:
     single = orjson.dumps({"predictions": _preds(REF_A), "batch_size": 8})
     ok = parse_response(200, single, 0.0, 1.0, 1, (REF_A,))
@@ -322,6 +338,14 @@ def test_plain_peer_config_takes_the_graph_model_args() -> None:
     app = cfg["applications"][0]
     assert app["import_path"] == "bench.peers.rayserve_plain:build_app"
     assert app["args"] == {"app_args": {"model": {"name": "resnet18"}}}
+    assert app["deployments"] == [{"name": "Classifier", "ray_actor_options": {"num_cpus": 1}}]
+
+
+def test_plain_peer_is_placed_on_a_gpu_when_the_graph_model_is() -> None:
+    model = {"name": "Model", "ray_actor_options": {"num_cpus": 1, "num_gpus": 0.5}}
+    graph = {"applications": [{"name": "vision", "args": {}, "deployments": [model]}]}
+    (deployment,) = plain_serve_config(graph, 8100)["applications"][0]["deployments"]
+    assert deployment["ray_actor_options"] == {"num_cpus": 1, "num_gpus": 0.5}
 
 
 def _point(c: int, ips: float, p50: float, batch: float, cpu_s: float, images: int) -> dict:
