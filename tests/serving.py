@@ -76,6 +76,14 @@ def app_config(
 
 
 SEGMENTER_DEPLOYMENT = "Model-shapes-segmenter"
+# The classifier modules' limits (test_http checks them; test_batching deploys the same args so
+# that it reuses test_http's replicas).
+SMALL_LIMITS = {
+    "max_body_bytes": 3_000_000,
+    "max_image_bytes": 2_000_000,
+    "max_pixels": 4_000_000,
+    "max_images_per_request": 8,
+}
 
 
 def shipped_models_config(batch: int) -> dict[str, Any]:

@@ -3,18 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ray
 from ray import serve
 
+from tests.fixtures.models import CONTROL, GATE_NAMESPACE, Control
 from tests.serving import METRICS_PORT, ROOT
+
+# Modules run in this order, not by name. A deploy that changes the app's `args` restarts every
+# replica (about 15 s here), while one that changes only user_config or scaling options updates
+# them in place; so modules that deploy the same args run back to back. Two neighbours matter
+# for another reason: test_operations sums Ray's metrics over the session, so the module before
+# it must not batch 8 at a time. A module missing here runs after these, by name.
+MODULE_ORDER = (
+    "test_http",  # resnet18 with small limits ...
+    "test_batching",  # ... the same, then echo
+    "test_client",  # echo
+    "test_client_docs",  # echo
+    "test_configs",
+    "test_detection",
+    "test_overload",  # echo driven by a control actor ...
+    "test_faults",  # ... the same; its last test deletes the app
+    "test_hostile_images",
+    "test_hostile_requests",
+    "test_shipped_detector",  # the shipped two-model config ...
+    "test_shipped_segmenter",
+    "test_models",  # ... the same, with the segmenter let go to zero
+    "test_operations",
+    "test_segmentation",
+    "test_tracing",
+    "test_v2_oip",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in str(item.path):
             item.add_marker(pytest.mark.integration)
+
+    def rank(item: pytest.Item) -> tuple[int, str]:
+        if "tests/integration/" not in str(item.path):
+            return (-1, "")  # the unit tier first, as collected
+        name = item.path.stem
+        return (MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER), name)
+
+    items.sort(key=rank)  # stable: tests keep their order within a module
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -33,3 +68,17 @@ def ray_cluster() -> Iterator[None]:
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def _control(ray_cluster: None) -> Any:
+    return Control.options(name=CONTROL, namespace=GATE_NAMESPACE, lifetime="detached").remote()
+
+
+@pytest.fixture
+def echo_control(_control: Any) -> Iterator[Any]:
+    """The `Control` actor of `CONTROLLED_ECHO`; whatever a test sets is reset when it ends."""
+    try:
+        yield _control
+    finally:
+        ray.get(_control.set.remote())

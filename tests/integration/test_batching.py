@@ -1,5 +1,8 @@
 """Micro-batching under concurrency: real batches form, nothing is swapped, a bad image stays
-alone, and batch settings change live without a restart."""
+alone, and batch settings change live without a restart.
+
+The classifier tests run first, on test_http's args, and the echo tests last, on test_client's,
+so that neither needs a restart of every replica (conftest.MODULE_ORDER)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import numpy as np
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import BASE_URL, app_config, deploy, post_many
+from tests.serving import BASE_URL, SMALL_LIMITS, app_config, deploy, post_many
 
 CLASSIFIER = {"name": "resnet18", "weights": "none", "seed": 0}
 ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
@@ -22,6 +25,7 @@ def _deploy(max_batch_size: int, wait_s: float, model: dict[str, Any] = CLASSIFI
     deploy(
         app_config(
             model=model,
+            args={"limits": SMALL_LIMITS} if model is CLASSIFIER else None,
             user_configs={
                 "Model": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
                 "Postprocessor": {"classification": {"top_k": 10}},
@@ -52,6 +56,49 @@ def _same(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) ->
 
 def _colours(responses: list[httpx.Response]) -> list[tuple[int, int, int] | None]:
     return [colour_in(r.json()["predictions"]) for r in responses]
+
+
+def test_concurrent_images_batch_and_each_gets_its_own_answer() -> None:
+    blobs = [images.jpeg(160 + 23 * i, 120 + 17 * (47 - i), seed=1000 + i) for i in range(48)]
+    _deploy(max_batch_size=1, wait_s=0.0)
+    solo_responses = [asyncio.run(post_many([b]))[0] for b in blobs]
+    assert {r.json()["batch_size"] for r in solo_responses} == {1}
+    solo = _answers(solo_responses)
+    # The images are told apart by the model, so a swap between two of them would show.
+    for i in range(len(blobs)):
+        assert sum(_same(solo[i], solo[j]) for j in range(len(blobs))) == 1, (
+            f"image {i} is not distinctive"
+        )
+
+    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S)
+    batched_responses = asyncio.run(post_many(blobs))
+    batched = _answers(batched_responses)
+    sizes = [r.json()["batch_size"] for r in batched_responses]
+    # Images arrive in bundles of up to 8 and a pass takes up to 8 of whatever has gathered, so
+    # the first pass may start short; passes must still be full or nearly so.
+    assert max(sizes) == 8 and sum(sizes) / len(sizes) >= 6, f"batches did not form: {sizes}"
+    for i, (got, want) in enumerate(zip(batched, solo, strict=True)):
+        matches = [j for j in range(len(blobs)) if _same(got, solo[j])]
+        assert matches == [i], f"image {i} got the answer of {matches}"
+        assert _same(got, want)
+    widths = [r.json()["image"]["width"] for r in batched_responses]
+    assert widths == [160 + 23 * i for i in range(48)]
+
+
+def test_invalid_batch_settings_are_refused_with_a_message_naming_them() -> None:
+    config = app_config(
+        model=CLASSIFIER,
+        args={"limits": SMALL_LIMITS},
+        user_configs={"Model": {"max_batch_size": 0}},
+    )
+    try:
+        deploy(config, timeout_s=60)
+    except RuntimeError as failed:
+        assert "max_batch_size" in str(failed)
+    else:
+        raise AssertionError("a max_batch_size of 0 was accepted")
+    _deploy(max_batch_size=4, wait_s=0.01)
+    assert asyncio.run(post_many([images.jpeg(seed=4000)]))[0].status_code == 200
 
 
 def test_a_corrupt_image_in_a_batch_fails_alone() -> None:
@@ -86,42 +133,3 @@ def test_reconfigure_changes_batch_size_live_without_restart() -> None:
     assert _colours(responses) == colours
     sizes_at_16 = [r.json()["batch_size"] for r in responses]
     assert max(sizes_at_16) > 4, f"batch size did not grow: {sizes_at_16}"
-
-
-def test_concurrent_images_batch_and_each_gets_its_own_answer() -> None:
-    blobs = [images.jpeg(160 + 23 * i, 120 + 17 * (47 - i), seed=1000 + i) for i in range(48)]
-    _deploy(max_batch_size=1, wait_s=0.0)
-    solo_responses = [asyncio.run(post_many([b]))[0] for b in blobs]
-    assert {r.json()["batch_size"] for r in solo_responses} == {1}
-    solo = _answers(solo_responses)
-    # The images are told apart by the model, so a swap between two of them would show.
-    for i in range(len(blobs)):
-        assert sum(_same(solo[i], solo[j]) for j in range(len(blobs))) == 1, (
-            f"image {i} is not distinctive"
-        )
-
-    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S)
-    batched_responses = asyncio.run(post_many(blobs))
-    batched = _answers(batched_responses)
-    sizes = [r.json()["batch_size"] for r in batched_responses]
-    # Images arrive in bundles of up to 8 and a pass takes up to 8 of whatever has gathered, so
-    # the first pass may start short; passes must still be full or nearly so.
-    assert max(sizes) == 8 and sum(sizes) / len(sizes) >= 6, f"batches did not form: {sizes}"
-    for i, (got, want) in enumerate(zip(batched, solo, strict=True)):
-        matches = [j for j in range(len(blobs)) if _same(got, solo[j])]
-        assert matches == [i], f"image {i} got the answer of {matches}"
-        assert _same(got, want)
-    widths = [r.json()["image"]["width"] for r in batched_responses]
-    assert widths == [160 + 23 * i for i in range(48)]
-
-
-def test_invalid_batch_settings_are_refused_with_a_message_naming_them() -> None:
-    config = app_config(model=CLASSIFIER, user_configs={"Model": {"max_batch_size": 0}})
-    try:
-        deploy(config, timeout_s=60)
-    except RuntimeError as failed:
-        assert "max_batch_size" in str(failed)
-    else:
-        raise AssertionError("a max_batch_size of 0 was accepted")
-    _deploy(max_batch_size=4, wait_s=0.01)
-    assert asyncio.run(post_many([images.jpeg(seed=4000)]))[0].status_code == 200

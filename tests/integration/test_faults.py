@@ -1,5 +1,8 @@
 """Faults under load: a replica killed while it holds a batch, a batch-wide out-of-memory error,
-and a replica stopped while it holds a batch. Clients see the right answer, or a clear 503."""
+and a replica stopped while it holds a batch. Clients see the right answer, or a clear 503.
+
+Every test deploys `CONTROLLED_ECHO` (as test_overload does before it) and sets the fault through
+its `Control` actor, so no test restarts the app's replicas to change the model's behaviour."""
 
 from __future__ import annotations
 
@@ -15,14 +18,8 @@ import ray
 from ray import serve
 
 from tests import images
-from tests.fixtures.models import GATE_NAMESPACE, Gate, colour_in
+from tests.fixtures.models import CONTROLLED_ECHO, GATE_NAMESPACE, Gate, colour_in
 from tests.serving import app_config, deploy, fixed_replicas, post_many, wait_until
-
-ECHO = "tests.fixtures.models:echo"
-
-
-def _echo(**kwargs: Any) -> dict[str, Any]:
-    return {"name": ECHO, "weights": "none", "kwargs": kwargs}
 
 
 def _correct(response: httpx.Response, colour: tuple[int, int, int]) -> bool:
@@ -58,13 +55,14 @@ def gate() -> Iterator[tuple[str, Any]]:
         ray.kill(handle)
 
 
-def test_batch_wide_out_of_memory_is_retried_in_smaller_batches() -> None:
+def test_batch_wide_out_of_memory_is_retried_in_smaller_batches(echo_control: Any) -> None:
     deploy(
         app_config(
-            model=_echo(oom_above=2),
+            model=CONTROLLED_ECHO,
             user_configs={"Model": {"max_batch_size": 8, "batch_wait_timeout_s": 1.0}},
         )
     )
+    ray.get(echo_control.set.remote(oom_above=2))
     colours = images.distinct_colours(8, seed=1)
     responses = asyncio.run(
         post_many([images.solid_png(c) for c in colours], content_type="image/png")
@@ -73,15 +71,16 @@ def test_batch_wide_out_of_memory_is_retried_in_smaller_batches() -> None:
     assert max(r.json()["batch_size"] for r in responses) <= 2
 
 
-def test_batches_fill_while_the_model_is_busy_even_with_a_short_wait() -> None:
+def test_batches_fill_while_the_model_is_busy_even_with_a_short_wait(echo_control: Any) -> None:
     # Serve forms its next batch during the current forward pass from whatever arrived within
     # `batch_wait_timeout_s`; the Model must still run full batches of what queued meanwhile.
     deploy(
         app_config(
-            model=_echo(delay_s=0.15),
+            model=CONTROLLED_ECHO,
             user_configs={"Model": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005}},
         )
     )
+    ray.get(echo_control.set.remote(delay_s=0.15))
     colours = images.distinct_colours(64, seed=4)
     responses = asyncio.run(
         post_many([images.solid_png(c) for c in colours], content_type="image/png")
@@ -92,15 +91,18 @@ def test_batches_fill_while_the_model_is_busy_even_with_a_short_wait() -> None:
     assert sum(sizes) / len(sizes) >= 0.9 * 8, sorted(sizes)
 
 
-def test_model_replica_killed_holding_a_batch_its_items_are_retried(gate: tuple[str, Any]) -> None:
+def test_model_replica_killed_holding_a_batch_its_items_are_retried(
+    gate: tuple[str, Any], echo_control: Any
+) -> None:
     name, handle = gate
     deploy(
         app_config(
-            model=_echo(gate=name),
+            model=CONTROLLED_ECHO,
             options={"Model": fixed_replicas(2)},
             user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
         )
     )
+    ray.get(echo_control.set.remote(gate=name))
     colours = images.distinct_colours(8, seed=2)
     load = Background([images.solid_png(c) for c in colours])
     entries = wait_until(
@@ -128,7 +130,7 @@ def test_model_replica_killed_holding_a_batch_its_items_are_retried(gate: tuple[
 
 
 def test_preprocessor_replica_killed_under_load() -> None:
-    deploy(app_config(model=_echo(), options={"Preprocessor": fixed_replicas(2)}))
+    deploy(app_config(model=CONTROLLED_ECHO, options={"Preprocessor": fixed_replicas(2)}))
     colours = images.distinct_colours(48, seed=3)
     bodies = [images.solid_png(c, 1600, 1200) for c in colours]  # big enough to keep decoders busy
     load = Background(bodies)
@@ -158,14 +160,17 @@ def test_preprocessor_replica_killed_under_load() -> None:
     assert ok >= len(colours) - 2, f"only {ok} of {len(colours)} succeeded"
 
 
-def test_stopping_a_replica_drains_the_batch_it_holds(gate: tuple[str, Any]) -> None:
+def test_stopping_a_replica_drains_the_batch_it_holds(
+    gate: tuple[str, Any], echo_control: Any
+) -> None:
     name, handle = gate
     deploy(
         app_config(
-            model=_echo(gate=name),
+            model=CONTROLLED_ECHO,
             user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
         )
     )
+    ray.get(echo_control.set.remote(gate=name))
     colours = images.distinct_colours(3, seed=4)
     load = Background([images.solid_png(c) for c in colours])
     entries = wait_until(

@@ -12,7 +12,15 @@ from ray import serve
 from deployments import errors
 from deployments.types import Result
 from tests import images
-from tests.serving import BASE_URL, app_config, deploy, post_image, post_many, post_multipart
+from tests.serving import (
+    BASE_URL,
+    SMALL_LIMITS,
+    app_config,
+    deploy,
+    post_image,
+    post_many,
+    post_multipart,
+)
 
 CLASSIFIER = {"name": "resnet18", "weights": "none", "seed": 0}
 
@@ -22,14 +30,7 @@ def classifier_app() -> None:
     deploy(
         app_config(
             model=CLASSIFIER,
-            args={
-                "limits": {
-                    "max_body_bytes": 3_000_000,
-                    "max_image_bytes": 2_000_000,
-                    "max_pixels": 4_000_000,
-                    "max_images_per_request": 8,
-                }
-            },
+            args={"limits": SMALL_LIMITS},
             user_configs={"Model": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}},
         )
     )

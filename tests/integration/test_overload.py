@@ -13,17 +13,16 @@ import httpx
 import ray
 
 from tests import images
-from tests.fixtures.models import GATE_NAMESPACE, Gate, colour_in
+from tests.fixtures.models import CONTROLLED_ECHO, GATE_NAMESPACE, Gate, colour_in
 from tests.serving import BASE_URL, app_config, deploy, wait_until
 
-ECHO = "tests.fixtures.models:echo"
 TIMEOUT_S = 3.0
 
 
-def _small_queues(**model_kwargs: Any) -> dict[str, Any]:
+def _small_queues() -> dict[str, Any]:
     single = {"min_replicas": 1, "max_replicas": 1, "target_ongoing_requests": 4}
     return app_config(
-        model={"name": ECHO, "weights": "none", "kwargs": model_kwargs},
+        model=CONTROLLED_ECHO,  # test_faults deploys it next: it keeps these replicas
         user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.01}},
         options={
             "Ingress": {
@@ -66,9 +65,10 @@ def _server_ms(response: httpx.Response) -> float:
     return float(response.headers["server-timing"].split("dur=")[1])
 
 
-def test_a_burst_ten_times_capacity_ends_in_200_503_or_504() -> None:
+def test_a_burst_ten_times_capacity_ends_in_200_503_or_504(echo_control: Any) -> None:
     # Capacity: 4 + 4 queued at the Preprocessor, 4 + 4 queued at the Model: 16 items.
-    deploy(_small_queues(delay_s=0.1))
+    deploy(_small_queues())
+    ray.get(echo_control.set.remote(delay_s=0.1))
     colours = images.distinct_colours(160, seed=11)
     results = asyncio.run(_burst([images.solid_png(c, 32, 32) for c in colours], TIMEOUT_S))
     statuses = [r.status_code for r, _ in results]
@@ -87,11 +87,12 @@ def test_a_burst_ten_times_capacity_ends_in_200_503_or_504() -> None:
             assert r.json()["error"]["code"] == "deadline_exceeded"
 
 
-def test_deadline_gives_504_and_expired_items_never_reach_the_model() -> None:
+def test_deadline_gives_504_and_expired_items_never_reach_the_model(echo_control: Any) -> None:
     gate_name = f"gate-{uuid.uuid4().hex[:8]}"
     gate = Gate.options(name=gate_name, namespace=GATE_NAMESPACE, lifetime="detached").remote()
     try:
-        deploy(_small_queues(gate=gate_name))
+        deploy(_small_queues())
+        ray.get(echo_control.set.remote(gate=gate_name))
         held, late = (10, 20, 30), (200, 100, 50)
 
         async def scenario() -> tuple[httpx.Response, httpx.Response]:
