@@ -29,6 +29,14 @@ def main(source: Path, target: Path) -> None:
         where="post",
         label="Model replicas (running)",
     )
+    if any("second_replicas" in p for p in data["points"]):
+        ax.step(
+            t,
+            [p.get("second_replicas", 0) for p in data["points"]],
+            where="post",
+            linestyle=":",
+            label="second model replicas (from zero)",
+        )
     ax.step(
         t,
         [p["gpu_nodes"] for p in data["points"]],
@@ -37,6 +45,14 @@ def main(source: Path, target: Path) -> None:
         label="GPU nodes (alive)",
     )
     marks = data["marks"]
+    if "second_start" in marks and "second_end" in marks:
+        ax.axvspan(
+            marks["second_start"],
+            marks["second_end"],
+            alpha=0.15,
+            color="tab:green",
+            label="12 requests to the second model (cold start)",
+        )
     if "load_start" in marks and "load_end" in marks:
         ax.axvspan(
             marks["load_start"],
@@ -50,7 +66,7 @@ def main(source: Path, target: Path) -> None:
     ax.set_yticks(
         range(0, max(max(p["gpu_nodes"], p["model_replicas"]) for p in data["points"]) + 2)
     )
-    ax.set_title("Model autoscaling on a fake multi-node Ray cluster (head without GPUs)")
+    ax.set_title("Autoscaling on a fake multi-node Ray cluster (head without GPUs)")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

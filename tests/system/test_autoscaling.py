@@ -1,8 +1,9 @@
-"""Autoscaling, proven locally: under load the Model scales out, the autoscaler adds GPU nodes for
-it, every request is answered and joined right, and afterwards replicas and nodes scale back.
+"""Autoscaling, proven locally, on one cluster timeline: a second model wakes from zero onto a
+new GPU node, then under load the default Model scales out and the autoscaler adds GPU nodes for
+it; every request is answered and joined right, and afterwards replicas and nodes scale back.
 
 Runs Ray's fake multi-node provider: a head without GPUs and a node type declaring one logical
-GPU, minimum 0. The timeline (replicas and nodes per second) is written as JSON for
+GPU, minimum 0. The timeline (replicas and nodes per half second) is written as JSON for
 `scripts/plot_autoscaling.py`, which draws the PNG in the README.
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -32,6 +34,10 @@ TIMELINE = Path(
     os.environ.get("VISION_AUTOSCALING_TIMELINE", ROOT / "artifacts" / "autoscaling_timeline.json")
 )
 MAX_MODEL_REPLICAS = 3
+SECOND = "second"  # a model beside the default one, on a GPU node only while it has work
+# Metrics every second, not Serve's 10 s (a deprecated field, the one Serve 2.58 reads), so
+# Serve decides to scale within a second or two of the load changing.
+FAST_METRICS = {"metrics_interval_s": 1, "look_back_period_s": 2}
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +46,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAutoscalin
         tmp_path_factory.mktemp("fake-cluster"),
         head_cpus=6,
         gpu_node={"CPU": 1, "GPU": 1},
-        max_gpu_nodes=MAX_MODEL_REPLICAS,
+        max_gpu_nodes=MAX_MODEL_REPLICAS + 1,  # the default Model's replicas and the second's
     )
     fake.start(env={"PYTHONPATH": str(ROOT)})
     try:
         yield fake
     finally:
-        serve.shutdown()
-        fake.stop()
+        fake.stop()  # ends the cluster's processes; its workers exit once their raylet has
+        wait_until(lambda: not _port_open(8000), 60, "the cluster's HTTP proxy to exit")
 
 
 class Timeline:
-    """Samples a Model deployment's replicas and the GPU nodes every half second from a thread."""
+    """Samples both models' running replicas and the GPU nodes every half second from a thread."""
 
-    def __init__(self, deployment: str = "Model") -> None:
-        self.deployment = deployment
+    def __init__(self) -> None:
         self.points: list[dict[str, Any]] = []
         self.errors: list[str] = []
         self.marks: dict[str, float] = {}
@@ -79,40 +84,76 @@ class Timeline:
             except Exception as exc:  # noqa: BLE001 - a missed sample, not a stopped timeline
                 self.errors.append(repr(exc))
                 continue
-            model = status.deployments.get(self.deployment) if status else None
-            replicas = (model.replica_states or {}).get("RUNNING", 0) if model else 0
             self.points.append(
-                {"t": self.now(), "model_replicas": replicas, "gpu_nodes": gpu_nodes}
+                {
+                    "t": self.now(),
+                    "model_replicas": _running(status, "Model"),
+                    "second_replicas": _running(status, f"Model-{SECOND}"),
+                    "gpu_nodes": gpu_nodes,
+                }
             )
 
     def latest(self) -> dict[str, Any]:
-        return self.points[-1] if self.points else {"model_replicas": 0, "gpu_nodes": 0}
+        return self.points[-1] if self.points else {}
+
+    def at(self, **counts: int) -> bool:
+        latest = self.latest()
+        return bool(latest) and all(latest[k] == v for k, v in counts.items())
+
+    def most(self, key: str) -> int:
+        return max((int(p[key]) for p in self.points), default=0)
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
 
 
-SECOND = "second"  # a model beside the default one, on GPU nodes only while it has work
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_a_second_model_scales_from_zero_onto_a_gpu_node_and_back(
-    cluster: FakeAutoscalingCluster,
-) -> None:
-    # The CPU stages held at one replica each, so none spreads onto the GPU node and keeps it.
+def _running(status: Any, deployment: str) -> int:
+    d = status.deployments.get(deployment) if status else None
+    return int((d.replica_states or {}).get("RUNNING", 0)) if d else 0
+
+
+ECHO = "tests.fixtures.models:echo"
+
+
+def _config() -> dict[str, Any]:
+    """The default Model on GPU nodes, 1 to 3 replicas, with forward passes slow enough that 16
+    images in flight need 3; a second model on GPU nodes, 0 to 1 replica; the CPU stages held at
+    one replica each on the head, so none spreads onto a GPU node and keeps it."""
+    gpu = {"num_cpus": 0, "num_gpus": 1}
     config = app_config(
-        model={"name": "tests.fixtures.models:echo", "weights": "none"},
-        options={s: fixed_replicas(1) for s in ("Ingress", "Preprocessor", "Postprocessor")},
+        model={"name": ECHO, "weights": "none", "kwargs": {"delay_s": 0.25}},
+        user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05}},
+        options={
+            **{s: fixed_replicas(1) for s in ("Ingress", "Preprocessor", "Postprocessor")},
+            "Model": {
+                "ray_actor_options": gpu,
+                "max_ongoing_requests": 8,
+                "autoscaling_config": {
+                    "min_replicas": 1,
+                    "max_replicas": MAX_MODEL_REPLICAS,
+                    # Ongoing requests at the Model are bundles: 16 single images in flight
+                    # travel as about 3 of them.
+                    "target_ongoing_requests": 1,
+                    "upscale_delay_s": 1,
+                    "downscale_delay_s": 3,
+                    **FAST_METRICS,
+                },
+            },
+        },
     )
     app = config["applications"][0]
-    app["args"]["models"].append(
-        {"name": SECOND, "model": {"name": "tests.fixtures.models:echo", "weights": "none"}}
-    )
+    app["args"]["models"].append({"name": SECOND, "model": {"name": ECHO, "weights": "none"}})
     app["deployments"].insert(
         2,
         {
             "name": f"Model-{SECOND}",
-            "ray_actor_options": {"num_cpus": 0, "num_gpus": 1},
+            "ray_actor_options": gpu,
             "max_ongoing_requests": 8,
             "autoscaling_config": {
                 "min_replicas": 0,
@@ -120,160 +161,103 @@ def test_a_second_model_scales_from_zero_onto_a_gpu_node_and_back(
                 "target_ongoing_requests": 1,
                 "upscale_delay_s": 0,
                 "downscale_delay_s": 0,
-                # Metrics every second, not Serve's 10 s (a deprecated field, the one Serve
-                # 2.58 reads): it decides to wake and to sleep within a second or two.
-                "metrics_interval_s": 1,
-                "look_back_period_s": 2,
+                **FAST_METRICS,
             },
         },
     )
-    deploy(config, timeout_s=240)
-    timeline = Timeline(f"Model-{SECOND}")
+    return config
+
+
+def _post(client: httpx.AsyncClient, path: str, colour: tuple[int, int, int]) -> Any:
+    return client.post(
+        path, content=images.solid_png(colour, 16, 16), headers={"content-type": "image/png"}
+    )
+
+
+def test_models_scale_from_zero_and_out_onto_new_gpu_nodes_and_back(
+    cluster: FakeAutoscalingCluster,
+) -> None:
+    timeline = Timeline()
     try:
+        deploy(_config(), timeout_s=240)
+        timeline.mark("deployed")
         wait_until(
-            lambda: (
-                timeline.latest()["gpu_nodes"] == 0 and timeline.latest()["model_replicas"] == 0
-            ),
+            lambda: timeline.at(model_replicas=1, second_replicas=0, gpu_nodes=1),
             120,
-            "no GPU node and no replica of the second model",
-            every_s=1.0,
+            f"one GPU node, for the default Model, and none for the second ({timeline.latest()})",
+            every_s=0.5,
         )
-        timeline.mark("at_zero")
+
+        # 1. The second model wakes from zero onto a new GPU node.
+        timeline.mark("second_start")
         colours = images.distinct_colours(12, seed=41)
 
-        async def send() -> list[httpx.Response]:
+        async def wake() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=BASE_URL, timeout=240) as client:
-                return list(
-                    await asyncio.gather(
-                        *(
-                            client.post(
-                                f"/v1/models/{SECOND}/predict",
-                                content=images.solid_png(c, 16, 16),
-                                headers={"content-type": "image/png"},
-                            )
-                            for c in colours
-                        )
-                    )
-                )
+                path = f"/v1/models/{SECOND}/predict"
+                return list(await asyncio.gather(*(_post(client, path, c) for c in colours)))
 
         started = time.monotonic()
-        responses = asyncio.run(send())
-        timeline.mark("answered")
+        responses = asyncio.run(wake())
         cold_s = time.monotonic() - started
+        timeline.mark("second_end")
         assert [r.status_code for r in responses] == [200] * len(colours), responses[0].text
         assert [colour_in(r.json()["predictions"]) for r in responses] == colours
         # Serve's status catches up with the replica that answered within a sample or two.
         wait_until(
-            lambda: timeline.latest()["model_replicas"] == 1,
+            lambda: timeline.most("second_replicas") == 1 and timeline.most("gpu_nodes") == 2,
             30,
-            f"the second model's replica in Serve's status ({timeline.errors})",
+            f"the second model's replica on a second GPU node ({timeline.errors})",
             every_s=0.5,
         )
-        assert max(p["gpu_nodes"] for p in timeline.points) == 1, "it woke on one new GPU node"
+
+        # 2. Under load the default Model scales out, a new GPU node for each replica.
+        answers: list[tuple[int, tuple[int, int, int]]] = []
+        stop = threading.Event()
+
+        async def load(concurrency: int) -> None:
+            pending = iter(images.distinct_colours(2000, seed=31))
+            async with httpx.AsyncClient(base_url=BASE_URL, timeout=120) as client:
+
+                async def worker() -> None:
+                    for colour in pending:
+                        if stop.is_set():
+                            return
+                        r = await _post(client, "/v1/predict", colour)
+                        ok = r.status_code == 200 and colour_in(r.json()["predictions"]) == colour
+                        answers.append((r.status_code if ok else -r.status_code, colour))
+
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+        driver = threading.Thread(target=lambda: asyncio.run(load(16)))
+        timeline.mark("load_start")
+        driver.start()
+        try:
+            wait_until(
+                lambda: (
+                    timeline.latest()["model_replicas"] >= MAX_MODEL_REPLICAS
+                    and timeline.latest()["gpu_nodes"] >= MAX_MODEL_REPLICAS
+                ),
+                240,
+                "the Model to scale out onto new GPU nodes",
+                every_s=0.5,
+            )
+            timeline.mark("scaled_out")
+            wait_until(
+                lambda: len(answers) >= 100, 120, "load on the scaled-out Model", every_s=0.5
+            )
+        finally:
+            stop.set()
+            driver.join(120)
+        timeline.mark("load_end")
+
+        # 3. Both scale back: the default Model to its one replica, the second to zero, and the
+        # autoscaler removes every GPU node but the default Model's.
         wait_until(
-            lambda: (
-                timeline.latest()["model_replicas"] == 0 and timeline.latest()["gpu_nodes"] == 0
-            ),
-            180,
-            "the second model and its GPU node to scale back to zero",
-            every_s=1.0,
-        )
-        timeline.mark("back_at_zero")
-        # The default model answered throughout on the head; it never needed a GPU.
-        r = httpx.post(
-            f"{BASE_URL}/v1/predict",
-            content=images.solid_png(colours[0], 16, 16),
-            headers={"content-type": "image/png"},
-            timeout=60,
-        )
-        assert r.status_code == 200 and colour_in(r.json()["predictions"]) == colours[0]
-    finally:
-        timeline.stop()
-    print(f"cold start onto a new (fake) GPU node: {cold_s:.1f} s; marks {timeline.marks}")
-
-
-def test_model_scales_out_onto_new_gpu_nodes_and_back(cluster: FakeAutoscalingCluster) -> None:
-    timeline = Timeline()
-    deploy(
-        app_config(
-            model={
-                "name": "tests.fixtures.models:echo",
-                "weights": "none",
-                "kwargs": {"delay_s": 0.25},
-            },
-            user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05}},
-            options={
-                "Model": {
-                    "ray_actor_options": {"num_cpus": 0, "num_gpus": 1},
-                    "max_ongoing_requests": 8,
-                    "autoscaling_config": {
-                        "min_replicas": 1,
-                        "max_replicas": MAX_MODEL_REPLICAS,
-                        # Ongoing requests at the Model are bundles: 16 single images in
-                        # flight travel as about 3 of them.
-                        "target_ongoing_requests": 1,
-                        "upscale_delay_s": 2,
-                        "downscale_delay_s": 8,
-                        "look_back_period_s": 12,
-                    },
-                }
-            },
-        ),
-        timeout_s=240,
-    )
-    timeline.mark("deployed")
-    assert timeline.latest()["gpu_nodes"] <= 1
-
-    colours = images.distinct_colours(2000, seed=31)
-    answers: list[tuple[int, tuple[int, int, int]]] = []
-    stop = threading.Event()
-
-    async def load(concurrency: int) -> None:
-        pending = iter(colours)
-        async with httpx.AsyncClient(base_url=BASE_URL, timeout=120) as client:
-
-            async def worker() -> None:
-                for colour in pending:
-                    if stop.is_set():
-                        return
-                    r = await client.post(
-                        "/v1/predict",
-                        content=images.solid_png(colour, 16, 16),
-                        headers={"content-type": "image/png"},
-                    )
-                    ok = r.status_code == 200 and colour_in(r.json()["predictions"]) == colour
-                    answers.append((r.status_code if ok else -r.status_code, colour))
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-
-    driver = threading.Thread(target=lambda: asyncio.run(load(16)))
-    timeline.mark("load_start")
-    driver.start()
-    try:
-        wait_until(
-            lambda: (
-                timeline.latest()["model_replicas"] >= MAX_MODEL_REPLICAS
-                and timeline.latest()["gpu_nodes"] >= MAX_MODEL_REPLICAS
-            ),
+            lambda: timeline.at(model_replicas=1, second_replicas=0, gpu_nodes=1),
             240,
-            "the Model to scale out onto new GPU nodes",
-            every_s=1.0,
-        )
-        timeline.mark("scaled_out")
-        wait_until(lambda: len(answers) >= 100, 120, "load on the scaled-out Model", every_s=1.0)
-    finally:
-        stop.set()
-        driver.join(120)
-    timeline.mark("load_end")
-
-    try:
-        wait_until(
-            lambda: (
-                timeline.latest()["model_replicas"] == 1 and timeline.latest()["gpu_nodes"] == 1
-            ),
-            240,
-            "replicas and GPU nodes to scale back down",
-            every_s=1.0,
+            f"replicas and GPU nodes to scale back ({timeline.latest()})",
+            every_s=0.5,
         )
         timeline.mark("scaled_in")
     finally:
@@ -286,7 +270,10 @@ def test_model_scales_out_onto_new_gpu_nodes_and_back(cluster: FakeAutoscalingCl
             )
         )
 
-    assert answers, "no request was answered"
     failed = [a for a in answers if a[0] != 200]
-    assert failed == [], f"{len(failed)} of {len(answers)} requests failed or were mis-joined"
-    assert max(p["model_replicas"] for p in timeline.points) == MAX_MODEL_REPLICAS
+    assert answers and failed == [], (
+        f"{len(failed)} of {len(answers)} requests failed or were mis-joined"
+    )
+    assert timeline.most("model_replicas") == MAX_MODEL_REPLICAS
+    assert timeline.most("second_replicas") == 1
+    print(f"cold start onto a new (fake) GPU node: {cold_s:.1f} s; marks {timeline.marks}")
