@@ -14,7 +14,7 @@ import numpy as np
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import BASE_URL, SMALL_LIMITS, app_config, deploy, post_many
+from tests.serving import BASE_URL, SMALL_LIMITS, app_config, deploy, fixed_replicas, post_many
 
 CLASSIFIER = {"name": "resnet18", "weights": "none", "seed": 0}
 ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
@@ -26,6 +26,9 @@ def _deploy(max_batch_size: int, wait_s: float, model: dict[str, Any] = CLASSIFI
         app_config(
             model=model,
             args={"limits": SMALL_LIMITS} if model is CLASSIFIER else None,
+            # One Model replica, so that batches form from everything in flight. An update keeps
+            # the replica count autoscaling reached under the previous module's load.
+            options={"Model": fixed_replicas(1)},
             user_configs={
                 "Model": {"max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
                 "Postprocessor": {"classification": {"top_k": 10}},

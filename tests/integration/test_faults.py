@@ -59,6 +59,7 @@ def test_batch_wide_out_of_memory_is_retried_in_smaller_batches(echo_control: An
     deploy(
         app_config(
             model=CONTROLLED_ECHO,
+            options={"Model": fixed_replicas(1)},  # the batches under test form in one replica
             user_configs={"Model": {"max_batch_size": 8, "batch_wait_timeout_s": 1.0}},
         )
     )
@@ -77,6 +78,7 @@ def test_batches_fill_while_the_model_is_busy_even_with_a_short_wait(echo_contro
     deploy(
         app_config(
             model=CONTROLLED_ECHO,
+            options={"Model": fixed_replicas(1)},  # the batches under test form in one replica
             user_configs={"Model": {"max_batch_size": 8, "batch_wait_timeout_s": 0.005}},
         )
     )

@@ -23,7 +23,16 @@ from ray import serve
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import APP, BASE_URL, ONE_MODEL, app_config, deploy, post_many, wait_until
+from tests.serving import (
+    APP,
+    BASE_URL,
+    ONE_MODEL,
+    app_config,
+    deploy,
+    fixed_replicas,
+    post_many,
+    wait_until,
+)
 
 OTLP_PORT = 4318  # the standard OTLP/HTTP port, on loopback
 ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
@@ -125,17 +134,15 @@ def receiver() -> Iterator[OtlpReceiver]:
     config = app_config(
         model=ECHO,
         user_configs={"Model": {"max_batch_size": N, "batch_wait_timeout_s": 5.0}},
+        # One Model replica, so N concurrent requests meet in one pass. An update keeps the
+        # replica count autoscaling reached before it (a slow model in an earlier module).
+        options={"Model": fixed_replicas(1)},
     )
     for deployment in config["applications"][0]["deployments"]:
         actor = deployment.setdefault("ray_actor_options", {})
         runtime_env = actor.setdefault("runtime_env", {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **TRACING_ENV}
     deploy(config)
-    # One untraced pass first, so that every handle on the path knows its replicas before the
-    # tests count on N concurrent requests meeting within the Model's wait. Its spans are in a
-    # trace of their own, which no test reads.
-    files = [("image", (f"{i}.png", images.solid_png((i, i, i)), "image/png")) for i in range(N)]
-    assert httpx.post(f"{BASE_URL}/v1/predict", files=files, timeout=120).status_code == 200
     try:
         yield server
     finally:
