@@ -14,9 +14,10 @@ from tests.serving import METRICS_PORT, ROOT
 
 # Modules run in this order, not by name. A deploy that changes the app's `args` restarts every
 # replica (about 15 s here), while one that changes only user_config or scaling options updates
-# them in place; so modules that deploy the same args run back to back. Two neighbours matter
-# for another reason: test_operations sums Ray's metrics over the session, so the module before
-# it must not batch 8 at a time. A module missing here runs after these, by name.
+# them in place; so modules that deploy the same args run back to back. An update also keeps the
+# replica count autoscaling reached before it, so a test that judges batch composition holds the
+# Model at one replica. test_operations sums Ray's metrics over the session, so the module
+# before it must not batch 8 at a time. A module missing here runs after these, by name.
 MODULE_ORDER = (
     "test_http",  # resnet18 with small limits ...
     "test_batching",  # ... the same, then echo
