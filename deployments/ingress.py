@@ -224,14 +224,15 @@ class Ingress:
             raise UnknownModel(f"no model is served as {name[:100]!r}; served: {served}")
         return name
 
-    def _deadline(self, timeout_s: float | None) -> float:
+    def _deadline(self, timeout_s: str | float | None, name: str = "timeout_s") -> float:
+        """The deadline for a timeout a caller sent as `name` (None: the configured default)."""
         settings = self._settings
         return deadline_from(
             timeout_s,
             settings.request_timeout_s,
             time.time(),
             settings.max_request_timeout_s,
-            name="timeout_s",
+            name=name,
         )
 
     def _options(
@@ -287,13 +288,7 @@ class Ingress:
                 raise BadRequest("x-request-id must be 1-200 printable ASCII characters")
             self._authorize(request)
             name = self._model_named(model)
-            settings = self._settings
-            deadline = deadline_from(
-                request.headers.get(TIMEOUT_HEADER),
-                settings.request_timeout_s,
-                time.time(),
-                settings.max_request_timeout_s,
-            )
+            deadline = self._deadline(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
             options = self._options(name, request.query_params.multi_items())
             kind, params = media_type(request.headers.get("content-type"))
             if kind != "multipart/form-data" and not is_image_type(kind):
@@ -302,14 +297,14 @@ class Ingress:
                     "Content-Type image/* or application/octet-stream, or as multipart/form-data "
                     "with file parts named 'image'"
                 )
-            limit = settings.max_body_bytes
+            limit = self._settings.max_body_bytes
             if kind == "multipart/form-data":
                 # Parsed while it arrives, so a hostile body is refused at the chunk that
                 # crosses a limit; the read as a whole is bounded by the request's deadline.
                 boundary = params.get("boundary")
                 read = read_multipart(request, limit, reservation, boundary, self._multipart)
                 parts = image_parts(
-                    await within_deadline(read, deadline), settings.max_images_per_request
+                    await within_deadline(read, deadline), self._settings.max_images_per_request
                 )
                 items = [self._part_item(p, options, request_id, deadline, name) for p in parts]
                 results = await self._caller.many(items, carrier(request.headers))
@@ -514,14 +509,7 @@ class Ingress:
         options = self._options(name, request.options)
         oip.check_outputs(request.outputs, task)
         if request.timeout_s is not None:  # Triton's `timeout`: the tighter deadline wins
-            timeout = deadline_from(
-                request.timeout_s,
-                self._settings.request_timeout_s,
-                time.time(),
-                self._settings.max_request_timeout_s,
-                name="parameter 'timeout'",
-            )
-            deadline = min(deadline, timeout)
+            deadline = min(deadline, self._deadline(request.timeout_s, "parameter 'timeout'"))
         if request.id and valid_request_id(request.id):
             request_id = request.id
         items = [self._item(i, options, request_id, deadline, name) for i in request.images]
@@ -591,14 +579,8 @@ class Ingress:
         try:
             self._authorize(request)
             oip.check_model(name, version, self._oip_models())
-            settings = self._settings
-            deadline = deadline_from(
-                request.headers.get(TIMEOUT_HEADER),
-                settings.request_timeout_s,
-                time.time(),
-                settings.max_request_timeout_s,
-            )
-            read = read_body(request, settings.max_body_bytes, reservation)
+            deadline = self._deadline(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
+            read = read_body(request, self._settings.max_body_bytes, reservation)
             body = await within_deadline(read, deadline)
             parsed = oip.parse_rest(
                 body, request.headers.get(oip.HEADER_LENGTH), self._oip_limits()
@@ -667,10 +649,7 @@ class Ingress:
             self._grpc_authorize(grpc_context)
             oip.check_model(request.model_name, request.model_version, self._oip_models())
             reservation.ensure(request.ByteSize())  # already in memory; counted as /v1 bodies are
-            settings = self._settings
-            deadline = deadline_from(
-                None, settings.request_timeout_s, time.time(), settings.max_request_timeout_s
-            )
+            deadline = self._deadline(None)
             parsed = oip.parse_grpc(request, self._oip_limits())
             trace = carrier(dict(grpc_context.invocation_metadata()))
             tensors, parameters = await self._oip_infer(
