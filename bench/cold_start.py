@@ -32,9 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from bench.service import BenchError, CpuMeter
+from bench.service import BenchError, CpuMeter, parse_overrides
 from bench.stats import mean, percentile
 from tools.serve_process import (
     APP,
@@ -479,12 +478,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     label = args.label or f"cold_start-cpu-{os.cpu_count()}core"
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise BenchError(f"--set needs DOTTED=VALUE; got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     base = load_config(args.config)
     config = cold_start_config(base, args.port, args.model, args.downscale_delay_s, overrides)
     app = named_item(config["applications"], APP)

@@ -41,6 +41,7 @@ from bench.service import (
     LitServeProcess,
     bench_config,
     litserve_role,
+    parse_overrides,
     system_cpu_s,
 )
 from bench.stats import (
@@ -620,12 +621,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     label = args.label or f"cpu-{os.cpu_count()}core"
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise BenchError(f"--set needs DOTTED=VALUE; got {item!r}")
-        overrides[key] = yaml.safe_load(value)
+    overrides = parse_overrides(args.set)
     systems = [s for s in args.systems.split(",") if s]
     unknown = [s for s in systems if s not in SYSTEMS]
     if unknown:

@@ -43,6 +43,17 @@ class BenchError(ServeError):
     """Something about the benchmark's options or environment stops it; the message says what."""
 
 
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`--set DOTTED=YAML` arguments as {dotted path: value} for `set_path`."""
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise BenchError(f"--set needs DOTTED=VALUE; got {item!r}")
+        overrides[key] = yaml.safe_load(value)
+    return overrides
+
+
 def bench_config(
     base: dict[str, Any],
     port: int,

@@ -23,27 +23,15 @@ def main(source: Path, target: Path) -> None:
     data = json.loads(source.read_text())
     t = [p["t"] for p in data["points"]]
     fig, ax = plt.subplots(figsize=(8, 3.2), dpi=120)
-    ax.step(
-        t,
-        [p["model_replicas"] for p in data["points"]],
-        where="post",
-        label="Model replicas (running)",
+    series = (
+        ("model_replicas", "-", "Model replicas (running)"),
+        ("second_replicas", ":", "second model replicas (from zero)"),
+        ("gpu_nodes", "--", "GPU nodes (alive)"),
     )
-    if any("second_replicas" in p for p in data["points"]):
-        ax.step(
-            t,
-            [p.get("second_replicas", 0) for p in data["points"]],
-            where="post",
-            linestyle=":",
-            label="second model replicas (from zero)",
-        )
-    ax.step(
-        t,
-        [p["gpu_nodes"] for p in data["points"]],
-        where="post",
-        linestyle="--",
-        label="GPU nodes (alive)",
-    )
+    for key, style, label in series:
+        if any(key in p for p in data["points"]):  # older timelines have no second model
+            values = [p.get(key, 0) for p in data["points"]]
+            ax.step(t, values, where="post", linestyle=style, label=label)
     marks = data["marks"]
     if "second_start" in marks and "second_end" in marks:
         ax.axvspan(
