@@ -19,7 +19,8 @@ from PIL import Image
 from tests import images
 from tests.serving import BASE_URL, app_config, deploy, post_image, post_multipart, wait_until
 
-MAX_SECONDS = 1.0
+# Loose on purpose (a loaded 2-core CI machine): the memory bound is the tight check.
+MAX_SECONDS = 5.0
 MAX_GROWTH_MB = 50.0
 HOSTILE = {
     f"{w}x{h}": images.encode(Image.new("RGB", (w, h), (40, 90, 200)), "PNG")

@@ -25,7 +25,8 @@ from tests import images
 from tests.serving import ROOT, load_config
 
 T = TypeVar("T")
-MAX_SECONDS = 1.0
+# Loose on purpose (a loaded 2-core CI machine): the memory bound is the tight check.
+MAX_SECONDS = 5.0
 MAX_GROWTH_MB = 50.0
 SHAPES = [(1, 20_000), (1, 200_000), (200_000, 1)]
 LIMITS = decode_limits(served_args())
