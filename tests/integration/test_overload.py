@@ -120,7 +120,7 @@ def test_deadline_gives_504_and_expired_items_never_reach_the_model(echo_control
         first, second = asyncio.run(scenario())
         assert second.status_code == 504 and second.json()["error"]["code"] == "deadline_exceeded"
         # The fault this catches is a 504 held until the gated batch opens (60 s), not a late tick.
-    assert _server_ms(second) < 10_000, "the 504 waited for the held batch, not its deadline"
+        assert _server_ms(second) < 10_000, "the 504 waited for the held batch, not its deadline"
         assert first.status_code == 200 and colour_in(first.json()["predictions"]) == held
         # Once the gate opened the model ran again, but never on the expired image.
         seen = [tuple(c) for _, batch in ray.get(gate.seen.remote()) for c in batch]
