@@ -34,7 +34,10 @@ class BatchingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     max_batch_size: int = Field(8, ge=1, le=512)
-    batch_wait_timeout_s: float = Field(0.01, ge=0.0, le=10.0)
+    # 0: work-conserving. An idle Model starts a pass with what it holds at once; under load the
+    # next batch is what queued during the running pass. Above 0 it is the longest an item waits
+    # for company when the Model is idle, for those who trade latency for fuller batches.
+    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=10.0)
 
 
 @serve.deployment
@@ -144,7 +147,7 @@ class Model:
 
     @serve.batch(
         max_batch_size=8,
-        batch_wait_timeout_s=0.01,
+        batch_wait_timeout_s=0.0,
         batch_size_fn=lambda parts: sum(len(p) for p in parts),
     )
     async def _batched(
@@ -153,9 +156,11 @@ class Model:
         """Gather: called with exactly one positional tuple of Samples; Serve hands us the list.
 
         Serve forms its next batch while the previous one still runs, from whatever arrived in
-        `batch_wait_timeout_s`; awaiting the forward pass here would leave those batches tiny,
-        queued behind it. So each item gets a future at once, and the `ForwardQueue` runs one
-        pass at a time over up to `max_batch_size` of everything gathered meanwhile.
+        `batch_wait_timeout_s` (0 by default: what is there); awaiting the forward pass here would
+        leave those batches tiny, queued behind it. So each item gets a future at once, and the
+        `ForwardQueue` runs one pass at a time over up to `max_batch_size` of everything gathered
+        meanwhile: an idle Model runs an item at once, a busy one batches what queued during its
+        pass (work-conserving batching).
         """
         return [self._queue.put(part) for part in parts]
 

@@ -14,7 +14,16 @@ import numpy as np
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import BASE_URL, SMALL_LIMITS, app_config, deploy, fixed_replicas, post_many
+from tests.serving import (
+    BASE_URL,
+    SMALL_LIMITS,
+    app_config,
+    deploy,
+    fixed_replicas,
+    load_config,
+    post_image,
+    post_many,
+)
 
 CLASSIFIER = {"name": "resnet18", "weights": "none", "seed": 0}
 ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
@@ -136,3 +145,25 @@ def test_reconfigure_changes_batch_size_live_without_restart() -> None:
     assert _colours(responses) == colours
     sizes_at_16 = [r.json()["batch_size"] for r in responses]
     assert max(sizes_at_16) > 4, f"batch size did not grow: {sizes_at_16}"
+
+
+def test_an_idle_model_runs_a_lone_image_at_once_and_the_wait_is_an_upper_bound() -> None:
+    # serve_config.yaml's batch_wait_timeout_s: 0, work-conserving. A lone image on an idle
+    # Model goes into a pass at once; a long wait is what those who set one get. The bounds are
+    # far apart (the faults they catch: a fixed wait of seconds, or no wait at all).
+    def lone_wait_ms(colour: tuple[int, int, int]) -> float:
+        r = post_image(images.solid_png(colour, 64, 48), "image/png")
+        assert r.status_code == 200 and colour_in(r.json()["predictions"]) == colour, r.text
+        assert r.json()["batch_size"] == 1
+        return float(r.json()["timings_ms"]["batch_wait"])
+
+    default_wait = load_config()["applications"][0]["deployments"]
+    model = next(d for d in default_wait if d["name"] == "Model")
+    assert model["user_config"]["batch_wait_timeout_s"] == 0.0
+    _deploy(max_batch_size=8, wait_s=0.0, model=ECHO)
+    colours = images.distinct_colours(4, seed=4000)
+    waits = [lone_wait_ms(c) for c in colours[:2]]
+    assert min(waits) < 1000, f"an idle Model held a lone image for {waits} ms"
+    _deploy(max_batch_size=8, wait_s=LONG_WAIT_S, model=ECHO)
+    waits = [lone_wait_ms(c) for c in colours[2:]]
+    assert min(waits) >= 0.9 * LONG_WAIT_S * 1000, f"the configured wait was not kept: {waits}"
