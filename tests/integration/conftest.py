@@ -23,6 +23,7 @@ MODULE_ORDER = (
     "test_batching",  # ... the same, then echo
     "test_client",  # echo
     "test_client_docs",  # echo
+    "test_edge",  # echo
     "test_configs",
     "test_detection",
     "test_overload",  # echo driven by a control actor ...

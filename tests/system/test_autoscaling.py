@@ -48,7 +48,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAutoscalin
         gpu_node={"CPU": 1, "GPU": 1},
         max_gpu_nodes=MAX_MODEL_REPLICAS + 1,  # the default Model's replicas and the second's
     )
-    fake.start(env={"PYTHONPATH": str(ROOT)})
+    # Serve's Python proxy here, not serve.env's HAProxy: the fake nodes share one machine, and
+    # an HAProxy per node would each bind 8000 (on a real cluster every node has its own).
+    fake.start(env={"PYTHONPATH": str(ROOT), "RAY_SERVE_ENABLE_HA_PROXY": "0"})
     try:
         yield fake
     finally:

@@ -18,6 +18,7 @@ from ray.serve.schema import ServeDeploySchema
 from graph import AppArgs
 from tests.serving import ROOT, load_config
 from tools import render
+from tools.serve_env import read_env_file
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -300,6 +301,14 @@ def test_every_ray_container_requires_the_api_key(cluster: dict[str, Any]) -> No
         ref = env["VISION_API_KEY"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "vision-api-key", "key": "api_key"}, container["name"]
         assert env["VISION_REQUIRE_API_KEY"]["value"] in {"1", "true"}, container["name"]
+
+
+def test_every_ray_container_has_serve_env(cluster: dict[str, Any]) -> None:
+    # The same Serve settings as `make run` and the tests: the HAProxy edge.
+    wanted = read_env_file()
+    for container in _containers(cluster):
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: env.get(k) for k in wanted} == wanted, container["name"]
 
 
 def test_every_container_runs_restricted(cluster: dict[str, Any]) -> None:
