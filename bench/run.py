@@ -133,7 +133,8 @@ def workloads(base_uc: dict[str, Any], names: list[str]) -> list[Workload]:
 PEERS = {
     "plain": Workload(
         "plain",
-        "plain Ray Serve app: one deployment, @serve.batch(8, 10 ms), single-image requests",
+        "plain Ray Serve app: one deployment, decode in a thread pool, @serve.batch(8, 10 ms) "
+        "over decoded images, single-image requests",
         {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
         1,
         "target",
