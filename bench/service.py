@@ -274,9 +274,11 @@ class TorchServeProcess:
         self.started_s = time.perf_counter() - began
 
     def stop(self) -> None:
+        # The launcher exits on SIGINT but leaves Java running, in its own group: signal the group
+        # almost at once (Java's shutdown hook stops the worker) rather than wait on the leader.
         proc, self.proc = self.proc, None
         if proc is not None:
-            stop_session(proc, leader_s=15.0, group_s=10.0)
+            stop_session(proc, leader_s=1.0, group_s=15.0)
 
 
 def torchserve_role(pid: int, sid: int) -> str:
