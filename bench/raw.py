@@ -1,9 +1,11 @@
 """The raw in-process pipeline: the ceiling the served path is compared with.
 
-decode (`deployments.imaging.decode`) -> batched forward pass (`deployments.inference.Runner`) ->
-top-k (`deployments.predictions.top_k`), one Python process, no serving, the same images, model
-and preprocessing as the service (built from the same generated config). Also measures what one
-item's objects weigh when pickled, as they cross each stage boundary.
+decode (`deployments.imaging.decode`) -> batched forward pass (`deployments.inference.Runner`,
+whose `Classification.decode` in `deployments/tasks/classification.py` takes the softmax and the
+best classes) -> top-k (`Classification.answer`, called by `deployments.postprocessor.join`),
+one Python process, no serving, the same images, model and preprocessing as the service (built
+from the same generated config). Also measures what one item's objects weigh when pickled, as
+they cross each stage boundary.
 
 Runs as its own process (`python -m bench.raw`) so its torch threads and memory never share a
 process with the load generator.

@@ -33,19 +33,24 @@ import yaml
 from bench import images as imgs
 from bench import report
 from bench.loadgen import Body, get_json, run_open_loop, run_point
-from bench.peers import rayserve_plain
+from bench.peers import rayserve_batch, rayserve_plain
 from bench.service import (
+    TORCHSERVE_MODEL,
     BenchError,
     CpuMeter,
     CpuSnapshot,
     LitServeProcess,
+    TorchServeProcess,
     bench_config,
     litserve_role,
     parse_overrides,
     system_cpu_s,
+    torchserve_available,
+    torchserve_role,
 )
 from bench.stats import (
     arrival_offsets,
+    cores_per_1000_ips,
     open_loop_plan,
     serving_overhead,
     summarise,
@@ -75,12 +80,13 @@ class Workload:
     images_per_request: int
     image_set: str  # "target" (640x480 ~150 KB) or "mixed"
     concurrency: tuple[int, ...] | None = None  # None: the sweep
-    system: str = "graph"  # graph, plain (one-deployment Ray Serve app) or litserve
+    system: str = "graph"  # graph or a peer: plain, plain-batch, litserve, torchserve
     open_loop: bool = False  # also run the open-loop points after the closed-loop sweep
     # The processes (CPU roles) that run the forward pass and the decode: the serving-overhead
     # column takes the raw pipeline's cost of each out of these.
     forward_role: str = "Model"
     decode_role: str = "Preprocessor"
+    path: str = "/v1/predict"  # where the requests go
 
 
 def workloads(base_uc: dict[str, Any], names: list[str]) -> list[Workload]:
@@ -127,7 +133,8 @@ def workloads(base_uc: dict[str, Any], names: list[str]) -> list[Workload]:
 PEERS = {
     "plain": Workload(
         "plain",
-        "plain Ray Serve app: one deployment, @serve.batch(8, 10 ms), single-image requests",
+        "plain Ray Serve app: one deployment, decode in a thread pool, @serve.batch(8, 10 ms) "
+        "over decoded images, single-image requests",
         {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
         1,
         "target",
@@ -135,6 +142,18 @@ PEERS = {
         open_loop=True,
         forward_role=rayserve_plain.DEPLOYMENT,
         decode_role=rayserve_plain.DEPLOYMENT,
+    ),
+    "plain-batch": Workload(
+        "plain-batch",
+        "plain Ray Serve app, simplest: one deployment, @serve.batch(8, 10 ms) around decode + "
+        "forward, single-image requests",
+        {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        1,
+        "target",
+        system="plain-batch",
+        open_loop=True,
+        forward_role=rayserve_batch.DEPLOYMENT,
+        decode_role=rayserve_batch.DEPLOYMENT,
     ),
     "litserve": Workload(
         "litserve",
@@ -147,8 +166,22 @@ PEERS = {
         forward_role="LitServe worker",
         decode_role="LitServe worker",
     ),
+    "torchserve": Workload(
+        "torchserve",
+        "TorchServe: 1 worker, batchSize 8, maxBatchDelay 10 ms, single-image requests",
+        {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        1,
+        "target",
+        system="torchserve",
+        open_loop=True,
+        forward_role="TorchServe worker",
+        decode_role="TorchServe worker",
+        path=f"/predictions/{TORCHSERVE_MODEL}",
+    ),
 }
-SYSTEMS = ("graph", "plain", "litserve")
+SYSTEMS = ("graph", "plain", "plain-batch", "litserve", "torchserve")
+# The plain Ray Serve peers (modules with APP and serve_config); ratios take the better one.
+RAY_PEERS = {"plain": rayserve_plain, "plain-batch": rayserve_batch}
 
 
 def litserve_available() -> bool:
@@ -290,7 +323,7 @@ def settle(meter: CpuMeter, idle_cores: float = 0.25, timeout_s: float = 120.0) 
 
 
 def measure_point(
-    url: str,
+    url: str,  # the endpoint: base URL + the workload's path
     bodies: list[Body],
     concurrency: int,
     warmup: int,
@@ -309,7 +342,7 @@ def measure_point(
 
     run = asyncio.run(
         run_point(
-            f"{url}/v1/predict",
+            url,
             bodies,
             concurrency,
             warmup,
@@ -360,7 +393,7 @@ def measure_open_point(
     warmup = max(2, count // 10)
     run = asyncio.run(
         run_open_loop(
-            f"{url}/v1/predict",
+            url,
             bodies,
             offsets,
             warmup,
@@ -432,7 +465,7 @@ def run_workload(
         settle_s = settle(meter) if meter is not None else None
         warmup, measured = request_counts(w.images_per_request, c, sw.args.scale)
         point = measure_point(
-            url,
+            url + w.path,
             bodies,
             c,
             warmup,
@@ -469,7 +502,7 @@ def run_workload(
             if meter is not None:
                 settle(meter)
             point = measure_open_point(
-                url,
+                url + w.path,
                 bodies,
                 fraction,
                 rate,
@@ -487,18 +520,20 @@ def run_workload(
 
 
 def add_overheads(result: dict[str, Any]) -> None:
-    """Serving CPU outside the forward pass and the decode, per image and process, every point."""
+    """Per point with a CPU measurement: CPU cores per 1,000 img/s, and serving CPU outside the
+    forward pass and the decode per image and process (when the raw pipeline ran)."""
     raw = result.get("raw", {})
     decode_ms = raw.get("decode_cpu_ms_per_image")
     forward = raw.get("forward_cpu_ms_per_image_by_batch")
-    if decode_ms is None or not forward:
-        return
     for cfg in result["configs"].values():
         for p in [*cfg["points"], *cfg.get("open_loop", [])]:
             cpu = p.get("cpu")
             if not cpu:
                 continue
             s = p["summary"]
+            p["cores_per_1000_ips"] = cores_per_1000_ips(cpu["service_s"], s["images"])
+            if decode_ms is None or not forward:
+                continue
             p["overhead"] = serving_overhead(
                 cpu["by_role_s"],
                 s["images"],
@@ -522,6 +557,8 @@ def average_raw(result: dict[str, Any]) -> None:
 
     raw["throughput_ips"] = avg(lambda r: r["sets"]["target"]["throughput_ips"])
     raw["single_p50_ms"] = avg(lambda r: r["sets"]["target"]["single_ms"]["p50"])
+    # Process CPU ms per image at batch 8 (decode, forward, top-k) = its cores per 1,000 img/s.
+    raw["cores_per_1000_ips"] = avg(lambda r: r["sets"]["target"]["cpu_ms_per_image"])
     cpu = [r["sets"]["target"].get("stage_cpu_ms_per_image") for r in passes]
     if all(cpu):
         raw["decode_cpu_ms_per_image"] = avg(
@@ -556,8 +593,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--systems",
         default=",".join(SYSTEMS),
-        help="which systems, in order: graph, plain (one-deployment Ray Serve app), litserve "
-        "(skipped with a message when the `bench` extra is not installed)",
+        help="which systems, in order: graph, plain and plain-batch (two plain Ray Serve apps), "
+        "litserve, torchserve (each of the last two skipped with a message when not installed)",
     )
     parser.add_argument(
         "--configs",
@@ -639,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
             "LitServe is not installed: `pip install -e '.[bench]'` (pins litserve) to measure it"
         )
         systems.remove("litserve")
+    if "torchserve" in systems and not torchserve_available():
+        skipped["torchserve"] = (
+            "TorchServe is not installed: a Java 17 runtime and `pip install -e '.[torchserve]'` "
+            "(bench/README.md) to measure it"
+        )
+        systems.remove("torchserve")
     progress = not args.no_progress
 
     import ray
@@ -667,6 +710,10 @@ def main(argv: list[str] | None = None) -> int:
         import litserve
 
         meta["litserve"] = litserve.__version__
+    if "torchserve" in systems:
+        from importlib.metadata import version
+
+        meta["torchserve"] = version("torchserve")
     print(f"bench: {label}, {meta['command']}")
     for name, why in skipped.items():
         print(f"  skip {name}: {why}")
@@ -734,8 +781,10 @@ def main(argv: list[str] | None = None) -> int:
         for system in systems:
             if system == "graph":
                 measure_graph(result, plan, base, overrides, env, config, work, sw)
-            elif system == "plain":
-                measure_plain(result, peer_config, work, sw)
+            elif system in RAY_PEERS:
+                measure_ray_peer(result, system, peer_config, work, sw)
+            elif system == "torchserve":
+                measure_torchserve(result, peer_config, work, sw)
             else:
                 measure_litserve(result, peer_config, work, sw)
         raw_pass("after")
@@ -758,8 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         meta["foreign_cores"]["served points (mean)"] = sum(served) / len(served)
     meta["wall_s"] = time.perf_counter() - started
 
-    verdicts = report.targets(result) if result["raw"] else []
-    result["targets"] = [t.__dict__ for t in verdicts]
+    verdicts = report.targets(result)
+    result["targets"] = [{**t.__dict__, "verdict": t.verdict} for t in verdicts]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{label}.json").write_text(json.dumps(result, indent=2, default=float))
     (args.out / f"{label}.md").write_text(report.markdown(result, verdicts))
@@ -836,24 +885,26 @@ def measure_graph(
             print(f"graph stopped ({time.perf_counter() - t:.0f} s)")
 
 
-def measure_plain(
-    result: dict[str, Any], graph_config: dict[str, Any], work: Path, sw: Sweep
+def measure_ray_peer(
+    result: dict[str, Any], name: str, graph_config: dict[str, Any], work: Path, sw: Sweep
 ) -> None:
-    """The plain Ray Serve peer, started with `serve run` like the graph, on the same port."""
+    """A plain Ray Serve peer, started with `serve run` like the graph, on the same port."""
     port = sw.args.port
-    config = rayserve_plain.serve_config(graph_config, port)
-    service = ServeProcess(config, work, port, app=rayserve_plain.APP)
+    module = RAY_PEERS[name]
+    config = module.serve_config(graph_config, port)
+    service = ServeProcess(config, work, port, app=module.APP)
+    what = f"the {name} Ray Serve peer"
     try:
         t = time.perf_counter()
-        print(f"starting the plain Ray Serve peer (serve run) on port {port} …", flush=True)
+        print(f"starting {what} (serve run) on port {port} …", flush=True)
         service.start()
-        print(f"plain Ray Serve peer up in {time.perf_counter() - t:.0f} s")
+        print(f"{what} up in {time.perf_counter() - t:.0f} s")
         meter = CpuMeter(service.proc.pid) if service.proc else None
-        result["configs"]["plain"] = run_workload(PEERS["plain"], service.url, sw, meter, service)
+        result["configs"][name] = run_workload(PEERS[name], service.url, sw, meter, service)
     finally:
         t = time.perf_counter()
         service.stop()
-        print(f"plain Ray Serve peer stopped ({time.perf_counter() - t:.0f} s)")
+        print(f"{what} stopped ({time.perf_counter() - t:.0f} s)")
 
 
 def measure_litserve(
@@ -872,6 +923,26 @@ def measure_litserve(
         t = time.perf_counter()
         server.stop()
         print(f"LitServe peer stopped ({time.perf_counter() - t:.0f} s)")
+
+
+def measure_torchserve(
+    result: dict[str, Any], graph_config: dict[str, Any], work: Path, sw: Sweep
+) -> None:
+    """The TorchServe peer, in a session of its own, on the same port (and the next four)."""
+    server = TorchServeProcess(graph_config, work, sw.args.port)
+    try:
+        t = time.perf_counter()
+        print(f"starting the TorchServe peer on port {sw.args.port} …", flush=True)
+        server.start()
+        print(f"TorchServe peer up in {time.perf_counter() - t:.0f} s")
+        meter = CpuMeter(server.proc.pid, torchserve_role) if server.proc else None
+        result["configs"]["torchserve"] = run_workload(
+            PEERS["torchserve"], server.url, sw, meter, None
+        )
+    finally:
+        t = time.perf_counter()
+        server.stop()
+        print(f"TorchServe peer stopped ({time.perf_counter() - t:.0f} s)")
 
 
 def entry() -> int:

@@ -6,6 +6,7 @@ chaos and the tests.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -135,6 +136,164 @@ def litserve_role(pid: int, sid: int) -> str:
     if pid == sid:
         return "LitServe main"
     return "LitServe API server/queues"
+
+
+TORCHSERVE_MODEL = "classifier"
+
+
+def torchserve_available() -> bool:
+    """Whether the TorchServe peer can run here: its packages and a Java runtime."""
+    import importlib.util
+    import shutil
+
+    java = os.environ.get("JAVA_HOME")
+    has_java = bool(shutil.which("java")) or bool(java and Path(java, "bin", "java").exists())
+    return has_java and all(
+        importlib.util.find_spec(m) is not None for m in ("ts", "model_archiver")
+    )
+
+
+def torchserve_properties(port: int, model_store: Path, mar: str) -> str:
+    """TorchServe's config.properties: loopback only, no token, 1 worker, batch 8 within 10 ms.
+
+    Every listener TorchServe opens is on 127.0.0.1 next to `port` (its gRPC defaults, 7070 and
+    7071, would collide with anything else on the machine); its once-a-minute system-metrics
+    collector is off (monitoring, not serving).
+    """
+    model = {
+        "1.0": {
+            "defaultVersion": True,
+            "marName": mar,
+            "minWorkers": 1,
+            "maxWorkers": 1,
+            "batchSize": 8,
+            "maxBatchDelay": 10,
+            "responseTimeout": 120,
+        }
+    }
+    props = {
+        "inference_address": f"http://127.0.0.1:{port}",
+        "management_address": f"http://127.0.0.1:{port + 1}",
+        "metrics_address": f"http://127.0.0.1:{port + 2}",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": port + 3,
+        "grpc_management_port": port + 4,
+        "model_store": str(model_store),
+        "load_models": mar,
+        "models": json.dumps({TORCHSERVE_MODEL: model}),
+        "disable_token_authorization": "true",
+        "default_workers_per_model": 1,
+        "job_queue_size": 1000,
+        "install_py_dep_per_model": "false",
+        "disable_system_metrics": "true",
+    }
+    return "".join(f"{k}={v}\n" for k, v in props.items())
+
+
+@dataclass
+class TorchServeProcess:
+    """The TorchServe peer (`torchserve --foreground`) in a session of its own."""
+
+    config: dict[str, Any]  # the graph's generated config: the peer takes its model args
+    workdir: Path
+    port: int
+    app: str = APP
+    proc: subprocess.Popen[bytes] | None = None
+    started_s: float = 0.0
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.workdir / "torchserve.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def archive(self) -> tuple[Path, str]:
+        """The model archive: the handler plus the graph's args (no weights: seeded like all)."""
+        store = self.workdir / "torchserve-store"
+        store.mkdir(exist_ok=True)
+        args_path = self.workdir / "app_args.json"
+        app = named_item(self.config["applications"], self.app)
+        args_path.write_text(json.dumps(app["args"]))
+        handler = Path(__file__).resolve().parent / "peers" / "torchserve_handler.py"
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "model_archiver.model_packaging",
+                "--model-name",
+                TORCHSERVE_MODEL,
+                "--version",
+                "1.0",
+                "--handler",
+                str(handler),
+                "--extra-files",
+                str(args_path),
+                "--export-path",
+                str(store),
+                "--force",
+            ],
+            check=True,
+            capture_output=True,
+        )
+        return store, f"{TORCHSERVE_MODEL}.mar"
+
+    def start(self, timeout_s: float = 300.0) -> None:
+        for p in range(self.port, self.port + 5):
+            if port_in_use(p):
+                raise ServeError(f"port {p} is already in use on 127.0.0.1 (TorchServe needs 5)")
+        store, mar = self.archive()
+        props = self.workdir / "torchserve.properties"
+        props.write_text(torchserve_properties(self.port, store, mar))
+        ts = Path(sys.executable).with_name("torchserve")
+        cmd = [str(ts), "--foreground", "--ncs", "--ts-config", str(props)]
+        cmd += ["--model-store", str(store), "--disable-token-auth"]
+        logs = self.workdir / "torchserve-logs"
+        # Its logs, metrics and pid file go to the work folder, not the repo or /tmp.
+        env = {"LOG_LOCATION": str(logs), "METRICS_LOCATION": str(logs), "TMPDIR": str(logs)}
+        logs.mkdir(exist_ok=True)
+        began = time.perf_counter()
+        self.proc = launch(cmd, self.log_path, env)
+        describe = f"http://127.0.0.1:{self.port + 1}/models/{TORCHSERVE_MODEL}"
+
+        def ready() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise ServeError(f"TorchServe exited with status {self.proc.returncode}")
+            status, info = http_json("GET", describe, timeout_s=5)
+            workers = info[0].get("workers", []) if status == 200 and info else []
+            return any(w.get("status") == "READY" for w in workers)
+
+        try:
+            wait_for(ready, timeout_s, f"TorchServe's worker to be READY at {describe}")
+        except ServeError as exc:
+            tail = self.log_path.read_text(errors="replace")[-3000:]
+            self.stop()
+            raise ServeError(f"{exc}; TorchServe log tail:\n{tail}") from None
+        self.started_s = time.perf_counter() - began
+
+    def stop(self) -> None:
+        # The launcher exits on SIGINT but leaves Java running, in its own group: signal the group
+        # almost at once (Java's shutdown hook stops the worker) rather than wait on the leader.
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            stop_session(proc, leader_s=1.0, group_s=15.0)
+
+
+def torchserve_role(pid: int, sid: int) -> str:
+    """TorchServe's processes: the Java frontend, the Python backend worker, the launcher."""
+    try:
+        cmd = (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return "gone"
+    if "model_service_worker" in cmd:
+        return "TorchServe worker"
+    if "org.pytorch.serve.ModelServer" in cmd:
+        return "TorchServe frontend (Java)"
+    return "TorchServe main" if pid == sid else "TorchServe other"
 
 
 # --- CPU accounting from /proc ------------------------------------------------------------------

@@ -117,10 +117,37 @@ class Target:
     measured: float
     limit: float
     detail: str
+    measured_both: bool = True  # False: a side of the comparison was not measured in this run
+
+    @property
+    def verdict(self) -> str:
+        if not self.measured_both:
+            return "not measured"
+        return "PASS" if self.passed else "MISS"
 
     def line(self) -> str:
-        verdict = "PASS" if self.passed else "MISS"
-        return f"{verdict}  {self.name}: {self.detail}"
+        return f"{self.verdict}  {self.name}: {self.detail}"
+
+
+def not_measured(name: str, why: str) -> Target:
+    """A target one of whose sides this run did not measure: never a PASS."""
+    return Target(name, False, math.nan, math.nan, why, measured_both=False)
+
+
+def best_of(values: Mapping[str, float], higher: bool = True) -> tuple[str, float] | None:
+    """The best (name, value) of `values`, NaN ignored: the largest, or the smallest with
+    `higher=False`; None when nothing was measured. Ties go to the first name."""
+    measured = [(name, v) for name, v in values.items() if v == v]
+    if not measured:
+        return None
+    pick = max if higher else min
+    return pick(measured, key=lambda kv: kv[1])
+
+
+def cores_per_1000_ips(cpu_s: float, images: int) -> float:
+    """CPU cores a system needs per 1,000 images/s: its processes' CPU seconds per image x 1000
+    (numerically its CPU ms per image)."""
+    return cpu_s / images * 1000.0 if images > 0 else math.nan
 
 
 def throughput_target(name: str, served_ips: float, raw_ips: float, ratio: float) -> Target:
@@ -402,7 +429,9 @@ def ceiling_target(name: str, measured: float, limit: float, unit: str) -> Targe
     )
 
 
-def peer_latency_target(name: str, p50_ms: float, peer_p50_ms: float, slack_ms: float) -> Target:
+def peer_latency_target(
+    name: str, p50_ms: float, peer_p50_ms: float, slack_ms: float, peer: str = "peer"
+) -> Target:
     """p50 <= the peer's p50 + slack."""
     limit = peer_p50_ms + slack_ms
     return Target(
@@ -410,7 +439,7 @@ def peer_latency_target(name: str, p50_ms: float, peer_p50_ms: float, slack_ms: 
         p50_ms <= limit,
         p50_ms,
         limit,
-        f"p50 {p50_ms:.1f} ms vs peer {peer_p50_ms:.1f} + {slack_ms:g} = {limit:.1f} ms "
+        f"p50 {p50_ms:.1f} ms vs {peer} {peer_p50_ms:.1f} + {slack_ms:g} = {limit:.1f} ms "
         f"({p50_ms - peer_p50_ms:+.1f} ms)",
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -12,21 +13,26 @@ import pytest
 from bench import report
 from bench.images import multipart_body
 from bench.loadgen import parse_response
+from bench.peers import rayserve_batch
 from bench.peers.rayserve_plain import serve_config as plain_serve_config
+from bench.peers.torchserve_handler import ClassifierHandler
 from bench.run import request_counts
-from bench.service import bench_config
+from bench.service import bench_config, torchserve_properties
 from bench.stats import (
     SCORE_TOLERANCE,
     Sample,
     arrival_offsets,
     batch_fill_target,
+    best_of,
     ceiling_target,
+    cores_per_1000_ips,
     effective_batch_wait_ms,
     forward_cpu_per_image,
     forward_passes,
     histogram,
     idle_latency_target,
     mismatch_target,
+    not_measured,
     open_loop_plan,
     p99_target,
     pass_mean_batch,
@@ -367,85 +373,254 @@ def _point(c: int, ips: float, p50: float, batch: float, cpu_s: float, images: i
         ),
     }
     cpu = {"wall_s": 1.0, "service_s": cpu_s, "client_s": 0.0, "other_s": 0.0, "by_role_s": {}}
-    return {"loop": "closed", "concurrency": c, "summary": summary, "cpu": cpu, "wall_s": 1.0}
-
-
-def test_report_targets_and_tables_from_one_run() -> None:
-    def cfg(system: str, per_request: int, points: list[dict]) -> dict:
-        return {
-            "system": system,
-            "description": system,
-            "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
-            "images_per_request": per_request,
-            "image_set": "target",
-            "forward_role": "Model",
-            "decode_role": "Preprocessor",
-            "points": points,
-            "open_loop": [],
-            "peak_rps": 0.0,
-        }
-
-    batch8 = cfg(
-        "graph", 1, [_point(1, 11.0, 90.0, 1, 1.0, 60), _point(32, 35.0, 900.0, 8, 2.0, 192)]
-    )
-    batch8["points"][1]["overhead"] = {
-        "total_ms": 9.0,
-        "by_group_ms": {"Ingress": 9.0},
-        "forward_ms": 40.0,
-        "decode_ms": 4.0,
+    return {
+        "loop": "closed",
+        "concurrency": c,
+        "summary": summary,
+        "cpu": cpu,
+        "wall_s": 1.0,
+        "cores_per_1000_ips": cores_per_1000_ips(cpu_s, images),
     }
-    open_point = dict(
-        _point(0, 30.0, 200.0, 8, 1.0, 100),
+
+
+def _open(p50: float, fraction: float = 0.5) -> dict:
+    return dict(
+        _point(0, 30.0, p50, 8, 1.0, 100),
         loop="open",
-        fraction_of_peak=0.8,
+        fraction_of_peak=fraction,
         offered_rps=28.0,
         marks={"send_lag_ms_p99": 0.5},
     )
-    batch8["open_loop"] = [open_point]
-    multi = cfg("graph", 8, [_point(4, 39.0, 800.0, 8, 2.0, 96)])
+
+
+def _cfg(system: str, per_request: int, points: list[dict]) -> dict:
+    return {
+        "system": system,
+        "description": system,
+        "user_config": {"max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+        "images_per_request": per_request,
+        "image_set": "target",
+        "forward_role": "Model",
+        "decode_role": "Preprocessor",
+        "points": points,
+        "open_loop": [],
+        "peak_rps": 0.0,
+    }
+
+
+META = {
+    "label": "t",
+    "started": "now",
+    "cpus": 2,
+    "model": "resnet18",
+    "ray": "r",
+    "torch": "t",
+    "commit": "c",
+    "command": "x",
+}
+
+
+def test_report_targets_and_tables_from_one_run() -> None:
+    batch8 = _cfg(
+        "graph", 1, [_point(1, 11.0, 90.0, 1, 1.0, 60), _point(32, 35.0, 900.0, 8, 2.0, 192)]
+    )
+    batch8["points"][1]["overhead"] = {
+        "total_ms": 7.5,
+        "by_group_ms": {"Ingress": 7.5},
+        "forward_ms": 40.0,
+        "decode_ms": 4.0,
+    }
+    batch8["open_loop"] = [_open(200.0, 0.8), _open(200.0)]
+    multi = _cfg("graph", 8, [_point(4, 39.0, 800.0, 8, 2.0, 96)])
     multi["points"][0]["overhead"] = {
         "total_ms": 5.0,
         "by_group_ms": {},
         "forward_ms": 40.0,
         "decode_ms": 4.0,
     }
-    plain = cfg(
+    # Two plain Ray Serve apps: plain-batch has the better throughput, plain the better p50.
+    plain = _cfg(
         "plain", 1, [_point(1, 12.0, 86.0, 1, 1.0, 60), _point(32, 30.0, 1000.0, 3, 2.0, 192)]
     )
     plain["points"][1]["summary"]["mismatched_items"] = 1
+    plain["open_loop"] = [_open(190.0)]
+    plain_batch = _cfg(
+        "plain-batch", 1, [_point(1, 10.0, 80.0, 1, 1.0, 60), _point(32, 33.0, 970.0, 8, 2.0, 192)]
+    )
+    plain_batch["open_loop"] = [_open(250.0)]
+    lit = _cfg(
+        "litserve", 1, [_point(1, 12.0, 85.0, 1, 1.0, 60), _point(32, 36.0, 880.0, 8, 1.0, 192)]
+    )
     result = {
-        "meta": {
-            "label": "t",
-            "started": "now",
-            "cpus": 2,
-            "model": "resnet18",
-            "ray": "r",
-            "torch": "t",
-            "commit": "c",
-            "command": "x",
-        },
+        "meta": META,
         "raw": {
             "throughput_ips": 40.0,
             "single_p50_ms": 30.0,
             "decode_cpu_ms_per_image": 4.0,
             "forward_cpu_ms_per_image_by_batch": {"1": 60.0, "8": 40.0},
+            "cores_per_1000_ips": 48.0,
         },
-        "configs": {"batch8": batch8, "multipart8": multi, "plain": plain},
+        "configs": {
+            "batch8": batch8,
+            "multipart8": multi,
+            "plain": plain,
+            "plain-batch": plain_batch,
+            "litserve": lit,
+        },
     }
-    verdicts = {t.name: t for t in report.targets(result)}
-    assert verdicts["batch8 32 in flight >= 0.85 x in-process"].passed  # 35 >= 34
-    assert verdicts["batch8 32 in flight >= 1.0 x plain Ray Serve"].passed
-    assert verdicts["batch8 32 in flight serving CPU outside forward+decode <= 10 ms/img"].passed
-    assert verdicts["multipart8 32 images in flight (4 requests) >= 0.95 x in-process"].passed
-    assert not verdicts[
-        "multipart8 32 images in flight serving CPU outside forward+decode <= 4 ms/img"
-    ].passed
-    assert verdicts["batch8 1 in flight p50 <= plain Ray Serve p50 + 5 ms"].passed  # 90 <= 91
-    assert verdicts["batch8 c=32 (32 images in flight) mean batch >= 0.9 x 8"].passed
+    targets = report.targets(result)
+    verdicts = {t.name: t for t in targets}
+    assert [t.verdict for t in targets] == [
+        "PASS",  # 1 in flight: 90 <= LitServe 85 + 10
+        "MISS",  # 32 in flight: 35 < LitServe 36
+        "PASS",  # 32 in flight: 35 >= plain-batch 33 (the better plain app by img/s)
+        "MISS",  # multipart8: 39 < 1.0 x in-process 40
+        "PASS",  # batch8 overhead 7.5 <= 8
+        "MISS",  # multipart8 overhead 5.0 > 3
+        "MISS",  # open loop at 0.5: 200 > plain 190 (the better plain app by p50)
+        "PASS",  # batch8 c=32 mean batch 8
+        "PASS",  # multipart8 c=4 (32 images in flight) mean batch 8
+        "PASS",  # graph: 0 mis-joined
+        "MISS",  # plain: 1 mis-joined
+        "PASS",  # plain-batch
+        "PASS",  # LitServe
+    ]
+    better = verdicts["32 in flight: batch8 img/s >= 1.0 x the better plain Ray Serve app"]
+    assert "plain-batch" in better.detail and "33.0" in better.detail
+    opened = verdicts["open loop at 0.5 x peak: batch8 p50 <= the better plain Ray Serve app's p50"]
+    assert "(the better: plain)" in opened.detail and opened.limit == 190.0
     assert not any("c=1 " in n for n in verdicts)  # 1 image in flight cannot fill a batch
-    assert verdicts["graph: 0 mis-joined items"].passed
-    assert not verdicts["plain Ray Serve: 0 mis-joined items"].passed
-    md = report.markdown(result, list(verdicts.values()))
+    assert not verdicts["plain Ray Serve (plain): 0 mis-joined items"].passed
+    md = report.markdown(result, targets)
     assert "## Open loop" in md and "| batch8 | 0.80 | 28.0 |" in md
-    assert "**9.0**" in md  # the headline overhead
-    assert "| batch8 | 32 | 35.0 | 0.88 | 1.17 | 9.0 |" in md
+    assert "**7.5**" in md  # the headline overhead
+    # x plain at 32 in flight is against plain-batch, the better there: 35 / 33.
+    assert "| batch8 | 32 | 35.0 | 0.88 | 1.06 | 7.5 |" in md
+    assert "against plain-batch (33.0 img/s at 32 in flight)" in md
+    assert "1 in flight: plain, 32 in flight: plain-batch" in md  # plain: 12 img/s at 1
+    # Cores per 1,000 img/s: 2.0 CPU s over 192 images; the raw pipeline's 48 ms/img.
+    assert "| graph (batch8) | 35.0 | 0.88 | 1.06 | **7.5** | **10.4** |" in md
+    assert (
+        "| in-process pipeline (batch 8) | 40.0 | 1.00 | 1.21 | 0 by definition | **48.0** |" in md
+    )
+    assert "| LitServe | 36.0 |" in md and "| plain Ray Serve (plain-batch) | 33.0 |" in md
+
+
+def test_targets_without_a_peer_read_not_measured() -> None:
+    batch8 = _cfg(
+        "graph", 1, [_point(1, 11.0, 90.0, 1, 1.0, 60), _point(32, 35.0, 900.0, 8, 2.0, 192)]
+    )
+    result = {"meta": META, "raw": {}, "configs": {"batch8": batch8}}
+    targets = report.targets(result)
+    verdict = {t.name: t.verdict for t in targets}
+    assert verdict["1 in flight: batch8 p50 <= LitServe p50 + 10 ms"] == "not measured"
+    assert verdict["32 in flight: batch8 img/s >= 1.0 x LitServe"] == "not measured"
+    assert (
+        verdict["32 in flight: batch8 img/s >= 1.0 x the better plain Ray Serve app"]
+        == "not measured"
+    )
+    assert verdict["multipart8 32 images in flight: img/s >= 1.0 x in-process"] == "not measured"
+    assert (
+        verdict["batch8 32 images in flight: serving CPU outside forward+decode <= 8 ms/img"]
+        == "not measured"
+    )
+    assert verdict["batch8 c=32 (32 images in flight) mean batch >= 0.9 x 8"] == "PASS"
+    assert verdict["graph: 0 mis-joined items"] == "PASS"
+    lines = [t.line() for t in targets]
+    assert "not measured  32 in flight: batch8 img/s >= 1.0 x LitServe: " in "\n".join(lines)
+    assert not any(t.passed for t in targets if t.verdict == "not measured")
+    # One plain app alone is the better of what was measured.
+    result["configs"]["plain"] = _cfg("plain", 1, [_point(32, 30.0, 1000.0, 3, 2.0, 192)])
+    (better,) = [t for t in report.targets(result) if "img/s >= 1.0 x the better" in t.name]
+    assert better.verdict == "PASS" and "(the better: plain)" in better.detail
+    assert "against plain (30.0 img/s" in report.headline(result)
+
+
+def test_best_of_and_best_plain_pick_by_the_metric() -> None:
+    assert best_of({"plain": 30.0, "plain-batch": 33.0}) == ("plain-batch", 33.0)
+    assert best_of({"plain": 30.0, "plain-batch": 33.0}, higher=False) == ("plain", 30.0)
+    assert best_of({"plain": math.nan, "plain-batch": 33.0}, higher=False) == ("plain-batch", 33.0)
+    assert best_of({"a": 1.0, "b": 1.0}) == ("a", 1.0)  # a tie goes to the first
+    assert best_of({}) is None and best_of({"plain": math.nan}) is None
+    configs = {
+        "plain": _cfg("plain", 1, [_point(1, 12.0, 86.0, 1, 1.0, 60)]),
+        "plain-batch": _cfg("plain-batch", 1, [_point(1, 10.0, 80.0, 1, 1.0, 60)]),
+        "litserve": _cfg("litserve", 1, [_point(1, 50.0, 20.0, 1, 1.0, 60)]),  # not a plain app
+    }
+    assert report.best_plain_ips(configs, 1) == ("plain", 12.0)
+    p50 = report.best_plain(
+        configs, lambda cfg: cfg["points"][0]["summary"]["latency_ms"]["p50"], higher=False
+    )
+    assert p50 == ("plain-batch", 80.0)
+    assert report.best_plain_ips(configs, 32) is None  # no point at 32 in flight
+
+
+def test_cores_per_1000_images_per_second() -> None:
+    # 0.05 CPU s per image: 1,000 img/s need 50 cores.
+    assert cores_per_1000_ips(10.0, 200) == pytest.approx(50.0)
+    assert cores_per_1000_ips(2.0, 192) == pytest.approx(10.4167, rel=1e-4)
+    assert math.isnan(cores_per_1000_ips(1.0, 0))
+
+
+def test_not_measured_target_is_never_a_pass() -> None:
+    t = not_measured("x", "no LitServe in this run")
+    assert (t.passed, t.verdict) == (False, "not measured")
+    assert t.line() == "not measured  x: no LitServe in this run"
+    assert ceiling_target("c", 1.0, 2.0, "ms").line().startswith("PASS  c: ")
+
+
+def test_plain_batch_peer_config_and_batch() -> None:
+    model = {"name": "Model", "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}
+    graph = {"applications": [{"name": "vision", "args": {"a": 1}, "deployments": [model]}]}
+    (app,) = rayserve_batch.serve_config(graph, 8150)["applications"]
+    assert app["name"] == "plain-batch" and app["args"] == {"app_args": {"a": 1}}
+    assert app["import_path"] == "bench.peers.rayserve_batch:build_app"
+    assert app["deployments"] == [
+        {"name": "BatchClassifier", "ray_actor_options": {"num_cpus": 1, "num_gpus": 1}}
+    ]
+
+    class Work:
+        def decode(self, data: bytes) -> bytes:
+            if data == b"bad":
+                raise ValueError("not an image")
+            return data
+
+        def forward(self, pixels: list[bytes]) -> list[dict]:
+            return [{"pixels": p, "batch_size": len(pixels)} for p in pixels]
+
+    peer = object.__new__(rayserve_batch.BatchClassifier.func_or_class)
+    peer.work = Work()
+    out = peer._predict_batch([b"a", b"bad", b"c"])
+    assert out == [
+        {"pixels": b"a", "batch_size": 2},
+        {"error": "not an image"},
+        {"pixels": b"c", "batch_size": 2},
+    ]
+
+    class Context:
+        def __init__(self) -> None:
+            self.statuses: dict[int, int] = {}
+
+        def set_response_status(self, code: int, phrase: str, idx: int) -> None:
+            self.statuses[idx] = code
+
+    handler = ClassifierHandler()
+    handler.work = Work()  # type: ignore[assignment]
+    context = Context()
+    rows = [{"body": bytearray(b"a")}, {"data": b"bad"}, {"body": b"c"}]
+    assert handler.handle(rows, context) == out
+    assert context.statuses == {1: 400}
+
+
+def test_torchserve_stays_on_loopback_with_one_worker_batching_8_in_10_ms() -> None:
+    props = dict(
+        line.split("=", 1) for line in torchserve_properties(8150, Path("/s"), "c.mar").splitlines()
+    )
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:815")
+    assert props["grpc_inference_address"] == props["grpc_management_address"] == "127.0.0.1"
+    assert (props["grpc_inference_port"], props["grpc_management_port"]) == ("8153", "8154")
+    assert props["disable_token_authorization"] == "true"
+    (version,) = orjson.loads(props["models"])["classifier"].values()
+    assert (version["batchSize"], version["maxBatchDelay"]) == (8, 10)
+    assert (version["minWorkers"], version["maxWorkers"], version["marName"]) == (1, 1, "c.mar")
