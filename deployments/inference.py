@@ -274,15 +274,20 @@ class Runner:
         per image the task's named arrays. `geometries` say how each image's displayed pixels
         map to the input (the input itself when not given)."""
         x = self._on_device(batch)
+        if geometries is None:
+            n, height, width = x.shape[:3]
+            geometries = [plan_stretch(width, height, width, height)] * n
+        # The task reads float32 whatever the precision; its .cpu() waits for the device.
+        return self.task.decode(as_float32(self.infer(x)), geometries, self.resolved)
+
+    @torch.inference_mode()
+    def infer(self, x: torch.Tensor) -> Any:
+        """The module's raw output for a uint8 N x H x W x 3 batch already on the device:
+        normalised there, run under the model's precision (the benchmark times this)."""
         # NHWC viewed as NCHW is channels_last in memory: no copy before the first conv.
         x = x.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
-        if geometries is None:
-            n, height, width = x.shape[0], x.shape[2], x.shape[3]
-            geometries = [plan_stretch(width, height, width, height)] * n
         with self.autocast():
-            output = self.module(x)
-        # The task reads float32 whatever the precision; its .cpu() waits for the device.
-        return self.task.decode(as_float32(output), geometries, self.resolved)
+            return self.module(x)
 
     def autocast(self) -> AbstractContextManager[Any]:
         """The forward pass's autocast context for the model's precision (none for float32)."""
