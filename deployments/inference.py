@@ -58,10 +58,15 @@ def check_precision(precision: Precision, device: torch.device) -> None:
             f"{device.type}: give the Model a GPU (num_gpus in its ray_actor_options), or set "
             "the model's precision to bfloat16 or float32"
         )
-    if precision == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+    if (
+        precision == "bfloat16"
+        and device.type == "cuda"
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
         raise ModelLoadError(
-            f"precision bfloat16 is not supported by {torch.cuda.get_device_name(device)}; "
-            "set the model's precision to float16 or float32"
+            f"precision bfloat16 needs a GPU with native bfloat16 (Ampere or newer), and "
+            f"{torch.cuda.get_device_name(device)} only emulates it, slowly: set the model's "
+            "precision to float16 or float32"
         )
 
 
