@@ -36,6 +36,12 @@ def decode_batch(
     each JPEG is decoded alone so only the bad ones fail.
     """
     data = [torch.frombuffer(bytearray(j.data), dtype=torch.uint8) for j in jpegs]
+    if device.type == "cuda":
+        # nvJPEG's hardware decoder may write its outputs before work queued on the caller's
+        # stream has run, into blocks the caching allocator recycled from tensors that work
+        # still reads (pytorch/vision#9606; torchcodec#1634 waits the same way). So nothing is
+        # left in flight when it starts.
+        torch.cuda.current_stream(device).synchronize()
     decoded: list[torch.Tensor | VisionError | None]
     try:
         decoded = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))

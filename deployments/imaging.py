@@ -277,6 +277,12 @@ def prepare(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed
         img.close()
         return decode(data, spec, limits)
     img.close()
+    if not _ends_after_its_scan(data):
+        # Pillow refuses a JPEG cut short (it must read to the end marker); some device decoders
+        # would fill the rest with grey and answer, so the same file is refused here, as Pillow's.
+        raise CorruptImage(
+            "the JPEG image ends before its end-of-image marker; the file is corrupt or truncated"
+        )
     jpeg = Jpeg(
         data=data,
         stored=planned.stored,
@@ -286,6 +292,13 @@ def prepare(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed
     )
     geom = planned.geometry
     return Deferred(jpeg=jpeg, image=_info(geom, fmt, orientation), geometry=geom)
+
+
+def _ends_after_its_scan(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the last start-of-scan (0xFF is never followed by
+    another byte than 0x00 inside scan data, so neither marker can appear there by chance)."""
+    scan = data.rfind(b"\xff\xda")
+    return scan >= 0 and data.find(b"\xff\xd9", scan) >= 0
 
 
 def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
