@@ -19,6 +19,7 @@ import pytest
 from shapes.generate import generate
 from tests import images
 from tests.serving import BASE_URL, SEGMENTER_DEPLOYMENT, app_config, deploy, load_config
+from tests.unit.test_device_decode import bad_huffman_jpeg
 
 DEVICE = "device-decode"  # the default model: /v1/predict and multipart requests go here
 PILLOW = "pillow-decode"
@@ -99,24 +100,26 @@ def test_png_still_decodes_in_the_preprocessor() -> None:
             np.testing.assert_allclose(x["box"], y["box"], atol=0.05)
 
 
-def test_a_broken_jpeg_in_a_multipart_request_fails_alone() -> None:
+def test_broken_jpegs_in_a_multipart_request_fail_alone() -> None:
     good = [generate(seed, fmt="JPEG").data for seed in (30, 31)]
     png = generate(32, fmt="PNG").data
     parts = [
         ("a.jpg", good[0], "image/jpeg"),
-        ("broken.jpg", images.truncated_jpeg(), "image/jpeg"),  # its header reads fine
+        ("cut.jpg", images.truncated_jpeg(), "image/jpeg"),  # refused by the Preprocessor
         ("c.png", png, "image/png"),
+        ("bad-table.jpg", bad_huffman_jpeg(), "image/jpeg"),  # refused by the Model's decoder
         ("d.jpg", good[1], "image/jpeg"),
     ]
     files = [("image", part) for part in parts]
     r = httpx.post(f"{BASE_URL}/v1/predict", files=files, timeout=120)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
-    error = results[1]["error"]
-    assert (error["status"], error["code"]) == (422, "corrupt_image")
-    assert "re-encoded" in error["message"]
+    for i, says in ((1, "end-of-image marker"), (3, "Huffman")):
+        error = results[i]["error"]
+        assert (error["status"], error["code"]) == (422, "corrupt_image")
+        assert says in error["message"]
     alone = _answers([(good[0], "image/jpeg"), (png, "image/png"), (good[1], "image/jpeg")], DEVICE)
-    for together, solo in zip([results[0], results[2], results[3]], alone, strict=True):
+    for together, solo in zip([results[0], results[2], results[4]], alone, strict=True):
         assert "error" not in together
         assert together["image"] == solo["image"]
         labels = sorted(x["label"] for x in together["predictions"])

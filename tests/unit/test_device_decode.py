@@ -46,6 +46,16 @@ def _jpeg(img: Image.Image, orientation: int = 1, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
+def bad_huffman_jpeg() -> bytes:
+    """A JPEG whose header Pillow reads (it skips Huffman tables) and whose first Huffman table
+    is nonsense, so every decoder fails on it: a file that passes the Preprocessor's checks and
+    fails on the Model's device."""
+    data = bytearray(images.jpeg(320, 240, seed=5))
+    table = data.index(b"\xff\xc4")  # marker, length (2), class and id (1), 16 code counts
+    data[table + 5 : table + 21] = b"\xff" * 16
+    return bytes(data)
+
+
 def _deferred(data: bytes, spec: ResizeSpec) -> Deferred:
     out = prepare(data, replace(spec, gpu_decode=True), LIMITS)
     assert isinstance(out, Deferred)
@@ -137,15 +147,27 @@ def test_limits_are_enforced_from_the_header_before_anything_travels() -> None:
         prepare(b"\xff\xd8\xff" + b"\x00" * 64, spec, LIMITS)
 
 
+def test_a_truncated_jpeg_is_refused_in_the_preprocessor_as_pillow_refuses_it() -> None:
+    spec = replace(MODES[0], gpu_decode=True)
+    whole = images.jpeg(320, 240)
+    for cut in (images.truncated_jpeg(), whole[:-2], whole[:-10]):
+        with pytest.raises(errors.CorruptImage, match="end-of-image marker"):
+            prepare(cut, spec, LIMITS)
+        with pytest.raises(errors.CorruptImage):
+            decode(cut, spec, LIMITS)
+    assert isinstance(prepare(whole + b"trailing bytes", spec, LIMITS), Deferred)  # as Pillow
+
+
 def test_a_body_that_fails_to_decode_is_its_own_error() -> None:
-    truncated = images.truncated_jpeg()  # its header reads fine; its pixels stop half-way
     good = [_deferred(images.jpeg(320, 240, seed=s), MODES[0]) for s in (1, 2)]
-    bad = _deferred(truncated, MODES[0])
+    bad = _deferred(bad_huffman_jpeg(), MODES[0])  # its header reads fine
     batch = [good[0], bad, good[1]]
     placed = decode_batch([d.jpeg for d in batch], [d.geometry for d in batch], CPU)
     assert isinstance(placed[0], torch.Tensor) and isinstance(placed[2], torch.Tensor)
     assert isinstance(placed[1], errors.CorruptImage) and placed[1].status == 422
-    assert "re-encoded" in placed[1].message and "truncated" in placed[1].message
+    assert "Huffman" in placed[1].message and "re-encoded" in placed[1].message
+    with pytest.raises(errors.CorruptImage):
+        decode(bad_huffman_jpeg(), MODES[0], LIMITS)  # Pillow refuses it too
 
 
 def test_a_size_other_than_the_headers_is_corrupt() -> None:
@@ -256,7 +278,7 @@ def test_a_corrupt_jpeg_fails_alone_and_png_shares_the_forward_pass(
     resize = _resize_spec(spec)
     data = [
         generate(1, fmt="JPEG").data,
-        images.truncated_jpeg(),
+        bad_huffman_jpeg(),
         generate(2, fmt="PNG").data,
         generate(3, fmt="JPEG").data,
     ]
