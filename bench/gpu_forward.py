@@ -11,6 +11,9 @@ Forward: ResNet-50 (`weights: none`, seed 0; random weights cost what trained on
 synchronised, in images per second. A precision the device cannot run is listed as skipped with
 the Runner's own refusal (float16 on a CPU).
 
+Upload: one uint8 batch copied to the device from pageable memory and from a pinned buffer with
+`non_blocking` (the Runner's way on CUDA).
+
 Decode: a batch of photo-like 640x480 JPEGs (bench/images.py, ~150 KB each) decoded with one
 `decode_jpeg` call on the device, alone and with the placement onto the model input
 (`device_decode.decode_batch`: what the Model does with `gpu_decode`), against one CPU thread
@@ -105,6 +108,27 @@ def forward_rows(args: argparse.Namespace, device: torch.device) -> list[dict[st
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     return rows
+
+
+def upload_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """Host-to-device copy of one uint8 batch at the largest batch size: from pageable memory
+    (a plain `to()`) and from a pinned buffer with `non_blocking` (what the Runner does)."""
+    if device.type != "cuda":
+        return {"skipped": "host-to-device copies are measured on CUDA only"}
+    batch = max(args.batches)
+    shape = (batch, args.size, args.size, 3)
+    pageable = torch.randint(0, 256, shape, dtype=torch.uint8)
+    pinned = pageable.pin_memory()
+    out = {
+        "batch": batch,
+        "pageable_images_per_s": _rate(lambda: pageable.to(device), batch, device, 0.5, 2)[0],
+        "pinned_non_blocking_images_per_s": _rate(
+            lambda: pinned.to(device, non_blocking=True), batch, device, 0.5, 2
+        )[0],
+    }
+    for key, value in out.items():
+        print(f"  {key}: {value:,.1f}")
+    return out
 
 
 def _jpegs(count: int, distinct: int) -> list[bytes]:
@@ -225,10 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("forward (Runner.infer: normalise + autocast + module, input on the device):")
     forward = forward_rows(args, device)
+    print("upload (uint8 batch, host to device):")
+    upload = upload_rows(args, device)
     print(f"decode (batch of {args.decode_batch}):")
     decoding = decode_rows(args, device)
     head["wall_s"] = round(time.perf_counter() - started, 1)
-    result = {"header": head, "forward": forward, "decode": decoding}
+    result = {"header": head, "forward": forward, "upload": upload, "decode": decoding}
     print(table(forward))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ def test_quick_cpu_run_writes_every_row_and_the_header(tmp_path: Path) -> None:
         assert rows[(precision, True)]["batch"] == 2
         assert rows[(precision, True)]["images_per_s"] > 0
     assert "needs a CUDA replica" in rows[("float16", False)]["skipped"]
+    assert "CUDA only" in result["upload"]["skipped"]
     decode = result["decode"]
     assert decode["batch"] == 4 and decode["cpu_decode_and_place_images_per_s"] > 0
     assert decode["cpu_1_core_pillow_decode_images_per_s"] > 0
