@@ -273,10 +273,10 @@ def prepare(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed
     if not (spec.gpu_decode and sniff_format(data) == "JPEG"):
         return decode(data, spec, limits)
     img, fmt, orientation, planned = _open_planned(data, spec, limits)
-    if fmt != "JPEG" or img.mode not in ("RGB", "L"):  # CMYK and YCCK stay with Pillow
-        img.close()
+    mode = img.mode
+    img.close()  # only its header was read
+    if fmt != "JPEG" or mode not in ("RGB", "L"):  # CMYK and YCCK JPEGs stay with Pillow
         return decode(data, spec, limits)
-    img.close()
     if not _ends_after_its_scan(data):
         # Pillow refuses a JPEG cut short (it must read to the end marker); some device decoders
         # would fill the rest with grey and answer, so the same file is refused here, as Pillow's.
@@ -295,8 +295,8 @@ def prepare(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed
 
 
 def _ends_after_its_scan(data: bytes) -> bool:
-    """Whether an end-of-image marker follows the last start-of-scan (0xFF is never followed by
-    another byte than 0x00 inside scan data, so neither marker can appear there by chance)."""
+    """Whether an end-of-image marker follows the last start-of-scan (inside scan data 0xFF is
+    followed only by 0x00 or a restart marker 0xD0-0xD7, so neither appears there by chance)."""
     scan = data.rfind(b"\xff\xda")
     return scan >= 0 and data.find(b"\xff\xd9", scan) >= 0
 
