@@ -119,6 +119,7 @@ class Runner:
     tracing: Tracing = field(default=OFF, repr=False)  # a span per forward pass
     precision: Precision = "float32"  # autocast dtype of the forward pass (float32: none)
     channels_last: bool = False  # the module's weights in channels_last memory format
+    compile: bool = False  # run a torch.compile'd module (compiled during warm_up)
     task: Task = field(init=False, repr=False)
 
     @classmethod
@@ -139,6 +140,7 @@ class Runner:
             tracing=tracing,
             precision=spec.precision,
             channels_last=spec.channels_last,
+            compile=spec.compile,
         )
 
     def __post_init__(self) -> None:
@@ -147,6 +149,9 @@ class Runner:
         if self.channels_last:
             self.module = self.module.to(memory_format=torch.channels_last)
         self._pinned = PinnedBuffers() if self.device.type == "cuda" else None
+        self._compiled: Callable[..., Any] | None = (
+            torch.compile(self.module) if self.compile else None
+        )
         self.task = tasks.get(self.resolved.task)
         std = torch.tensor(self.resolved.std, dtype=torch.float32, device=self.device)
         mean = torch.tensor(self.resolved.mean, dtype=torch.float32, device=self.device)
@@ -291,8 +296,13 @@ class Runner:
         normalised there, run under the model's precision (the benchmark times this)."""
         # NHWC viewed as NCHW is channels_last in memory: no copy before the first conv.
         x = x.permute(0, 3, 1, 2).float().mul_(self._scale).add_(self._shift)
+        module: Callable[..., Any] = self.module
+        if self._compiled is not None:
+            module = self._compiled
+            if x.shape[0] > 1:  # one graph for every batch of 2 or more (1 is its own)
+                torch._dynamo.mark_dynamic(x, 0)
         with self.autocast():
-            return self.module(x)
+            return module(x)
 
     def autocast(self) -> AbstractContextManager[Any]:
         """The forward pass's autocast context for the model's precision (none for float32)."""
@@ -332,8 +342,12 @@ class Runner:
         return on_device
 
     def warm_up(self, batch_sizes: Sequence[int], height: int, width: int) -> None:
-        """Run dummy batches so the first requests do not pay for lazy initialisation."""
-        for n in batch_sizes:
+        """Run dummy batches so the first requests do not pay for lazy initialisation; a
+        compiled module is also compiled for batch 2, the graph of every larger batch."""
+        sizes = list(batch_sizes)
+        if self._compiled is not None and 2 not in sizes:
+            sizes.append(2)
+        for n in sizes:
             self.forward(np.zeros((n, height, width, 3), dtype=np.uint8))
 
 

@@ -82,6 +82,12 @@ class ModelSpec(BaseModel):
     channels_last: bool = Field(
         False, description="convert the module's weights to channels_last (NHWC) memory format"
     )
+    compile: bool = Field(
+        False,
+        description="torch.compile the module: the replica compiles while it warms up (batch 1, "
+        "then batch 2, whose graph every larger batch shares), so it starts tens of seconds "
+        "later; needs a C++ compiler on CPU nodes",
+    )
     gpu_decode: bool = Field(
         False,
         description="JPEGs travel compressed and the Model decodes them on its device "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -226,3 +228,26 @@ def test_as_float32_reaches_into_torchvision_output_containers() -> None:
     assert logits.dtype == torch.float32
     seg = as_float32({"out": torch.zeros(1, 2, 4, 4, dtype=torch.bfloat16)})
     assert seg["out"].dtype == torch.float32
+
+
+def test_compile_warms_up_two_graphs_that_every_batch_size_then_reuses() -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    settings = replace(classifier_settings((0.5,) * 3, (0.25,) * 3), max_candidates=8)
+    eager = Runner(module, settings, torch.device("cpu"))
+    compiled = Runner(module, settings, torch.device("cpu"), compile=True)
+    compiled.warm_up([1], 16, 16)  # what the Model does at start: batch 1, and 2 with it
+    assert counters["stats"]["unique_graphs"] == 2
+    for n in (3, 5, 8, 1):
+        samples = [_sample(f"{n}-{i}", _pixels(i, 16)) for i in range(n)]
+        for a, b in zip(eager.run(samples), compiled.run(samples), strict=True):
+            assert isinstance(a, RawOutput) and isinstance(b, RawOutput)
+            np.testing.assert_allclose(a.arrays["scores"], b.arrays["scores"], atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 2  # no batch size compiled again
+    torch._dynamo.reset()
