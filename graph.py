@@ -181,13 +181,15 @@ def decode_settings(
 ) -> tuple[ResizeSpec, DecodeLimits]:
     """How every image for one model (the default one unless `spec` names another) is decoded
     and brought to its input (also the benchmark's)."""
+    model = spec or args.model
     resize = ResizeSpec(
         mode=resolved.resize,
         input_width=resolved.input_width,
         input_height=resolved.input_height,
         resize_size=resolved.resize_size,
-        pad_value=(spec or args.model).pad_value,
+        pad_value=model.pad_value,
         draft=args.jpeg_draft,
+        gpu_decode=model.gpu_decode,  # the Preprocessor leaves JPEGs to the Model's device
     )
     return resize, decode_limits(args)
 

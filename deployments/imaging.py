@@ -6,7 +6,9 @@ Pure functions, no Ray. The steps, in order of cost:
      (decoded, resized before the crop or pad), each checked against the pixel limit before any
      pixel is decoded;
   3. decode (JPEG in draft mode when the target is much smaller), resize in stored orientation,
-     then rotate the small result upright, pad or crop to the model input.
+     then rotate the small result upright, pad or crop to the model input. With a model's
+     `gpu_decode`, `prepare` stops after step 2 for RGB and greyscale JPEGs and hands on the
+     compressed bytes with the plan; the Model does step 3 on its device (`device_decode`).
 Pillow's own limits stay on (its decompression-bomb check, truncated-file errors).
 """
 
@@ -28,7 +30,7 @@ from deployments.errors import (
     UnsupportedFormat,
 )
 from deployments.geometry import plan, resized_size
-from deployments.types import Geometry, ImageInfo, ResizeMode
+from deployments.types import Geometry, ImageInfo, Jpeg, ResizeMode
 
 # Only these decoders ever see client bytes (Pillow would otherwise try every plugin it has).
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP")
@@ -78,6 +80,8 @@ class ResizeSpec:
     resize_size: int | None = None  # shorter side before the crop, for mode "resize_crop"
     pad_value: int = 114
     draft: bool = True  # let JPEG decode at 1/2, 1/4 or 1/8 scale when that is still >= target
+    # Leave RGB and greyscale JPEGs compressed for the Model to decode on its device (`prepare`).
+    gpu_decode: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +96,15 @@ class DecodePlan:
 @dataclass(frozen=True, slots=True)
 class Preprocessed:
     pixels: npt.NDArray[np.uint8]  # HWC, input_height x input_width x 3
+    image: ImageInfo
+    geometry: Geometry
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A JPEG whose decode is left to the Model's device, with the same metadata as `decode`'s."""
+
+    jpeg: Jpeg
     image: ImageInfo
     geometry: Geometry
 
@@ -230,11 +243,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
-    """Bytes -> upright uint8 pixels in model-input geometry, with what post-processing needs.
-
-    Raises a `ClientError` subclass for anything wrong with the bytes; never a bare exception.
-    """
+def _open_planned(
+    data: bytes, spec: ResizeSpec, limits: DecodeLimits
+) -> tuple[Image.Image, str, int, DecodePlan]:
+    """The header, its orientation and the decode's plan, every limit checked; no pixel decoded."""
     img, fmt = open_image(data, limits)
     orientation = _orientation(img, fmt)
     try:
@@ -242,6 +254,59 @@ def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
     except TooManyPixels:
         img.close()
         raise
+    return img, fmt, orientation, planned
+
+
+def _info(geom: Geometry, fmt: str, orientation: int) -> ImageInfo:
+    return ImageInfo(
+        width=geom.source_width, height=geom.source_height, format=fmt, orientation=orientation
+    )
+
+
+def prepare(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed | Deferred:
+    """What the Preprocessor emits: `decode`'s pixels, or with `spec.gpu_decode` an RGB or
+    greyscale JPEG left compressed, with the plan `decode` would have followed (the same header,
+    orientation, limits and geometry; the Model's device decodes and places it).
+
+    Raises a `ClientError` subclass for anything wrong with the header, like `decode`.
+    """
+    if not (spec.gpu_decode and sniff_format(data) == "JPEG"):
+        return decode(data, spec, limits)
+    img, fmt, orientation, planned = _open_planned(data, spec, limits)
+    mode = img.mode
+    img.close()  # only its header was read
+    if fmt != "JPEG" or mode not in ("RGB", "L"):  # CMYK and YCCK JPEGs stay with Pillow
+        return decode(data, spec, limits)
+    if not _ends_after_its_scan(data):
+        # Pillow refuses a JPEG cut short (it must read to the end marker); some device decoders
+        # would fill the rest with grey and answer, so the same file is refused here, as Pillow's.
+        raise CorruptImage(
+            "the JPEG image ends before its end-of-image marker; the file is corrupt or truncated"
+        )
+    jpeg = Jpeg(
+        data=data,
+        stored=planned.stored,
+        resized=planned.resized,
+        orientation=orientation,
+        pad_value=spec.pad_value,
+    )
+    geom = planned.geometry
+    return Deferred(jpeg=jpeg, image=_info(geom, fmt, orientation), geometry=geom)
+
+
+def _ends_after_its_scan(data: bytes) -> bool:
+    """Whether an end-of-image marker follows the last start-of-scan (inside scan data 0xFF is
+    followed only by 0x00 or a restart marker 0xD0-0xD7, so neither appears there by chance)."""
+    scan = data.rfind(b"\xff\xda")
+    return scan >= 0 and data.find(b"\xff\xd9", scan) >= 0
+
+
+def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
+    """Bytes -> upright uint8 pixels in model-input geometry, with what post-processing needs.
+
+    Raises a `ClientError` subclass for anything wrong with the bytes; never a bare exception.
+    """
+    img, fmt, orientation, planned = _open_planned(data, spec, limits)
     geom, target = planned.geometry, planned.resized
     try:
         if spec.draft and fmt == "JPEG" and img.mode in ("RGB", "L"):
@@ -268,12 +333,7 @@ def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
         img.close()
     return Preprocessed(
         pixels=_place(resized, geom, spec.pad_value),
-        image=ImageInfo(
-            width=geom.source_width,
-            height=geom.source_height,
-            format=fmt,
-            orientation=orientation,
-        ),
+        image=_info(geom, fmt, orientation),
         geometry=geom,
     )
 

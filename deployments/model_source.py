@@ -32,6 +32,7 @@ from deployments.tasks import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, Task
 from deployments.types import ResizeMode
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+Precision = Literal["float32", "bfloat16", "float16"]
 
 
 class ModelLoadError(ValueError):
@@ -73,6 +74,26 @@ class ModelSpec(BaseModel):
     )
     max_top_k: int = Field(100, ge=1, description="classification: candidates kept per image")
     torch_threads: int | None = Field(None, ge=1, description="intra-op threads per replica")
+    precision: Precision = Field(
+        "float32",
+        description="the forward pass's dtype under autocast: float32 (none), bfloat16 (CUDA or "
+        "CPU), float16 (CUDA only: a CPU replica refuses to start); outputs are float32 anyway",
+    )
+    channels_last: bool = Field(
+        False, description="convert the module's weights to channels_last (NHWC) memory format"
+    )
+    compile: bool = Field(
+        False,
+        description="torch.compile the module: the replica compiles while it warms up (batch 1, "
+        "then batch 2, whose graph every larger batch shares), so it starts tens of seconds "
+        "later; needs a C++ compiler on CPU nodes",
+    )
+    gpu_decode: bool = Field(
+        False,
+        description="JPEGs travel compressed and the Model decodes them on its device "
+        "(nvJPEG on a GPU replica, libjpeg on a CPU one); the Preprocessor still reads the "
+        "header, orientation and limits and plans the geometry; other formats keep CPU pixels",
+    )
 
     @field_validator("weights")
     @classmethod

@@ -1,7 +1,9 @@
 """Preprocessor: decode and validate a bundle of images, emit one `Bundle` of `Sample`s.
 
 Each item is decoded on its own (in the replica's threads) and becomes a `Sample` whose `Meta`
-travels with it, or that item's `ItemError`; the bundle is one object for the whole call.
+travels with it, or that item's `ItemError`; the bundle is one object for the whole call. For a
+model that sets `gpu_decode`, a JPEG's header is read and checked here and its bytes travel on
+for the Model's device to decode (`imaging.prepare`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from deployments.errors import DeadlineExceeded, VisionError
-from deployments.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.imaging import DecodeLimits, Deferred, ResizeSpec, prepare
 from deployments.metrics import StageMetrics
 from deployments.tracing import Tracing
 from deployments.types import Bundle, Item, ItemError, Meta, Sample
@@ -53,7 +55,7 @@ class Preprocessor:
         loop = asyncio.get_running_loop()
         try:
             done = await loop.run_in_executor(
-                self._pool, decode, item.data, self._resize[item.model], self._limits
+                self._pool, prepare, item.data, self._resize[item.model], self._limits
             )
         except VisionError as exc:  # the client's input, or a fault that is this item's alone
             logger.info(
@@ -73,7 +75,7 @@ class Preprocessor:
             model=item.model,
             trace=item.trace,
         )
-        return Sample(meta=meta, pixels=done.pixels)
+        return Sample(meta=meta, pixels=done.jpeg if isinstance(done, Deferred) else done.pixels)
 
     def ready(self) -> bool:
         return True

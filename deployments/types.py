@@ -7,7 +7,8 @@ What travels is a bundle: the items that arrived together, one call per stage fo
     Postprocessor(outputs, Bundle) --tuple[Result | ItemError]--> Ingress
 
 An `Item` is one image's bytes with its own id, request id, options and deadline. A `Sample`
-carries its `Meta` (born in the Preprocessor) beside the uint8 pixels; the Model answers with a
+carries its `Meta` (born in the Preprocessor) beside the uint8 pixels (or a `Jpeg` the Model
+decodes on its device, when its model sets `gpu_decode`); the Model answers with a
 `RawOutput` tagged with the same item id, in model-input coordinates; the Postprocessor joins the
 two by id, maps geometry back to the original image and applies that item's options.
 Errors are items too: an `ItemError` flows through the later stages untouched, in its place.
@@ -106,11 +107,30 @@ class Meta:
 
 
 @dataclass(frozen=True, slots=True)
+class Jpeg:
+    """A JPEG left compressed for the Model to decode on its device (a model's `gpu_decode`),
+    with what the Preprocessor planned from its header: the Model resizes it to `resized` in
+    stored orientation, turns it upright by `orientation`, then pads or crops it by the item's
+    `Geometry`, exactly the CPU decode's steps."""
+
+    data: bytes
+    stored: tuple[int, int]  # width, height as in the file (before the EXIF rotation)
+    resized: tuple[int, int]  # width, height in stored orientation, before the crop or pad
+    orientation: int  # EXIF 1..8, as in the item's `ImageInfo`
+    pad_value: int  # letterbox padding, 0..255
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+
+@dataclass(frozen=True, slots=True)
 class Sample:
-    """One preprocessed image: uint8 HWC pixels in model-input geometry, plus its metadata."""
+    """One preprocessed image, plus its metadata: uint8 HWC pixels in model-input geometry, or,
+    for a model that decodes JPEGs on its device, the `Jpeg` and its plan instead."""
 
     meta: Meta
-    pixels: npt.NDArray[np.uint8]
+    pixels: npt.NDArray[np.uint8] | Jpeg
 
     @property
     def item_id(self) -> str:

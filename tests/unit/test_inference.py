@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 import torchvision
+from pydantic import ValidationError
 from torch import nn
 
+from deployments import tasks
 from deployments.geometry import plan
-from deployments.inference import Runner
-from deployments.model_source import Resolved
-from deployments.types import ImageInfo, ItemError, Meta, Options, RawOutput, Sample
+from deployments.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.inference import Runner, as_float32
+from deployments.model_source import ModelLoadError, ModelSpec, Resolved, resolve
+from deployments.types import ImageInfo, ItemError, Meta, Options, Prediction, RawOutput, Sample
+from shapes.generate import generate
 
 
 def _sample(item_id: str, pixels: np.ndarray) -> Sample:
@@ -130,3 +136,118 @@ def test_an_item_that_fails_alone_gets_its_own_error() -> None:
     outs = runner.run(samples)
     assert isinstance(outs[0], RawOutput) and isinstance(outs[2], RawOutput)
     assert isinstance(outs[1], ItemError) and outs[1].status == 500 and outs[1].item_id == "bad"
+
+
+# --- precision and memory format (the model spec's `precision`, `channels_last`) ------------
+
+
+def _shapes_detector(**options: object) -> tuple[Runner, ModelSpec]:
+    spec = ModelSpec(
+        name="shapes.model:build_detector", weights="shapes/shapes_detector.pt", **options
+    )
+    return Runner.for_model(spec, resolve(spec), torch.device("cpu")), spec
+
+
+def _scenes() -> list[Sample]:
+    spec = ModelSpec(name="shapes.model:build_detector", weights="shapes/shapes_detector.pt")
+    r = resolve(spec)
+    resize = ResizeSpec(r.resize, r.input_width, r.input_height, r.resize_size, spec.pad_value)
+    limits = DecodeLimits(max_image_bytes=1 << 26, max_pixels=1 << 26)
+    out = []
+    for seed in range(4):
+        done = decode(generate(seed, fmt="PNG").data, resize, limits)
+        meta = Meta(str(seed), "req", done.image, done.geometry, Options())
+        out.append(Sample(meta=meta, pixels=done.pixels))
+    return out
+
+
+def _detections(runner: Runner, samples: list[Sample]) -> list[list[Prediction]]:
+    task = tasks.get("detection")
+    options = {"score_threshold": 0.5, "max_detections": 100}
+    found = []
+    for sample, raw in zip(samples, runner.run(samples), strict=True):
+        assert isinstance(raw, RawOutput)
+        for name, array in raw.arrays.items():  # float32 to the task, whatever the precision
+            assert array.dtype in (np.float32, np.int64), (name, array.dtype)
+        found.append(list(task.answer(raw.arrays, sample.meta, (), options)[0]))
+    return found
+
+
+def test_bfloat16_autocast_on_cpu_finds_the_same_objects() -> None:
+    samples = _scenes()
+    full, _ = _shapes_detector()
+    half, _ = _shapes_detector(precision="bfloat16")
+    assert half.precision == "bfloat16"
+    compared = 0
+    found = zip(samples, _detections(full, samples), _detections(half, samples), strict=True)
+    for sample, a, b in found:
+        assert sorted(p.class_id for p in a) == sorted(p.class_id for p in b)
+        scale = sample.meta.geometry.scale_x  # displayed -> model-input pixels
+        for p in a:
+            q = min(b, key=lambda q: _distance(p, q))
+            # Measured: boxes within 0.9 input pixels, scores within 0.003.
+            assert _distance(p, q) * scale < 2.0 and abs(p.score - q.score) < 0.05
+            compared += 1
+    assert compared >= 4
+
+
+def _distance(p: Prediction, q: Prediction) -> float:
+    if p.class_id != q.class_id or p.box is None or q.box is None:
+        return 1e9
+    return float(np.abs(np.subtract(p.box, q.box)).max())
+
+
+def test_float16_is_refused_on_a_cpu_replica_naming_the_setting() -> None:
+    with pytest.raises(ModelLoadError, match="precision float16 needs a CUDA replica"):
+        _shapes_detector(precision="float16")
+
+
+def test_an_unknown_precision_is_a_validation_error() -> None:
+    with pytest.raises(ValidationError, match="precision"):
+        ModelSpec(precision="float8")  # type: ignore[arg-type]
+
+
+def test_channels_last_converts_the_weights_and_answers_the_same() -> None:
+    samples = _scenes()
+    plain, _ = _shapes_detector()
+    converted, _ = _shapes_detector(channels_last=True)
+    conv = next(m for m in converted.module.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    for a, b in zip(plain.run(samples), converted.run(samples), strict=True):
+        assert isinstance(a, RawOutput) and isinstance(b, RawOutput)
+        for name in a.arrays:
+            np.testing.assert_allclose(a.arrays[name], b.arrays[name], atol=1e-3, rtol=1e-4)
+
+
+def test_as_float32_reaches_into_torchvision_output_containers() -> None:
+    boxes, labels = torch.ones(2, 4, dtype=torch.bfloat16), torch.ones(2, dtype=torch.int64)
+    out = as_float32([{"boxes": boxes, "labels": labels}])
+    assert out[0]["boxes"].dtype == torch.float32 and out[0]["labels"].dtype == torch.int64
+    logits = as_float32(torch.zeros(1, 3, dtype=torch.float16))
+    assert logits.dtype == torch.float32
+    seg = as_float32({"out": torch.zeros(1, 2, 4, 4, dtype=torch.bfloat16)})
+    assert seg["out"].dtype == torch.float32
+
+
+def test_compile_warms_up_two_graphs_that_every_batch_size_then_reuses() -> None:
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    module = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+    )
+    settings = replace(classifier_settings((0.5,) * 3, (0.25,) * 3), max_candidates=8)
+    eager = Runner(module, settings, torch.device("cpu"))
+    compiled = Runner(module, settings, torch.device("cpu"), compile=True)
+    compiled.warm_up([1], 16, 16)  # what the Model does at start: batch 1, and 2 with it
+    assert counters["stats"]["unique_graphs"] == 2
+    for n in (3, 5, 8, 1):
+        samples = [_sample(f"{n}-{i}", _pixels(i, 16)) for i in range(n)]
+        for a, b in zip(eager.run(samples), compiled.run(samples), strict=True):
+            assert isinstance(a, RawOutput) and isinstance(b, RawOutput)
+            np.testing.assert_allclose(a.arrays["scores"], b.arrays["scores"], atol=1e-5)
+    assert counters["stats"]["unique_graphs"] == 2  # no batch size compiled again
+    torch._dynamo.reset()
