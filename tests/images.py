@@ -174,3 +174,13 @@ def two_rectangles(
         pixels[y0:y1, x0:x1] = colour
         labels[y0:y1, x0:x1] = label
     return Image.fromarray(pixels), labels
+
+
+def bad_huffman_jpeg() -> bytes:
+    """A JPEG whose header Pillow reads (it skips Huffman tables) and whose first Huffman table
+    is nonsense, so every decoder fails on it: a file that passes the Preprocessor's checks and
+    fails on the Model's device."""
+    data = bytearray(jpeg(320, 240, seed=5))
+    table = data.index(b"\xff\xc4")  # marker, length (2), class and id (1), 16 code counts
+    data[table + 5 : table + 21] = b"\xff" * 16
+    return bytes(data)

@@ -19,7 +19,6 @@ import pytest
 from shapes.generate import generate
 from tests import images
 from tests.serving import BASE_URL, SEGMENTER_DEPLOYMENT, app_config, deploy, load_config
-from tests.unit.test_device_decode import bad_huffman_jpeg
 
 DEVICE = "device-decode"  # the default model: /v1/predict and multipart requests go here
 PILLOW = "pillow-decode"
@@ -107,7 +106,8 @@ def test_broken_jpegs_in_a_multipart_request_fail_alone() -> None:
         ("a.jpg", good[0], "image/jpeg"),
         ("cut.jpg", images.truncated_jpeg(), "image/jpeg"),  # refused by the Preprocessor
         ("c.png", png, "image/png"),
-        ("bad-table.jpg", bad_huffman_jpeg(), "image/jpeg"),  # refused by the Model's decoder
+        # refused by the Model's decoder
+        ("bad-table.jpg", images.bad_huffman_jpeg(), "image/jpeg"),
         ("d.jpg", good[1], "image/jpeg"),
     ]
     files = [("image", part) for part in parts]

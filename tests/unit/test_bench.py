@@ -174,6 +174,7 @@ def test_bench_config_overrides_model_port_and_user_config() -> None:
         "name": "resnet18",
         "weights": "none",
         "seed": 0,
+        "channels_last": True,
         "torch_threads": 1,
     }
     assert [d["name"] for d in app["deployments"]] == ["Model"]

@@ -46,16 +46,6 @@ def _jpeg(img: Image.Image, orientation: int = 1, quality: int = 92) -> bytes:
     return buf.getvalue()
 
 
-def bad_huffman_jpeg() -> bytes:
-    """A JPEG whose header Pillow reads (it skips Huffman tables) and whose first Huffman table
-    is nonsense, so every decoder fails on it: a file that passes the Preprocessor's checks and
-    fails on the Model's device."""
-    data = bytearray(images.jpeg(320, 240, seed=5))
-    table = data.index(b"\xff\xc4")  # marker, length (2), class and id (1), 16 code counts
-    data[table + 5 : table + 21] = b"\xff" * 16
-    return bytes(data)
-
-
 def _deferred(data: bytes, spec: ResizeSpec) -> Deferred:
     out = prepare(data, replace(spec, gpu_decode=True), LIMITS)
     assert isinstance(out, Deferred)
@@ -160,14 +150,14 @@ def test_a_truncated_jpeg_is_refused_in_the_preprocessor_as_pillow_refuses_it() 
 
 def test_a_body_that_fails_to_decode_is_its_own_error() -> None:
     good = [_deferred(images.jpeg(320, 240, seed=s), MODES[0]) for s in (1, 2)]
-    bad = _deferred(bad_huffman_jpeg(), MODES[0])  # its header reads fine
+    bad = _deferred(images.bad_huffman_jpeg(), MODES[0])  # its header reads fine
     batch = [good[0], bad, good[1]]
     placed = decode_batch([d.jpeg for d in batch], [d.geometry for d in batch], CPU)
     assert isinstance(placed[0], torch.Tensor) and isinstance(placed[2], torch.Tensor)
     assert isinstance(placed[1], errors.CorruptImage) and placed[1].status == 422
     assert "Huffman" in placed[1].message and "re-encoded" in placed[1].message
     with pytest.raises(errors.CorruptImage):
-        decode(bad_huffman_jpeg(), MODES[0], LIMITS)  # Pillow refuses it too
+        decode(images.bad_huffman_jpeg(), MODES[0], LIMITS)  # Pillow refuses it too
 
 
 def test_a_size_other_than_the_headers_is_corrupt() -> None:
@@ -278,7 +268,7 @@ def test_a_corrupt_jpeg_fails_alone_and_png_shares_the_forward_pass(
     resize = _resize_spec(spec)
     data = [
         generate(1, fmt="JPEG").data,
-        bad_huffman_jpeg(),
+        images.bad_huffman_jpeg(),
         generate(2, fmt="PNG").data,
         generate(3, fmt="JPEG").data,
     ]

@@ -17,7 +17,6 @@ from deployments.model_source import ModelSpec, resolve
 from deployments.types import ImageInfo, ItemError, Jpeg, Meta, Options, RawOutput, Sample
 from shapes.generate import generate
 from tests import images
-from tests.unit.test_device_decode import bad_huffman_jpeg
 from tests.unit.test_inference import classifier_settings
 
 pytestmark = [
@@ -106,9 +105,8 @@ def _scene_samples(spec: ModelSpec, gpu_decode: bool, fmt: str = "JPEG") -> list
     limits = DecodeLimits(max_image_bytes=1 << 26, max_pixels=1 << 26)
     out = []
     for seed in range(8):
-        done = prepare(
-            generate(seed, fmt=fmt, orientation=(1, 3, 6, 8)[seed % 4]).data, resize, limits
-        )
+        orientation = (1, 3, 6, 8)[seed % 4] if fmt == "JPEG" else 1  # PNGs carry no EXIF here
+        done = prepare(generate(seed, fmt=fmt, orientation=orientation).data, resize, limits)
         pixels = done.jpeg if isinstance(done, Deferred) else done.pixels
         meta = Meta(str(seed), "req", done.image, done.geometry, Options())
         out.append(Sample(meta=meta, pixels=pixels))
@@ -151,7 +149,9 @@ def test_nvjpeg_decode_answers_like_the_cpu_path() -> None:
     cpu_outs = reference.run(_scene_samples(spec, False))
     gpu_outs = runner.run(device_samples)
     assert all(isinstance(o, RawOutput) for o in [*cpu_outs, *gpu_outs])
-    _same_objects(runner, reference, device_samples, box_px=1.5, score=0.1)
+    # nvJPEG's IDCT is not libjpeg's: on one H200 a box of these upscaled small scenes moved by
+    # 1.63 input px (0.49 displayed px) and a score by 0.074; the torch CPU decoder stays under 0.9.
+    _same_objects(runner, reference, device_samples, box_px=2.5, score=0.1)
 
 
 def test_nvjpeg_pixels_are_close_to_pillows() -> None:
@@ -178,7 +178,7 @@ def test_a_corrupt_jpeg_in_a_cuda_batch_fails_alone() -> None:
     runner, spec = _detector(CUDA)
     samples = _scene_samples(spec, True)[:3]
     bad = prepare(
-        bad_huffman_jpeg(),
+        images.bad_huffman_jpeg(),
         ResizeSpec("letterbox", 384, 384, None, 114, True, True),
         DecodeLimits(max_image_bytes=1 << 26, max_pixels=1 << 26),
     )
