@@ -33,8 +33,9 @@ lint: setup
 	$(VENV)/bin/mypy
 	$(PY) -m tools.render --check
 
-# The benchmark (bench/README.md): the raw pipeline, a plain Ray Serve app, LitServe (with
-# `pip install -e '.[bench]'`) and the graph, each started in turn on 127.0.0.1:8000; ~6 minutes.
+# The benchmark (bench/README.md): the raw pipeline, two plain Ray Serve apps, LitServe and
+# TorchServe (with `pip install -e '.[bench,torchserve]'` and Java 17) and the graph, each started
+# in turn on 127.0.0.1:8000; ~10 minutes.
 bench: setup
 	$(PY) -m bench.run
 

@@ -87,7 +87,9 @@ def test_batches_fill_while_the_model_is_busy_even_with_a_short_wait(echo_contro
     responses = asyncio.run(
         post_many([images.solid_png(c) for c in colours], content_type="image/png")
     )
-    assert all(_correct(r, c) for r, c in zip(responses, colours, strict=True))
+    pairs = zip(responses, colours, strict=True)
+    wrong = [(r.status_code, r.text[:200]) for r, c in pairs if not _correct(r, c)]
+    assert not wrong, wrong
     sizes = [r.json()["batch_size"] for r in responses]
     assert max(sizes) == 8
     assert sum(sizes) / len(sizes) >= 0.9 * 8, sorted(sizes)
