@@ -783,10 +783,8 @@ def main(argv: list[str] | None = None) -> int:
                 measure_graph(result, plan, base, overrides, env, config, work, sw)
             elif system in RAY_PEERS:
                 measure_ray_peer(result, system, peer_config, work, sw)
-            elif system == "torchserve":
-                measure_torchserve(result, peer_config, work, sw)
             else:
-                measure_litserve(result, peer_config, work, sw)
+                measure_process_peer(result, system, peer_config, work, sw)
         raw_pass("after")
 
     average_raw(result)
@@ -907,42 +905,31 @@ def measure_ray_peer(
         print(f"{what} stopped ({time.perf_counter() - t:.0f} s)")
 
 
-def measure_litserve(
-    result: dict[str, Any], graph_config: dict[str, Any], work: Path, sw: Sweep
+# The peers that run outside Ray: (what the log calls it, its process class, its CPU roles).
+PROCESS_PEERS = {
+    "litserve": ("LitServe peer", LitServeProcess, litserve_role),
+    "torchserve": ("TorchServe peer", TorchServeProcess, torchserve_role),
+}
+
+
+def measure_process_peer(
+    result: dict[str, Any], name: str, graph_config: dict[str, Any], work: Path, sw: Sweep
 ) -> None:
-    """The LitServe peer, in a session of its own, on the same port."""
-    server = LitServeProcess(graph_config, work, sw.args.port)
+    """LitServe or TorchServe, in a session of its own, on the same port (TorchServe also takes
+    the next four)."""
+    what, process, role = PROCESS_PEERS[name]
+    server = process(graph_config, work, sw.args.port)
     try:
         t = time.perf_counter()
-        print(f"starting the LitServe peer on port {sw.args.port} …", flush=True)
+        print(f"starting the {what} on port {sw.args.port} …", flush=True)
         server.start()
-        print(f"LitServe peer up in {time.perf_counter() - t:.0f} s")
-        meter = CpuMeter(server.proc.pid, litserve_role) if server.proc else None
-        result["configs"]["litserve"] = run_workload(PEERS["litserve"], server.url, sw, meter, None)
+        print(f"{what} up in {time.perf_counter() - t:.0f} s")
+        meter = CpuMeter(server.proc.pid, role) if server.proc else None
+        result["configs"][name] = run_workload(PEERS[name], server.url, sw, meter, None)
     finally:
         t = time.perf_counter()
         server.stop()
-        print(f"LitServe peer stopped ({time.perf_counter() - t:.0f} s)")
-
-
-def measure_torchserve(
-    result: dict[str, Any], graph_config: dict[str, Any], work: Path, sw: Sweep
-) -> None:
-    """The TorchServe peer, in a session of its own, on the same port (and the next four)."""
-    server = TorchServeProcess(graph_config, work, sw.args.port)
-    try:
-        t = time.perf_counter()
-        print(f"starting the TorchServe peer on port {sw.args.port} …", flush=True)
-        server.start()
-        print(f"TorchServe peer up in {time.perf_counter() - t:.0f} s")
-        meter = CpuMeter(server.proc.pid, torchserve_role) if server.proc else None
-        result["configs"]["torchserve"] = run_workload(
-            PEERS["torchserve"], server.url, sw, meter, None
-        )
-    finally:
-        t = time.perf_counter()
-        server.stop()
-        print(f"TorchServe peer stopped ({time.perf_counter() - t:.0f} s)")
+        print(f"{what} stopped ({time.perf_counter() - t:.0f} s)")
 
 
 def entry() -> int:
