@@ -17,6 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import ray
 
 from shapes.generate import generate
 from shapes.metrics import iou
@@ -37,6 +38,18 @@ def _health() -> bool:
 def _port_open() -> bool:
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", 8000)) == 0
+
+
+def _non_loopback_address() -> str | None:
+    """This machine's own address beside loopback (the one Ray would advertise), if any."""
+    address: str = ray.util.get_node_ip_address()
+    return None if address.startswith("127.") else address
+
+
+def _reachable(address: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(5)
+        return s.connect_ex((address, port)) == 0
 
 
 @pytest.fixture
@@ -88,6 +101,13 @@ def test_serve_run_serves_and_shuts_down_cleanly(
     assert lines[0]["predictions"] and lines[0]["image"]["width"] == 320
     assert (lines[1]["error"]["code"], lines[1]["error"]["status"]) == ("corrupt_image", 422)
     assert "truncated" in lines[1]["error"]["message"] and client.returncode == 1
+
+    # serve.env's HAProxy serves serve_config.yaml's host (0.0.0.0) on 8000 and 9000, while its
+    # stats page and exporter stay on loopback (scripts/haproxy-loopback).
+    address = _non_loopback_address()
+    if address is not None:
+        assert _reachable(address, 8000) and _reachable(address, 9000)
+        assert not _reachable(address, 8404) and not _reachable(address, 9101)
 
     serve_run.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert serve_run.wait(timeout=120) == 0
