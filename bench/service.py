@@ -74,6 +74,31 @@ def bench_config(
     return config
 
 
+def wait_started(
+    name: str,
+    proc: subprocess.Popen[bytes],
+    probe: Callable[[], bool],
+    timeout_s: float,
+    log_path: Path,
+    stop: Callable[[], None],
+    what: str,
+) -> None:
+    """Wait for a peer started by `launch` until `probe()`; if it exits or the wait runs out,
+    stop it and raise with its log's tail."""
+
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise ServeError(f"{name} exited with status {proc.returncode}")
+        return probe()
+
+    try:
+        wait_for(ready, timeout_s, what)
+    except ServeError as exc:
+        tail = log_path.read_text(errors="replace")[-3000:]
+        stop()
+        raise ServeError(f"{exc}; {name} log tail:\n{tail}") from None
+
+
 @dataclass
 class LitServeProcess:
     """The LitServe peer (`python -m bench.peers.litserve_app`) in a session of its own."""
@@ -102,17 +127,18 @@ class LitServeProcess:
         self.proc = launch([*cmd, "--port", str(self.port)], self.log_path, {})
 
         def healthy() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServeError(f"LitServe exited with status {self.proc.returncode}")
             status, _ = http_json("GET", f"{self.url}/health", timeout_s=5)
             return status == 200
 
-        try:
-            wait_for(healthy, timeout_s, f"LitServe to answer on {self.url}/health")
-        except ServeError as exc:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            self.stop()
-            raise ServeError(f"{exc}; LitServe log tail:\n{tail}") from None
+        wait_started(
+            "LitServe",
+            self.proc,
+            healthy,
+            timeout_s,
+            self.log_path,
+            self.stop,
+            f"LitServe to answer on {self.url}/health",
+        )
         self.started_s = time.perf_counter() - began
 
     def stop(self) -> None:
@@ -261,18 +287,19 @@ class TorchServeProcess:
         describe = f"http://127.0.0.1:{self.port + 1}/models/{TORCHSERVE_MODEL}"
 
         def ready() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise ServeError(f"TorchServe exited with status {self.proc.returncode}")
             status, info = http_json("GET", describe, timeout_s=5)
             workers = info[0].get("workers", []) if status == 200 and info else []
             return any(w.get("status") == "READY" for w in workers)
 
-        try:
-            wait_for(ready, timeout_s, f"TorchServe's worker to be READY at {describe}")
-        except ServeError as exc:
-            tail = self.log_path.read_text(errors="replace")[-3000:]
-            self.stop()
-            raise ServeError(f"{exc}; TorchServe log tail:\n{tail}") from None
+        wait_started(
+            "TorchServe",
+            self.proc,
+            ready,
+            timeout_s,
+            self.log_path,
+            self.stop,
+            f"TorchServe's worker to be READY at {describe}",
+        )
         self.started_s = time.perf_counter() - began
 
     def stop(self) -> None:
