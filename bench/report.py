@@ -407,7 +407,7 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
         lines.append(f"- {proc['cpu_pct']:.0f}% CPU: `{proc['cmd'][:110]}`")
     lines += [
         "",
-        "## Raw in-process pipeline (decode → resnet18 → top-5, one process, no serving)",
+        f"## Raw in-process pipeline (decode → {meta['model']} → top-5, one process, no serving)",
         "",
         "| measurement | img/s (batch 8) | single-image p50 ms | decode ms/img "
         "| forward ms/batch | CPU ms/img | decode CPU ms/img | forward CPU ms/img | other cores |",
@@ -439,7 +439,7 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
     lines.append("| config | system | what |")
     lines.append("|---|---|---|")
     lines.append(
-        "| raw | in-process | decode → resnet18 → top-5 in one Python process, batch 8, "
+        f"| raw | in-process | decode → {meta['model']} → top-5 in one Python process, batch 8, "
         "no serving |"
     )
     for name, cfg in configs.items():

@@ -43,6 +43,7 @@ from bench.service import (
     TorchServeProcess,
     bench_config,
     litserve_role,
+    model_name,
     parse_overrides,
     system_cpu_s,
     torchserve_available,
@@ -697,7 +698,8 @@ def main(argv: list[str] | None = None) -> int:
         "ray": ray.__version__,
         "torch": torch.__version__,
         "commit": _git_commit(),
-        "model": "resnet18",
+        # The model every system measured here builds (--set may replace the benchmark's own).
+        "model": model_name(bench_config(base, args.port, None, overrides)),
         "url": args.url,
         "systems": systems,
         "skipped": skipped,

@@ -74,6 +74,12 @@ def bench_config(
     return config
 
 
+def model_name(config: dict[str, Any]) -> str:
+    """The model (torchvision name or factory) that the benchmark's config builds."""
+    app = named_item(config["applications"], APP)
+    return str(app["args"]["models"][0]["model"]["name"])
+
+
 def wait_started(
     name: str,
     proc: subprocess.Popen[bytes],
