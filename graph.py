@@ -18,11 +18,12 @@ from ray.serve import Application, Deployment
 
 from deployments.caller import BundleSettings, PoisonSettings
 from deployments.imaging import DecodeLimits, ResizeSpec
-from deployments.ingress import Ingress, IngressSettings, ModelRoute
+from deployments.ingress import Ingress
 from deployments.model import Model
 from deployments.model_source import ModelSpec, Resolved, resolve
 from deployments.postprocessor import ModelAnswers, Postprocessor
 from deployments.preprocessor import Preprocessor
+from deployments.transports.base import IngressSettings, ModelRoute
 
 
 class Limits(BaseModel):

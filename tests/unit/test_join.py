@@ -11,7 +11,7 @@ from deployments import tasks
 from deployments.errors import ERRORS_BY_CODE, CorruptImage, JoinMismatch
 from deployments.geometry import boxes_to_input, plan
 from deployments.postprocessor import ModelAnswers, join, join_bundle
-from deployments.schema import ERRORS, ItemErrorOut, ResultOut
+from deployments.transports.schema import ERRORS, ItemErrorOut, ResultOut
 from deployments.types import (
     Bundle,
     ImageInfo,
