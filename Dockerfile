@@ -22,7 +22,7 @@ RUN python -c "import tomllib; \
 
 # Editable, as `make setup` does: `graph:build_app` imports in every Ray worker (whose sys.path
 # does not hold its working directory), and relative weight paths in serve_config.yaml resolve
-# against this directory (PROJECT_ROOT in deployments/models.py), not against site-packages.
+# against this directory (PROJECT_ROOT in deployments/runtime/model_source.py), not against site-packages.
 COPY --chown=ray:users . /home/ray/vision-serve
 WORKDIR /home/ray/vision-serve
 RUN pip install --no-cache-dir --no-deps -e .

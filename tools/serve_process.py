@@ -104,7 +104,7 @@ def serve_one_model(app: dict[str, Any], spec: dict[str, Any], name: str) -> Non
 
 def model_user_config(config: dict[str, Any]) -> dict[str, Any]:
     """The Model's batching in `config`, with the Model's own fallbacks for what it leaves out."""
-    from deployments.model import BatchingConfig  # imported late: it pulls in torch
+    from deployments.stages.model import BatchingConfig  # imported late: it pulls in torch
 
     app = named_item(config["applications"], APP)
     uc: dict[str, Any] = named_item(app["deployments"], "Model").get("user_config", {})

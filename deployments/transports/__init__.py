@@ -1,4 +1,4 @@
-"""The transports: one adapter per protocol over the one request flow (`deployments.caller`).
+"""The transports: one adapter per protocol over the one request flow (`deployments.flow.caller`).
 
 `v1` (HTTP `/v1`), `oip_rest` and `oip_grpc` (the Open Inference Protocol, over `oip_tensors`)
 and `handle` (the Python handle API) parse what they receive into items and format the answers

@@ -17,12 +17,12 @@ from typing import TypeVar
 from starlette.requests import ClientDisconnect
 
 from deployments import tasks
-from deployments.caller import BundleSettings, Caller, PoisonSettings
 from deployments.errors import BadRequest, Unauthorized, UnknownModel, VisionError
-from deployments.health import ModelState, StageWatch
+from deployments.flow.caller import BundleSettings, Caller, PoisonSettings
+from deployments.flow.health import ModelState, StageWatch
+from deployments.items import Item, ModelInfo, Options, new_item_id
 from deployments.transports.auth import authorized
 from deployments.transports.http_io import BodyBudget, Reservation, deadline_from
-from deployments.types import Item, ModelInfo, Options, new_item_id
 
 logger = logging.getLogger("ray.serve")
 R = TypeVar("R")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from deployments.items import ItemError, Result, new_item_id
 from deployments.transports.base import Front
-from deployments.types import ItemError, Result, new_item_id
 
 
 class HandleApi:

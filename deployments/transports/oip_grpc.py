@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 
 from deployments.errors import BadRequest, PayloadTooLarge, ServerError, VisionError
+from deployments.items import new_item_id
 from deployments.tracing import carrier
 from deployments.transports.http_io import Reservation
 from deployments.transports.oip_rest import version
@@ -31,7 +32,6 @@ from deployments.transports.oip_tensors import (
     split_bytes_elements,
     timeout_param,
 )
-from deployments.types import new_item_id
 
 # How the client must send the API key over gRPC.
 _AUTH_HINT = "the metadata 'authorization: Bearer <key>'"

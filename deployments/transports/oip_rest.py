@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from deployments.errors import BadRequest, PayloadTooLarge, ServerError, VisionError
+from deployments.items import new_item_id
 from deployments.tracing import carrier
 from deployments.transports.base import error_headers
 from deployments.transports.http_io import (
@@ -44,7 +45,6 @@ from deployments.transports.oip_tensors import (
     split_bytes_elements,
     timeout_param,
 )
-from deployments.types import new_item_id
 
 
 def version() -> str:

@@ -42,9 +42,9 @@ from deployments.errors import (
     PayloadTooLarge,
     UnknownModel,
 )
+from deployments.items import ItemError, Result
 from deployments.tasks import Task
 from deployments.transports.http_io import valid_request_id
-from deployments.types import ItemError, Result
 
 if TYPE_CHECKING:
     from deployments.transports.base import Front

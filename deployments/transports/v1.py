@@ -17,7 +17,8 @@ from deployments.errors import (
     UnsupportedMediaType,
     VisionError,
 )
-from deployments.health import STAGES
+from deployments.flow.health import STAGES
+from deployments.items import Item, ItemError, Options, new_item_id
 from deployments.tracing import carrier
 from deployments.transports.base import Front, error_headers
 from deployments.transports.http_io import (
@@ -43,7 +44,6 @@ from deployments.transports.schema import (
     ResultOut,
     option_parameters,
 )
-from deployments.types import Item, ItemError, Options, new_item_id
 
 # What /docs shows for both predict routes: the bodies, the options, every error.
 PREDICT_DOCS: dict[str, Any] = {

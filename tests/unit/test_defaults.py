@@ -19,9 +19,9 @@ from ray.serve.schema import DeploymentSchema, LoggingConfig
 
 import graph
 from deployments import tasks
-from deployments.caller import BundleSettings
-from deployments.model import BatchingConfig
-from deployments.poison import PoisonSettings
+from deployments.flow.caller import BundleSettings
+from deployments.flow.poison import PoisonSettings
+from deployments.stages.model import BatchingConfig
 from deployments.transports.base import IngressSettings
 
 SERVED = graph.load_app_config()

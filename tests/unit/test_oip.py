@@ -31,8 +31,8 @@ from deployments.errors import (
     PayloadTooLarge,
     UnknownModel,
 )
+from deployments.items import ImageInfo, ItemError, Prediction, Result
 from deployments.transports import oip_grpc, oip_rest, oip_tensors
-from deployments.types import ImageInfo, ItemError, Prediction, Result
 from tests.images import jpeg, png
 from tests.serving import ROOT
 from vision_client.transport import V2

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from deployments.errors import BadRequest, InvalidOption, Overloaded, PayloadTooLarge
+from deployments.items import Options
 from deployments.tasks import get, parse_options
 from deployments.transports.http_io import (
     BodyBudget,
@@ -16,7 +17,6 @@ from deployments.transports.http_io import (
     media_type,
     parse_multipart,
 )
-from deployments.types import Options
 
 
 def test_options_parse_and_default_to_none() -> None:

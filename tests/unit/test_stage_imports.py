@@ -13,7 +13,8 @@ from tests.serving import ROOT
 def test_cpu_stages_never_import_torch() -> None:
     script = (
         "import json, sys\n"
-        "import deployments.ingress, deployments.preprocessor, deployments.postprocessor\n"
+        "import deployments.stages.ingress, deployments.stages.preprocessor\n"
+        "import deployments.stages.postprocessor\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'torchvision'))))\n"
     )

@@ -30,12 +30,12 @@ from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.batching import Coalescer, chunks
 from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage
+from deployments.flow.batching import Coalescer, chunks
+from deployments.flow.poison import PoisonSettings, Quarantine, Retries, content_hash
+from deployments.items import Item, ItemError, Result
 from deployments.metrics import StageMetrics
-from deployments.poison import PoisonSettings, Quarantine, Retries, content_hash
 from deployments.tracing import OFF, Tracing
-from deployments.types import Item, ItemError, Result
 
 logger = logging.getLogger("ray.serve")
 

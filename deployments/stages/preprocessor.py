@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from deployments.errors import DeadlineExceeded, VisionError
-from deployments.imaging import DecodeLimits, Deferred, ResizeSpec, prepare
+from deployments.items import Bundle, Item, ItemError, Meta, Sample
 from deployments.metrics import StageMetrics
+from deployments.pixels.imaging import DecodeLimits, Deferred, ResizeSpec, prepare
 from deployments.tracing import Tracing
-from deployments.types import Bundle, Item, ItemError, Meta, Sample
 
 logger = logging.getLogger("ray.serve")
 

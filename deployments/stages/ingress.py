@@ -17,8 +17,9 @@ from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 
-from deployments.caller import Caller
-from deployments.health import ModelState, Readiness, StageWatch
+from deployments.flow.caller import Caller
+from deployments.flow.health import ModelState, Readiness, StageWatch
+from deployments.items import ItemError, ModelInfo, Result
 from deployments.tracing import Tracing
 from deployments.transports.auth import describe, load_api_key
 from deployments.transports.base import Front, IngressSettings, ModelRoute
@@ -26,7 +27,6 @@ from deployments.transports.handle import HandleApi
 from deployments.transports.oip_grpc import OipGrpc
 from deployments.transports.oip_rest import OipRest
 from deployments.transports.v1 import PREDICT_DOCS, V1Http
-from deployments.types import ItemError, ModelInfo, Result
 
 __all__ = ["Ingress", "IngressSettings", "ModelRoute"]
 logger = logging.getLogger("ray.serve")
