@@ -255,7 +255,7 @@ class Caller:
                     "another image in this request crashed the service twice; send it again"
                 )
                 return ItemError.from_exception(item.item_id, skipped)
-            if item.deadline is not None and time.time() >= item.deadline:
+            if item.expired(time.time()):
                 return _expired(item.item_id)
             try:
                 (out,) = await self._through([item])

@@ -176,8 +176,7 @@ class Runner:
         groups: dict[tuple[int, ...], list[int]] = {}
         now = time.time()
         for i, sample in enumerate(samples):
-            deadline = sample.meta.deadline
-            if deadline is not None and deadline <= now:
+            if sample.meta.expired(now):
                 results[i] = ItemError.from_exception(
                     sample.item_id,
                     DeadlineExceeded(

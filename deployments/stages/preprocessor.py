@@ -46,7 +46,7 @@ class Preprocessor:
 
     async def _one(self, item: Item) -> Sample | ItemError:
         start = time.perf_counter()
-        if item.deadline is not None and time.time() >= item.deadline:
+        if item.expired(time.time()):
             logger.info(
                 "request %s item %s: deadline passed before decoding", item.request_id, item.item_id
             )
