@@ -21,7 +21,7 @@ from deployments.flow.caller import Caller
 from deployments.flow.health import ModelState, Readiness, StageWatch
 from deployments.items import ItemError, ModelInfo, Result
 from deployments.tracing import Tracing
-from deployments.transports.auth import describe, load_api_key
+from deployments.transports import auth
 from deployments.transports.base import Front, IngressSettings, ModelRoute
 from deployments.transports.handle import HandleApi
 from deployments.transports.oip_grpc import OipGrpc
@@ -66,8 +66,8 @@ class Ingress:
         describers = {n: h.options(method_name="describe").remote for n, h in models.items()}
         # Read once; the key itself is never logged or echoed. Unusable key settings raise
         # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
-        api_key = load_api_key(os.environ)
-        logger.info("API key %s", describe(api_key))
+        api_key = auth.load_api_key(os.environ)
+        logger.info("API key %s", auth.describe(api_key))
         front = Front(caller, settings, StageWatch(stages, readiness), describers, api_key)
         self._front = front
         self._handle = HandleApi(front)
