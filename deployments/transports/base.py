@@ -1,9 +1,10 @@
-"""What every transport shares: the settings, the one request wrapper, auth and error headers.
+"""What every transport shares: the settings, the one request wrapper and auth.
 
 A transport (`v1`, `oip_rest`, `oip_grpc`, `handle`) parses what it receives into `Item`s for the
 one `Caller` and formats what comes back in its own shape. The rest of a request is written here
 once: the body reservation, the deadline, auth, the `VisionError` / disconnect / failure ladder
-and the release (`Front.guarded`), and the headers an HTTP error response adds (`error_headers`).
+and the release (`Front.guarded`). The headers an HTTP error response adds are
+`http_io.error_headers`, for both HTTP transports.
 """
 
 from __future__ import annotations
@@ -50,15 +51,6 @@ class IngressSettings:
     max_request_timeout_s: float = 120.0  # a request may ask for more; it gets this
     bundles: BundleSettings = field(default_factory=BundleSettings)
     poison: PoisonSettings = field(default_factory=PoisonSettings)
-
-
-def error_headers(exc: VisionError, retry_after_s: int) -> dict[str, str]:
-    """What an HTTP error response adds: Retry-After on a 503, WWW-Authenticate on a 401."""
-    if exc.status == 503:
-        return {"retry-after": str(retry_after_s)}
-    if exc.status == 401:
-        return {"www-authenticate": "Bearer"}
-    return {}
 
 
 class Front:

@@ -19,10 +19,10 @@ from starlette.responses import Response
 from deployments.errors import BadRequest, PayloadTooLarge, ServerError, VisionError
 from deployments.items import new_item_id
 from deployments.tracing import carrier
-from deployments.transports.base import error_headers
 from deployments.transports.http_io import (
     TIMEOUT_HEADER,
     Reservation,
+    error_headers,
     json_response,
     read_body,
     valid_request_id,

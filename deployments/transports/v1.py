@@ -20,7 +20,7 @@ from deployments.errors import (
 from deployments.flow.health import STAGES
 from deployments.items import Item, ItemError, Options, new_item_id
 from deployments.tracing import carrier
-from deployments.transports.base import Front, error_headers
+from deployments.transports.base import Front
 from deployments.transports.http_io import (
     MAX_PART_HEADER_BYTES,
     TIMEOUT_HEADER,
@@ -28,6 +28,7 @@ from deployments.transports.http_io import (
     Part,
     Reservation,
     error_body,
+    error_headers,
     image_parts,
     is_image_type,
     json_response,

@@ -1,5 +1,5 @@
-"""What every transport shares (transports/base.py), without Ray: the request wrapper's ladder,
-auth, and the headers an error response adds."""
+"""What every transport shares (transports/base.py), without a cluster: the request wrapper's
+ladder, auth, and the headers an HTTP error response adds (http_io)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from deployments.errors import BadRequest, Overloaded, ServerError, Unauthorized, VisionError
-from deployments.transports.base import Front, IngressSettings, ModelRoute, error_headers
-from deployments.transports.http_io import Reservation
+from deployments.transports.base import Front, IngressSettings, ModelRoute
+from deployments.transports.http_io import Reservation, error_headers
 
 SETTINGS = IngressSettings(
     models={"m": ModelRoute(task="classification")},
