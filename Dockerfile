@@ -9,7 +9,7 @@ FROM rayproject/ray:2.58.0-py311
 
 # The base image's user is the non-root `ray` (uid 1000, group users = gid 100); it owns the
 # Python env. Numeric, so that Kubernetes can verify runAsNonRoot (kuberay/rayservice.yaml's
-# runAsUser must be this uid; tests/unit/test_kuberay.py checks it).
+# runAsUser must be this uid; tests/tools/test_kuberay.py checks it).
 USER 1000:100
 
 # Pinned dependencies first, in their own layer, so a code change does not reinstall torch.
@@ -22,7 +22,8 @@ RUN python -c "import tomllib; \
 
 # Editable, as `make setup` does: `graph:build_app` imports in every Ray worker (whose sys.path
 # does not hold its working directory), and relative weight paths in serve_config.yaml resolve
-# against this directory (PROJECT_ROOT in deployments/models.py), not against site-packages.
+# against this directory (PROJECT_ROOT in deployments/runtime/model_source.py), not against
+# site-packages.
 COPY --chown=ray:users . /home/ray/vision-serve
 WORKDIR /home/ray/vision-serve
 RUN pip install --no-cache-dir --no-deps -e .

@@ -16,13 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
-from deployments.caller import BundleSettings, PoisonSettings
-from deployments.imaging import DecodeLimits, ResizeSpec
-from deployments.ingress import Ingress, IngressSettings, ModelRoute
-from deployments.model import Model
-from deployments.model_source import ModelSpec, Resolved, resolve
-from deployments.postprocessor import ModelAnswers, Postprocessor
-from deployments.preprocessor import Preprocessor
+from deployments.flow.caller import BundleSettings, PoisonSettings
+from deployments.pixels.imaging import DecodeLimits, ResizeSpec
+from deployments.runtime.model_source import resolve
+from deployments.runtime.spec import ModelSpec, Resolved
+from deployments.stages.ingress import Ingress
+from deployments.stages.model import Model
+from deployments.stages.postprocessor import ModelAnswers, Postprocessor
+from deployments.stages.preprocessor import Preprocessor
+from deployments.transports.base import IngressSettings, ModelRoute
 
 
 class Limits(BaseModel):

@@ -41,11 +41,12 @@ import torch
 import torchvision
 
 from bench.images import TARGET_SIZE, jpeg_near, picture
-from deployments.device_decode import decode_batch
 from deployments.errors import VisionError
-from deployments.imaging import DecodeLimits, Deferred, ResizeSpec, decode, prepare
-from deployments.inference import Runner
-from deployments.model_source import ModelLoadError, ModelSpec, Precision, resolve
+from deployments.pixels.imaging import DecodeLimits, Deferred, ResizeSpec, decode, prepare
+from deployments.runtime.device_decode import decode_batch
+from deployments.runtime.inference import Runner
+from deployments.runtime.model_source import ModelLoadError, resolve
+from deployments.runtime.spec import ModelSpec, Precision
 
 PRECISIONS: tuple[Precision, ...] = ("float32", "bfloat16", "float16")
 LIMITS = DecodeLimits(max_image_bytes=1 << 26, max_pixels=40_000_000)

@@ -1,10 +1,11 @@
 """The raw in-process pipeline: the ceiling the served path is compared with.
 
-decode (`deployments.imaging.decode`) -> batched forward pass (`deployments.inference.Runner`,
-whose `Classification.decode` in `deployments/tasks/classification.py` takes the softmax and the
-best classes) -> top-k (`Classification.answer`, called by `deployments.postprocessor.join`),
-one Python process, no serving, the same images, model and preprocessing as the service (built
-from the same generated config). Also measures what one item's objects weigh when pickled, as
+decode (`deployments.pixels.imaging.decode`) -> batched forward pass
+(`deployments.runtime.inference.Runner`, whose `Classification.decode` in
+`deployments/tasks/classification.py` takes the softmax and the best classes) -> top-k
+(`Classification.answer`, called by `deployments.stages.postprocessor.join`), one Python process,
+no serving, the same images, model and preprocessing as the service (built from the same
+generated config). Also measures what one item's objects weigh when pickled, as
 they cross each stage boundary.
 
 Runs as its own process (`python -m bench.raw`) so its torch threads and memory never share a
@@ -29,11 +30,11 @@ import yaml
 
 from bench.stats import percentile
 from deployments import tasks
-from deployments.imaging import decode
-from deployments.inference import Runner
-from deployments.model_source import resolve
-from deployments.postprocessor import join
-from deployments.types import Meta, Options, RawOutput, Result, Sample, new_item_id
+from deployments.items import Meta, Options, RawOutput, Result, Sample, new_item_id
+from deployments.pixels.imaging import decode
+from deployments.runtime.inference import Runner
+from deployments.runtime.model_source import resolve
+from deployments.stages.postprocessor import join
 from graph import AppArgs, decode_settings
 
 

@@ -1,6 +1,6 @@
 """Pure maths for the benchmark: percentiles, histograms, per-point summaries and the targets.
 
-No Ray, no HTTP, no torch: `tests/unit/test_bench.py` checks these directly.
+No Ray, no HTTP, no torch: `tests/tools/test_bench.py` checks these directly.
 """
 
 from __future__ import annotations

@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from starlette.datastructures import Headers
 
-from deployments.geometry import plan
+from deployments.items import ImageInfo, Item, Meta, Options, RawOutput, Sample
+from deployments.pixels.geometry import plan
 from deployments.tracing import OFF, Tracing, carrier
-from deployments.types import ImageInfo, Item, Meta, Options, RawOutput, Sample
 
 BATCH = 8
 HEADERS = Headers(

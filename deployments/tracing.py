@@ -48,7 +48,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode, Tracer
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from deployments.types import Item, ItemError, RawOutput, Result, Sample
+from deployments.items import Item, ItemError, RawOutput, Result, Sample
 
 logger = logging.getLogger("ray.serve")
 

@@ -46,13 +46,13 @@ from typing import Any
 import httpx
 from PIL import Image
 
+from tools.echo import colour_in
+
 ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("Ingress", "Preprocessor", "Model", "Postprocessor")
-ECHO = {"name": "tests.fixtures.models:echo", "weights": "none", "seed": 0, "torch_threads": 1}
+ECHO = {"name": "tools.echo_model:echo", "weights": "none", "seed": 0, "torch_threads": 1}
 # Logical CPUs per replica: two replicas of each stage ask for 1.5 in all on a 2-core machine.
 NUM_CPUS = {"Ingress": 0.1, "Preprocessor": 0.25, "Model": 0.3, "Postprocessor": 0.1}
-CHANNELS = "rgb"
-
 Colour = tuple[int, int, int]
 
 # --- pure helpers (unit-tested without Ray) -----------------------------------------------------
@@ -128,20 +128,6 @@ def bad_image(kind: str, rng: random.Random) -> bytes:
         data = buf.getvalue()
         return data[: len(data) // 2]
     return bytes(rng.randrange(256) for _ in range(512))
-
-
-def colour_in(predictions: Any) -> Colour | None:
-    """The colour an `echo` answer names (as tests.fixtures.models.colour_in), or None."""
-    if not isinstance(predictions, list) or len(predictions) < 3:
-        return None
-    try:
-        top = [str(p["label"]) for p in predictions[:3]]
-        if [label[:1] for label in top] != list(CHANNELS):
-            return None
-        r, g, b = (int(label[1:]) for label in top)
-    except (KeyError, TypeError, ValueError):
-        return None
-    return r, g, b
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from deployments.geometry import boxes_to_source, plan_letterbox
-from deployments.imaging import DecodeLimits, ResizeSpec, decode
-from deployments.types import Geometry
+from deployments.items import Geometry
+from deployments.pixels.geometry import boxes_to_source, plan_letterbox
+from deployments.pixels.imaging import DecodeLimits, ResizeSpec, decode
 from shapes.generate import GeneratedImage, generate
 from shapes.metrics import Detection, GroundTruth, Report, evaluate, iou
 from shapes.model import ShapesDetector, load_detector

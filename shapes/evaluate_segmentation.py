@@ -23,7 +23,7 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import torch
 
-from deployments.masks import to_source
+from deployments.pixels.masks import to_source
 from deployments.tasks.segmentation import displayed_labels, map_geometry
 from shapes.evaluate_offline import (
     CONTRAST_BINS,

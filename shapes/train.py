@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
-from deployments.geometry import boxes_to_input
+from deployments.pixels.geometry import boxes_to_input
 from shapes import CATEGORIES
 from shapes.evaluate_offline import EVAL_SEED_BASE, evaluate_model, preprocess
 from shapes.generate import generate, sample_scene

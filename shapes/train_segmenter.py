@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from deployments.types import Geometry
+from deployments.items import Geometry
 from shapes.evaluate_offline import EVAL_SEED_BASE, preprocess
 from shapes.evaluate_segmentation import evaluate_segmenter
 from shapes.generate import generate, label_map

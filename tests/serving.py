@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import yaml
 from ray import serve
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
 
-from tools.serve_process import serve_one_model
+from tools.serve_process import load_config, serve_one_model, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8000"
@@ -29,20 +27,8 @@ T = TypeVar("T")
 def wait_until(
     check: Callable[[], T | None], timeout_s: float, what: str, every_s: float = 0.2
 ) -> T:
-    """Poll `check` until it returns something truthy; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-
-
-def load_config(path: Path = ROOT / "serve_config.yaml") -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(path.read_text())
-    return loaded
+    """`tools.serve_process.wait_for`, failing with a `TimeoutError`."""
+    return wait_for(check, timeout_s, what, every_s, error=TimeoutError)
 
 
 def app_config(

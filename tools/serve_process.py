@@ -20,9 +20,10 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -35,6 +36,7 @@ APP = "vision"
 _DASHBOARD = re.compile(r"dashboard at\s+(?:\x1b\[[0-9;]*m)*(?:https?://)?([\w.\-]+:\d+)")
 _CLK = os.sysconf("SC_CLK_TCK")
 _REPLICA = re.compile(r"ServeReplica:[^:\s]+:(\w+)")
+T = TypeVar("T")
 
 
 class ServeError(RuntimeError):
@@ -104,7 +106,7 @@ def serve_one_model(app: dict[str, Any], spec: dict[str, Any], name: str) -> Non
 
 def model_user_config(config: dict[str, Any]) -> dict[str, Any]:
     """The Model's batching in `config`, with the Model's own fallbacks for what it leaves out."""
-    from deployments.model import BatchingConfig  # imported late: it pulls in torch
+    from deployments.stages.model import BatchingConfig  # imported late: it pulls in torch
 
     app = named_item(config["applications"], APP)
     uc: dict[str, Any] = named_item(app["deployments"], "Model").get("user_config", {})
@@ -143,14 +145,22 @@ def http_json(method: str, url: str, body: Any = None, timeout_s: float = 10.0) 
         return status, raw.decode("utf-8", "replace")
 
 
-def wait_for(check: Any, timeout_s: float, what: str, every_s: float = 0.5) -> Any:
+def wait_for(
+    check: Callable[[], T | None],
+    timeout_s: float,
+    what: str,
+    every_s: float = 0.5,
+    error: type[Exception] = ServeError,
+) -> T:
+    """Poll `check` until it returns something truthy; raise `error` naming `what` after the
+    deadline."""
     deadline = time.monotonic() + timeout_s
     while True:
         value = check()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise ServeError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            raise error(f"timed out after {timeout_s:.0f} s waiting for {what}")
         time.sleep(every_s)
 
 

@@ -1,8 +1,8 @@
 """The work every peer does, built from the graph's own generated config so nothing differs.
 
-decode: `deployments.imaging.decode` with the graph's `ResizeSpec` and `DecodeLimits`;
-model: `deployments.model_source.load` (resnet18, `weights: none`, seed 0); forward pass:
-`deployments.inference.Runner.forward` (uint8 NHWC in, softmax top-k out); labels:
+decode: `deployments.pixels.imaging.decode` with the graph's `ResizeSpec` and `DecodeLimits`;
+model: `deployments.runtime.model_source.load` (resnet18, `weights: none`, seed 0); forward pass:
+`deployments.runtime.inference.Runner.forward` (uint8 NHWC in, softmax top-k out); labels:
 `deployments.tasks.label_for`. No Ray, no HTTP: the peers wrap this in their own stack.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from deployments.imaging import decode
-from deployments.inference import Runner
-from deployments.model_source import resolve
+from deployments.pixels.imaging import decode
+from deployments.runtime.inference import Runner
+from deployments.runtime.model_source import resolve
 from deployments.tasks import label_for
 from graph import AppArgs, decode_settings
 

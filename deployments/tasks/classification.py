@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.tasks import (
+from deployments.items import Geometry, Meta, Prediction
+from deployments.tasks.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Arrays,
@@ -16,12 +17,11 @@ from deployments.tasks import (
     Preprocessing,
     label_for,
 )
-from deployments.types import Geometry, Meta, Prediction
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
 
-    from deployments.model_source import ModelSpec, Resolved
+    from deployments.runtime.spec import ModelSpec, Resolved
 
 
 class Defaults(BaseModel):

@@ -9,14 +9,14 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.geometry import boxes_to_source
-from deployments.tasks import NO_NORMALISATION, Arrays, OptionSpec, Preprocessing, label_for
-from deployments.types import Geometry, Meta, Prediction
+from deployments.items import Geometry, Meta, Prediction
+from deployments.pixels.geometry import boxes_to_source
+from deployments.tasks.base import NO_NORMALISATION, Arrays, OptionSpec, Preprocessing, label_for
 
 if TYPE_CHECKING:
     from torchvision.models import WeightsEnum
 
-    from deployments.model_source import ModelSpec, Resolved
+    from deployments.runtime.spec import ModelSpec, Resolved
 
 # Detectors whose internal transform takes min_size/max_size: we pin both to our input size so the
 # letterboxed image is not resized a second time inside the model.

@@ -1,6 +1,6 @@
 """Segmentation: masks back in original displayed pixels (EXIF, letterbox and crop undone).
 
-Two tasks share this module's mask handling (`deployments.masks`):
+Two tasks share this module's mask handling (`deployments.pixels.masks`):
   * `segmentation` (semantic): one label per pixel; each class present is one prediction with its
     area, box and mask. Class 0 is the background (torchvision's and the shipped segmenter's
     convention) and is not reported.
@@ -21,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, ConfigDict, Field
 
-from deployments.masks import NOT_SEEN, box_of, encode_png, encode_rle, to_source
-from deployments.tasks import (
+from deployments.items import Geometry, Meta, Prediction
+from deployments.pixels.masks import NOT_SEEN, box_of, encode_png, encode_rle, to_source
+from deployments.tasks.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     Arrays,
@@ -41,13 +42,12 @@ from deployments.tasks.detection import (
     kept,
     score_options,
 )
-from deployments.types import Geometry, Meta, Prediction
 
 if TYPE_CHECKING:
     import torch
     from torchvision.models import WeightsEnum
 
-    from deployments.model_source import ModelSpec, Resolved
+    from deployments.runtime.spec import ModelSpec, Resolved
 
 MASK_FORMATS = ("rle", "png")
 MAX_CLASSES = 254  # label maps are 8-bit, and 255 marks pixels the model never saw

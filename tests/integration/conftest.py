@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,12 +14,11 @@ from ray import serve
 from tests.fixtures.models import CONTROL, GATE_NAMESPACE, Control
 from tests.serving import METRICS_PORT, ROOT
 
-# Modules run in this order, not by name. A deploy that changes the app's `args` restarts every
-# replica (about 15 s here), while one that changes only user_config or scaling options updates
-# them in place; so modules that deploy the same args run back to back. An update also keeps the
-# replica count autoscaling reached before it, so a test that judges batch composition holds the
-# Model at one replica. test_operations sums Ray's metrics over the session, so the module
-# before it must not batch 8 at a time. A module missing here runs after these, by name.
+# Modules run in this order, not by name, for speed only: a deploy that changes the app's `args`
+# restarts every replica (about 15 s here), while one that changes only user_config or scaling
+# options updates them in place; so modules that deploy the same args run back to back. Each
+# module passes whatever ran before it: `INTEGRATION_ORDER=reverse` or `shuffle:<seed>` runs them
+# in another order to show it. A module missing here runs after these, by name.
 MODULE_ORDER = (
     "test_http",  # resnet18 with small limits ...
     "test_batching",  # ... the same, then echo
@@ -52,6 +53,26 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return (MODULE_ORDER.index(name) if name in MODULE_ORDER else len(MODULE_ORDER), name)
 
     items.sort(key=rank)  # stable: tests keep their order within a module
+    order = os.environ.get("INTEGRATION_ORDER", "")
+    if order:
+        _reorder(items, order)
+
+
+def _reorder(items: list[pytest.Item], order: str) -> None:
+    """The integration modules in reverse or shuffled order; tests keep theirs within a module."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        if "tests/integration/" in str(item.path):
+            modules.setdefault(item.path.stem, []).append(item)
+    names = list(modules)
+    if order == "reverse":
+        names.reverse()
+    elif order.startswith("shuffle:"):
+        random.Random(int(order.split(":", 1)[1])).shuffle(names)
+    else:
+        raise pytest.UsageError(f"INTEGRATION_ORDER={order!r}: use reverse or shuffle:<seed>")
+    first = len(items) - sum(len(m) for m in modules.values())  # the unit tiers come first
+    items[first:] = [item for name in names for item in modules[name]]
 
 
 @pytest.fixture(scope="session", autouse=True)

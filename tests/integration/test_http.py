@@ -10,7 +10,7 @@ import pytest
 from ray import serve
 
 from deployments import errors
-from deployments.types import Result
+from deployments.items import Result
 from tests import images
 from tests.serving import (
     BASE_URL,

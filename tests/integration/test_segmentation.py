@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 from ray import serve
 
-from deployments.schema import MultiResultOut, ResultOut
+from deployments.transports.schema import MultiResultOut, ResultOut
 from tests.images import encode, rotated_jpeg, two_rectangles
 from tests.serving import app_config, deploy, post_image, post_multipart
 

@@ -1,4 +1,4 @@
-"""deployments/auth.py: the API key fails closed, and the per-request check."""
+"""deployments/transports/auth.py: the API key fails closed, and the per-request check."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from deployments.auth import (
+from deployments.transports.auth import (
     API_KEY_ENV,
     API_KEY_FILE_ENV,
     REQUIRE_API_KEY_ENV,

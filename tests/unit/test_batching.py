@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from deployments.batching import Coalescer, ForwardQueue, chunks
+from deployments.flow.batching import Coalescer, ForwardQueue, chunks
 
 
 class Downstream:

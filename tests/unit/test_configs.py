@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from ray.serve.schema import ServeDeploySchema
 
-from deployments.model_source import resolve
+from deployments.runtime.model_source import resolve
 from graph import AppArgs
 from tests.serving import ROOT, load_config
 from tools import render

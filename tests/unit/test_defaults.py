@@ -19,10 +19,10 @@ from ray.serve.schema import DeploymentSchema, LoggingConfig
 
 import graph
 from deployments import tasks
-from deployments.caller import BundleSettings
-from deployments.ingress import IngressSettings
-from deployments.model import BatchingConfig
-from deployments.poison import PoisonSettings
+from deployments.flow.caller import BundleSettings
+from deployments.flow.poison import PoisonSettings
+from deployments.stages.model import BatchingConfig
+from deployments.transports.base import IngressSettings
 
 SERVED = graph.load_app_config()
 YAML_DEPLOYMENTS = {d["name"]: d for d in SERVED["deployments"]}

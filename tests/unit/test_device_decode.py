@@ -19,11 +19,12 @@ import torch
 from PIL import Image
 
 from deployments import errors, tasks
-from deployments.device_decode import decode_batch, upright
-from deployments.imaging import Deferred, Preprocessed, ResizeSpec, decode, prepare
-from deployments.inference import Runner
-from deployments.model_source import ModelSpec, resolve
-from deployments.types import ItemError, Jpeg, Meta, Options, RawOutput, Sample
+from deployments.items import ItemError, Jpeg, Meta, Options, RawOutput, Sample
+from deployments.pixels.imaging import Deferred, Preprocessed, ResizeSpec, decode, prepare
+from deployments.runtime.device_decode import decode_batch, upright
+from deployments.runtime.inference import Runner
+from deployments.runtime.model_source import resolve
+from deployments.runtime.spec import ModelSpec
 from graph import decode_limits, served_args
 from shapes.generate import generate
 from tests import images

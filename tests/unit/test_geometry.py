@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from deployments.geometry import boxes_to_input, boxes_to_source, plan
-from deployments.imaging import ResizeSpec, decode
+from deployments.pixels.geometry import boxes_to_input, boxes_to_source, plan
+from deployments.pixels.imaging import ResizeSpec, decode
 from graph import decode_limits, served_args
 from tests.images import encode, rotated_jpeg
 

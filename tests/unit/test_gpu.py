@@ -9,12 +9,13 @@ import torch
 import torchvision
 
 from deployments import tasks
-from deployments.device_decode import decode_batch
-from deployments.geometry import plan
-from deployments.imaging import DecodeLimits, Deferred, ResizeSpec, decode, prepare
-from deployments.inference import Runner, pick_device
-from deployments.model_source import ModelSpec, resolve
-from deployments.types import ImageInfo, ItemError, Jpeg, Meta, Options, RawOutput, Sample
+from deployments.items import ImageInfo, ItemError, Jpeg, Meta, Options, RawOutput, Sample
+from deployments.pixels.geometry import plan
+from deployments.pixels.imaging import DecodeLimits, Deferred, ResizeSpec, decode, prepare
+from deployments.runtime.device_decode import decode_batch
+from deployments.runtime.inference import Runner, pick_device
+from deployments.runtime.model_source import resolve
+from deployments.runtime.spec import ModelSpec
 from shapes.generate import generate
 from tests import images
 from tests.unit.test_inference import classifier_settings

@@ -1,4 +1,4 @@
-"""Model readiness from the Serve controller's view (deployments/health.py), without Ray."""
+"""Model readiness from the Serve controller's view (deployments/flow/health.py), without Ray."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from deployments.health import Readiness, model_state
+from deployments.flow.health import Readiness, model_state
 
 
 @pytest.mark.parametrize(

@@ -18,8 +18,8 @@ import pytest
 from PIL import Image
 
 from deployments import errors
-from deployments.imaging import DecodeLimits, Preprocessed, ResizeSpec, decode, plan_decode
-from deployments.model_source import resolve
+from deployments.pixels.imaging import DecodeLimits, Preprocessed, ResizeSpec, decode, plan_decode
+from deployments.runtime.model_source import resolve
 from graph import AppArgs, decode_limits, decode_settings, served_args
 from tests import images
 from tests.serving import ROOT, load_config

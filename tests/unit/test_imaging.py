@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from deployments import errors
-from deployments.imaging import ResizeSpec, decode, sniff_format
+from deployments.pixels.imaging import ResizeSpec, decode, sniff_format
 from graph import decode_limits, served_args
 from tests import images
 

@@ -12,11 +12,12 @@ from pydantic import ValidationError
 from torch import nn
 
 from deployments import tasks
-from deployments.geometry import plan
-from deployments.imaging import DecodeLimits, ResizeSpec, decode
-from deployments.inference import Runner, as_float32
-from deployments.model_source import ModelLoadError, ModelSpec, Resolved, resolve
-from deployments.types import ImageInfo, ItemError, Meta, Options, Prediction, RawOutput, Sample
+from deployments.items import ImageInfo, ItemError, Meta, Options, Prediction, RawOutput, Sample
+from deployments.pixels.geometry import plan
+from deployments.pixels.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.runtime.inference import Runner, as_float32
+from deployments.runtime.model_source import ModelLoadError, resolve
+from deployments.runtime.spec import ModelSpec, Resolved
 from shapes.generate import generate
 
 

@@ -9,10 +9,7 @@ import pytest
 
 from deployments import tasks
 from deployments.errors import ERRORS_BY_CODE, CorruptImage, JoinMismatch
-from deployments.geometry import boxes_to_input, plan
-from deployments.postprocessor import ModelAnswers, join, join_bundle
-from deployments.schema import ERRORS, ItemErrorOut, ResultOut
-from deployments.types import (
+from deployments.items import (
     Bundle,
     ImageInfo,
     ItemError,
@@ -22,6 +19,9 @@ from deployments.types import (
     Result,
     Sample,
 )
+from deployments.pixels.geometry import boxes_to_input, plan
+from deployments.stages.postprocessor import ModelAnswers, join, join_bundle
+from deployments.transports.schema import ERRORS, ItemErrorOut, ResultOut
 
 LABELS = ("circle", "square", "triangle")
 CLASSIFICATION = tasks.get("classification")

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torchvision
 
-from deployments.model_source import ModelLoadError, ModelSpec, load, resolve
+from deployments.runtime.model_source import ModelLoadError, load, resolve
+from deployments.runtime.spec import ModelSpec
 
 
 def test_classification_preset_comes_from_the_weights() -> None:

@@ -23,7 +23,7 @@ import tritonclient.grpc.service_pb2 as triton_pb
 import tritonclient.http as httpclient
 from tritonclient.grpc._utils import _get_inference_request
 
-from deployments import oip, tasks
+from deployments import tasks
 from deployments.errors import (
     BadRequest,
     CorruptImage,
@@ -31,12 +31,13 @@ from deployments.errors import (
     PayloadTooLarge,
     UnknownModel,
 )
-from deployments.types import ImageInfo, ItemError, Prediction, Result
+from deployments.items import ImageInfo, ItemError, Prediction, Result
+from deployments.transports import oip_grpc, oip_rest, oip_tensors
 from tests.images import jpeg, png
 from tests.serving import ROOT
 from vision_client.transport import V2
 
-LIMITS = oip.Limits(max_body_bytes=1 << 20, max_image_bytes=64 * 1024, max_images=4)
+LIMITS = oip_tensors.Limits(max_body_bytes=1 << 20, max_image_bytes=64 * 1024, max_images=4)
 DETECTION = tasks.get("detection")
 CLASSIFICATION = tasks.get("classification")
 SEGMENTATION = tasks.get("segmentation")
@@ -87,7 +88,7 @@ def test_rest_binary_request_from_tritonclient() -> None:
         [_images_input(images)], request_id="req-7", parameters={"score_threshold": 0.3}
     )
     assert header is not None  # tritonclient sends images as binary data by default
-    request = oip.parse_rest(body, header, LIMITS)
+    request = oip_rest.parse_rest(body, header, LIMITS)
     assert request.images == tuple(images)
     assert request.id == "req-7"
     assert request.options == (("score_threshold", 0.3),)
@@ -105,10 +106,10 @@ def test_rest_column_shape_and_input_parameters_are_read() -> None:
     request = json.loads(body[: int(header)])
     request["inputs"][0]["parameters"]["max_detections"] = 5
     head = json.dumps(request).encode()
-    parsed = oip.parse_rest(head + body[int(header) :], str(len(head)), LIMITS)
+    parsed = oip_rest.parse_rest(head + body[int(header) :], str(len(head)), LIMITS)
     assert parsed.images == tuple(images)
     assert parsed.options == (("max_detections", 5),)
-    assert parsed.outputs == (oip.RequestedOutput("boxes", True),)
+    assert parsed.outputs == (oip_tensors.RequestedOutput("boxes", True),)
     assert not parsed.binary_output
 
 
@@ -119,11 +120,11 @@ def test_rest_json_images_are_base64() -> None:
     tensor.set_data_from_numpy(text, binary_data=False)
     body, header = _rest([tensor])
     assert header is None
-    assert oip.parse_rest(body, header, LIMITS).images == tuple(images)
+    assert oip_rest.parse_rest(body, header, LIMITS).images == tuple(images)
     bad = json.loads(body)
     bad["inputs"][0]["data"] = ["not base64 at all!"]
     with pytest.raises(BadRequest, match="not base64"):
-        oip.parse_rest(json.dumps(bad).encode(), None, LIMITS)
+        oip_rest.parse_rest(json.dumps(bad).encode(), None, LIMITS)
 
 
 def test_grpc_request_from_tritonclient() -> None:
@@ -131,18 +132,18 @@ def test_grpc_request_from_tritonclient() -> None:
     request = _grpc_request(
         images, request_id="g-1", parameters={"score_threshold": 0.25}, timeout=2_000_000
     )
-    parsed = oip.parse_grpc(request, LIMITS)
+    parsed = oip_grpc.parse_grpc(request, LIMITS)
     assert parsed.images == tuple(images)
     assert parsed.id == "g-1"
     assert parsed.options == (("score_threshold", 0.25),)
     assert parsed.timeout_s == 2.0
-    column = oip.parse_grpc(_grpc_request(images, shape=[2, 1]), LIMITS)
+    column = oip_grpc.parse_grpc(_grpc_request(images, shape=[2, 1]), LIMITS)
     assert column.images == tuple(images)
     inline = triton_pb.ModelInferRequest(model_name="shapes")
     inline.inputs.add(name="image", datatype="BYTES", shape=[2]).contents.bytes_contents.extend(
         images
     )
-    assert oip.parse_grpc(inline, LIMITS).images == tuple(images)
+    assert oip_grpc.parse_grpc(inline, LIMITS).images == tuple(images)
 
 
 @pytest.mark.parametrize(
@@ -173,58 +174,60 @@ def test_rest_bad_requests_are_named(change: Any, error: type[Exception], match:
     change(request)
     head = json.dumps(request).encode()
     with pytest.raises(error, match=match):
-        oip.parse_rest(head + body[int(header) :], str(len(head)), LIMITS)
+        oip_rest.parse_rest(head + body[int(header) :], str(len(head)), LIMITS)
 
 
 def test_rest_sizes_are_bounded_before_they_are_used() -> None:
     big = bytes(LIMITS.max_image_bytes + 1)
     body, header = _rest([_images_input([big])])
     with pytest.raises(PayloadTooLarge, match="max_image_bytes"):
-        oip.parse_rest(body, header, oip.Limits(1 << 22, LIMITS.max_image_bytes, 4))
+        oip_rest.parse_rest(body, header, oip_tensors.Limits(1 << 22, LIMITS.max_image_bytes, 4))
     with pytest.raises(PayloadTooLarge, match="the limit is 1048576 bytes"):
-        oip.parse_rest(body + bytes(1 << 20), header, LIMITS)
+        oip_rest.parse_rest(body + bytes(1 << 20), header, LIMITS)
     with pytest.raises(BadRequest, match="Inference-Header-Content-Length"):
-        oip.parse_rest(body, str(len(body) + 1), LIMITS)
+        oip_rest.parse_rest(body, str(len(body) + 1), LIMITS)
     # A declared element length past the end of the data is refused, not allocated.
     lying = b'{"inputs":[{"name":"image","datatype":"BYTES","shape":[1],' + (
         b'"parameters":{"binary_data_size":8}}]}'
     )
-    framed = lying + oip.join_bytes_elements([b"abcd"])[:4].replace(b"\x04", b"\xff") + b"abcd"
+    framed = (
+        lying + oip_tensors.join_bytes_elements([b"abcd"])[:4].replace(b"\x04", b"\xff") + b"abcd"
+    )
     with pytest.raises(BadRequest, match="only 4 remain"):
-        oip.parse_rest(framed, str(len(lying)), oip.Limits(1 << 20, 1 << 20, 4))
-    small_json = oip.Limits(1 << 20, 1 << 16, 4, max_json_bytes=64)
+        oip_rest.parse_rest(framed, str(len(lying)), oip_tensors.Limits(1 << 20, 1 << 20, 4))
+    small_json = oip_tensors.Limits(1 << 20, 1 << 16, 4, max_json_bytes=64)
     text = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]})
     with pytest.raises(PayloadTooLarge, match="send the images as binary data"):
-        oip.parse_rest((text + " " * 64).encode(), None, small_json)
+        oip_rest.parse_rest((text + " " * 64).encode(), None, small_json)
 
 
 def test_grpc_bad_requests_are_named() -> None:
     wrong = triton_pb.ModelInferRequest(model_name="shapes")
     wrong.inputs.add(name="image", datatype="FP32", shape=[1, 3, 8, 8])
     with pytest.raises(BadRequest, match="datatype BYTES"):
-        oip.parse_grpc(wrong, LIMITS)
+        oip_grpc.parse_grpc(wrong, LIMITS)
     too_many = _grpc_request([jpeg(8, 8)] * 5)
     with pytest.raises(PayloadTooLarge, match="limit is 4"):
-        oip.parse_grpc(too_many, LIMITS)
+        oip_grpc.parse_grpc(too_many, LIMITS)
     big = _grpc_request([bytes(LIMITS.max_image_bytes + 1)])
     with pytest.raises(PayloadTooLarge, match="max_image_bytes"):
-        oip.parse_grpc(big, oip.Limits(1 << 22, LIMITS.max_image_bytes, 4))
+        oip_grpc.parse_grpc(big, oip_tensors.Limits(1 << 22, LIMITS.max_image_bytes, 4))
     with pytest.raises(PayloadTooLarge, match="the request is"):
-        oip.parse_grpc(big, oip.Limits(1000, LIMITS.max_image_bytes, 4))
+        oip_grpc.parse_grpc(big, oip_tensors.Limits(1000, LIMITS.max_image_bytes, 4))
     unsupported = _grpc_request([jpeg(8, 8)], parameters={"mask_format": "png"})
-    options = oip.parse_grpc(unsupported, LIMITS).options
+    options = oip_grpc.parse_grpc(unsupported, LIMITS).options
     with pytest.raises(InvalidOption, match="mask_format applies to"):
         tasks.parse_options(list(options), DETECTION, 100)
 
 
 def test_model_and_version_are_checked() -> None:
-    oip.check_model("shapes", "", ["shapes", "echo"])
-    oip.check_model("shapes", "1", ["shapes"])
+    oip_tensors.check_model("shapes", "", ["shapes", "echo"])
+    oip_tensors.check_model("shapes", "1", ["shapes"])
     with pytest.raises(UnknownModel, match="the models are: shapes") as unknown:
-        oip.check_model("resnet", None, ["shapes"])
+        oip_tensors.check_model("resnet", None, ["shapes"])
     assert unknown.value.status == 404
     with pytest.raises(UnknownModel, match="no version '2'"):
-        oip.check_model("shapes", "2", ["shapes"])
+        oip_tensors.check_model("shapes", "2", ["shapes"])
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -254,7 +257,7 @@ ANSWERS: list[Result | ItemError] = [
 
 
 def _read_rest(body: bytes, headers: dict[str, str]) -> Any:
-    length = headers.get(oip.HEADER_LENGTH)
+    length = headers.get(oip_tensors.HEADER_LENGTH)
     return httpclient.InferenceServerClient.parse_response_body(
         body, header_length=None if length is None else int(length)
     )
@@ -291,10 +294,12 @@ def _check_detection_outputs(read: Any, parameters: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_rest_detection_response_reads_back_in_tritonclient(binary: bool) -> None:
-    request = oip.InferRequest(id="req-9", images=(b"",) * 3, options=(), binary_output=binary)
-    tensors, parameters = oip.outputs_for(ANSWERS, DETECTION)
+    request = oip_tensors.InferRequest(
+        id="req-9", images=(b"",) * 3, options=(), binary_output=binary
+    )
+    tensors, parameters = oip_tensors.outputs_for(ANSWERS, DETECTION)
     assert [t.name for t in tensors] == ["boxes", "scores", "class_ids", "labels", "counts"]
-    body, headers = oip.rest_response("shapes", request, tensors, parameters)
+    body, headers = oip_rest.rest_response("shapes", request, tensors, parameters)
     read = _read_rest(body, headers)
     response = read.get_response()
     assert response["id"] == "req-9"
@@ -303,42 +308,47 @@ def test_rest_detection_response_reads_back_in_tritonclient(binary: bool) -> Non
 
 
 def test_grpc_detection_response_reads_back_in_tritonclient() -> None:
-    request = oip.InferRequest(id="g-9", images=(b"",) * 3, options=())
-    tensors, parameters = oip.outputs_for(ANSWERS, DETECTION)
-    response = oip.grpc_response(triton_pb, "shapes", request, tensors, parameters)
+    request = oip_tensors.InferRequest(id="g-9", images=(b"",) * 3, options=())
+    tensors, parameters = oip_tensors.outputs_for(ANSWERS, DETECTION)
+    response = oip_grpc.grpc_response(triton_pb, "shapes", request, tensors, parameters)
     read = grpcclient.InferResult(
         triton_pb.ModelInferResponse.FromString(response.SerializeToString())
     )
     assert read.get_response().id == "g-9"
-    params = {k: oip.parameter_value(v) for k, v in read.get_response().parameters.items()}
+    params = {k: oip_grpc.parameter_value(v) for k, v in read.get_response().parameters.items()}
     _check_detection_outputs(read, params)
 
 
 def test_requested_outputs_only_and_per_output_binary() -> None:
-    request = oip.InferRequest(
+    request = oip_tensors.InferRequest(
         id="",
         images=(b"",) * 3,
         options=(),
-        outputs=(oip.RequestedOutput("boxes", True), oip.RequestedOutput("counts", False)),
+        outputs=(
+            oip_tensors.RequestedOutput("boxes", True),
+            oip_tensors.RequestedOutput("counts", False),
+        ),
     )
-    tensors, parameters = oip.outputs_for(ANSWERS, DETECTION, request.outputs)
-    body, headers = oip.rest_response("shapes", request, tensors, parameters)
+    tensors, parameters = oip_tensors.outputs_for(ANSWERS, DETECTION, request.outputs)
+    body, headers = oip_rest.rest_response("shapes", request, tensors, parameters)
     read = _read_rest(body, headers)
     outputs = read.get_response()["outputs"]
     assert [o["name"] for o in outputs] == ["boxes", "counts"]
     assert "data" not in outputs[0] and outputs[1]["data"] == [2, 0, 1]
     assert read.as_numpy("boxes").shape == (3, 4)
     with pytest.raises(BadRequest, match="outputs are: boxes, scores"):
-        oip.outputs_for(ANSWERS, DETECTION, (oip.RequestedOutput("detection_boxes"),))
+        oip_tensors.outputs_for(
+            ANSWERS, DETECTION, (oip_tensors.RequestedOutput("detection_boxes"),)
+        )
 
 
 def test_one_failed_image_is_the_requests_error() -> None:
     with pytest.raises(CorruptImage, match="truncated"):
-        oip.outputs_for([ANSWERS[1]], DETECTION)
+        oip_tensors.outputs_for([ANSWERS[1]], DETECTION)
 
 
 def test_no_predictions_gives_empty_tensors() -> None:
-    tensors, _ = oip.outputs_for([_detection("a", [])], DETECTION)
+    tensors, _ = oip_tensors.outputs_for([_detection("a", [])], DETECTION)
     shapes = {t.name: t.shape for t in tensors}
     assert shapes == {
         "boxes": (0, 4),
@@ -359,12 +369,12 @@ def test_classification_and_segmentation_outputs_follow_the_task() -> None:
         (Prediction("r255", 255, 0.9), Prediction("g000", 256, 0.1)),
         1,
     )
-    tensors, _ = oip.outputs_for([top], CLASSIFICATION)
+    tensors, _ = oip_tensors.outputs_for([top], CLASSIFICATION)
     assert [t.name for t in tensors] == ["scores", "class_ids", "labels", "counts"]
     rle = {"size": [8, 8], "counts": "abc"}
     segment = Prediction("red", 1, 0.99, (0.0, 0.0, 4.0, 4.0), area=16, mask=rle)
     seg = Result("r", "s", "colours", "segmentation", ImageInfo(8, 8, "PNG"), (segment,), 1)
-    tensors, _ = oip.outputs_for([seg], SEGMENTATION)
+    tensors, _ = oip_tensors.outputs_for([seg], SEGMENTATION)
     by_name = {t.name: t for t in tensors}
     assert list(by_name) == ["boxes", "scores", "class_ids", "labels", "areas", "masks", "counts"]
     assert json.loads(by_name["masks"].values[0]) == rle  # type: ignore[index]
@@ -378,7 +388,7 @@ def test_classification_and_segmentation_outputs_follow_the_task() -> None:
         1,
         extra={"label_map": "iVBORw0KGgo="},
     )
-    tensors, _ = oip.outputs_for([png_map, ANSWERS[1]], SEGMENTATION)
+    tensors, _ = oip_tensors.outputs_for([png_map, ANSWERS[1]], SEGMENTATION)
     by_name = {t.name: t for t in tensors}
     assert "masks" not in by_name
     assert by_name["label_maps"].values == [b"iVBORw0KGgo=", b""]
@@ -386,7 +396,7 @@ def test_classification_and_segmentation_outputs_follow_the_task() -> None:
 
 @pytest.mark.parametrize("name", sorted(tasks.REGISTRY))
 def test_model_metadata_lists_every_output_of_the_task(name: str) -> None:
-    meta = oip.model_metadata("m", tasks.get(name))
+    meta = oip_tensors.model_metadata("m", tasks.get(name))
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     outputs = {o["name"]: o for o in meta["outputs"]}
     assert outputs["counts"]["datatype"] == "INT64"
@@ -396,11 +406,11 @@ def test_model_metadata_lists_every_output_of_the_task(name: str) -> None:
 
 
 def test_grpc_status_codes_follow_the_http_ones() -> None:
-    assert oip.grpc_code(404) == "NOT_FOUND"
-    assert oip.grpc_code(413) == "RESOURCE_EXHAUSTED"
-    assert oip.grpc_code(422) == "INVALID_ARGUMENT"
-    assert oip.grpc_code(503) == "UNAVAILABLE"
-    assert oip.grpc_code(504) == "DEADLINE_EXCEEDED"
+    assert oip_grpc.grpc_code(404) == "NOT_FOUND"
+    assert oip_grpc.grpc_code(413) == "RESOURCE_EXHAUSTED"
+    assert oip_grpc.grpc_code(422) == "INVALID_ARGUMENT"
+    assert oip_grpc.grpc_code(503) == "UNAVAILABLE"
+    assert oip_grpc.grpc_code(504) == "DEADLINE_EXCEEDED"
 
 
 # --- the proto ------------------------------------------------------------------------------
@@ -442,7 +452,9 @@ def test_vision_clients_v2_requests_parse() -> None:
     image = jpeg(32, 24, seed=9)
     built = V2(model="shapes-detector").request(httpx.AsyncClient(), image, [("top_k", "3")])
     assert built.url.path == "/v2/models/shapes-detector/infer"
-    parsed = oip.parse_rest(built.read(), built.headers["inference-header-content-length"], LIMITS)
+    parsed = oip_rest.parse_rest(
+        built.read(), built.headers["inference-header-content-length"], LIMITS
+    )
     assert parsed.images == (image,)
     assert parsed.options == (("top_k", "3"),)
     assert not parsed.binary_output  # it reads the outputs as JSON

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 from ray.exceptions import RayActorError
 
-from deployments.caller import BundleSettings, Caller, PoisonSettings
-from deployments.poison import Quarantine, Retries, content_hash
-from deployments.types import ImageInfo, Item, ItemError, Options, Result
+from deployments.flow.caller import BundleSettings, Caller, PoisonSettings
+from deployments.flow.poison import Quarantine, Retries, content_hash
+from deployments.items import ImageInfo, Item, ItemError, Options, Result
 
 
 class Clock:

@@ -6,7 +6,9 @@ import httpx
 import pytest
 
 from deployments.errors import BadRequest, InvalidOption, Overloaded, PayloadTooLarge
-from deployments.http import (
+from deployments.items import Options
+from deployments.tasks import get, parse_options
+from deployments.transports.http_io import (
     BodyBudget,
     MultipartLimits,
     MultipartReader,
@@ -15,8 +17,6 @@ from deployments.http import (
     media_type,
     parse_multipart,
 )
-from deployments.tasks import get, parse_options
-from deployments.types import Options
 
 
 def test_options_parse_and_default_to_none() -> None:

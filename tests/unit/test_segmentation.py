@@ -14,13 +14,14 @@ import torch
 from PIL import Image
 
 from deployments import tasks
-from deployments.geometry import boxes_to_input, plan
-from deployments.imaging import DecodeLimits, ResizeSpec, decode
-from deployments.inference import Runner
-from deployments.masks import NOT_SEEN, box_of, decode_rle, encode_rle, to_source
-from deployments.model_source import ModelSpec, resolve
+from deployments.items import ImageInfo, Meta, Options, RawOutput, Sample
+from deployments.pixels.geometry import boxes_to_input, plan
+from deployments.pixels.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.pixels.masks import NOT_SEEN, box_of, decode_rle, encode_rle, to_source
+from deployments.runtime.inference import Runner
+from deployments.runtime.model_source import resolve
+from deployments.runtime.spec import ModelSpec
 from deployments.tasks.segmentation import displayed_labels, map_geometry
-from deployments.types import ImageInfo, Meta, Options, RawOutput, Sample
 from tests.images import encode, rotated_jpeg, two_rectangles
 
 SEMANTIC = tasks.get("segmentation")

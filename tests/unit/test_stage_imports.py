@@ -13,7 +13,8 @@ from tests.serving import ROOT
 def test_cpu_stages_never_import_torch() -> None:
     script = (
         "import json, sys\n"
-        "import deployments.ingress, deployments.preprocessor, deployments.postprocessor\n"
+        "import deployments.stages.ingress, deployments.stages.preprocessor\n"
+        "import deployments.stages.postprocessor\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'torchvision'))))\n"
     )
@@ -21,3 +22,38 @@ def test_cpu_stages_never_import_torch() -> None:
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
     assert json.loads(out.stdout) == []
+
+
+# The pure logic: plain functions and types a unit test (or a tool) uses without a cluster.
+RAY_FREE = (
+    "deployments.items",
+    "deployments.errors",
+    "deployments.flow.batching",
+    "deployments.flow.poison",
+    "deployments.flow.health",
+    "deployments.pixels.imaging",
+    "deployments.pixels.geometry",
+    "deployments.pixels.masks",
+    "deployments.tasks",
+    "deployments.runtime.spec",
+    "deployments.transports.http_io",
+    "deployments.transports.auth",
+    "deployments.transports.oip_tensors",
+    "deployments.transports.oip_rest",
+    "deployments.transports.oip_grpc",
+)
+
+
+def test_pure_modules_import_without_ray_or_torch() -> None:
+    script = (
+        "import importlib, sys\n"
+        "class Refuse:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('ray', 'torch', 'torchvision'):\n"
+        "            raise ImportError(name)\n"
+        "sys.meta_path.insert(0, Refuse())\n"
+        f"for name in {RAY_FREE!r}:\n"
+        "    importlib.import_module(name)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr

@@ -17,20 +17,8 @@ from opentelemetry.trace import StatusCode
 from torch import nn
 
 from deployments import tasks
-from deployments.batching import ForwardQueue
-from deployments.geometry import plan
-from deployments.inference import Runner
-from deployments.model_source import Resolved
-from deployments.postprocessor import ModelAnswers, join_bundle
-from deployments.tracing import (
-    OFF,
-    Tracing,
-    TracingConfigError,
-    carrier,
-    context_of,
-    exporters_from_env,
-)
-from deployments.types import (
+from deployments.flow.batching import ForwardQueue
+from deployments.items import (
     Bundle,
     ImageInfo,
     Item,
@@ -40,6 +28,18 @@ from deployments.types import (
     RawOutput,
     Result,
     Sample,
+)
+from deployments.pixels.geometry import plan
+from deployments.runtime.inference import Runner
+from deployments.runtime.spec import Resolved
+from deployments.stages.postprocessor import ModelAnswers, join_bundle
+from deployments.tracing import (
+    OFF,
+    Tracing,
+    TracingConfigError,
+    carrier,
+    context_of,
+    exporters_from_env,
 )
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

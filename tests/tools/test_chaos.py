@@ -22,7 +22,7 @@ from scripts.chaos import (
     plan_kills,
     summarise,
 )
-from tests.fixtures.models import labels_for
+from tools.echo import labels_for
 
 RED: tuple[int, int, int] = (200, 10, 30)
 BLUE: tuple[int, int, int] = (5, 6, 250)

@@ -215,6 +215,15 @@ def image_parts(parts: Sequence[Part], max_images: int) -> list[Part]:
     return images
 
 
+def error_headers(exc: VisionError, retry_after_s: int) -> dict[str, str]:
+    """What an HTTP error response adds: Retry-After on a 503, WWW-Authenticate on a 401."""
+    if exc.status == 503:
+        return {"retry-after": str(retry_after_s)}
+    if exc.status == 401:
+        return {"www-authenticate": "Bearer"}
+    return {}
+
+
 def error_body(exc: VisionError, request_id: str) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message}, "request_id": request_id}
 

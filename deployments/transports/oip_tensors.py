@@ -1,7 +1,8 @@
-"""The Open Inference Protocol (KServe v2), REST and gRPC: parsing and formatting, Ray-free.
+"""The Open Inference Protocol (KServe v2): its tensor model, shared by REST and gRPC, Ray-free.
 
-A transport over `deployments.caller`, like `/v1`: a request becomes one `Item` per image (the
-Ingress builds them), and the `Result` or `ItemError` of each becomes output tensors.
+What both OIP transports (`oip_rest`, `oip_grpc`) agree on: the parsed `InferRequest`, the checks
+on its one input, and how each image's `Result` or `ItemError` becomes output tensors. A request
+becomes one `Item` per image (`infer`), and goes through the one request flow as `/v1`'s do.
 
 Request. One input, `image`, datatype BYTES, shape [N] or [N, 1]: each element one encoded image
 file (JPEG, PNG, ...). Over REST its data come with the binary-data extension (each element a
@@ -26,12 +27,10 @@ with the message as details. Every count and size is bounded before anything is 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import struct
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -42,11 +41,13 @@ from deployments.errors import (
     InvalidOption,
     PayloadTooLarge,
     UnknownModel,
-    VisionError,
 )
+from deployments.items import ItemError, Result
 from deployments.tasks import Task
-from deployments.types import ItemError, Result
+from deployments.transports.http_io import valid_request_id
 
+if TYPE_CHECKING:
+    from deployments.transports.base import Front
 IMAGE_INPUT = "image"
 VERSION = "1"  # models are not versioned; "1" (or no version) names the one there is
 SERVER_NAME = "vision-serve"
@@ -64,25 +65,6 @@ _UNSUPPORTED_PARAMETERS = frozenset(
 _LENGTH = struct.Struct("<I")
 
 # HTTP status -> gRPC status code name (grpc.StatusCode.<name>).
-GRPC_CODES = {
-    400: "INVALID_ARGUMENT",
-    401: "UNAUTHENTICATED",
-    404: "NOT_FOUND",
-    408: "DEADLINE_EXCEEDED",
-    413: "RESOURCE_EXHAUSTED",
-    415: "INVALID_ARGUMENT",
-    422: "INVALID_ARGUMENT",
-    500: "INTERNAL",
-    503: "UNAVAILABLE",
-    504: "DEADLINE_EXCEEDED",
-}
-
-
-def grpc_code(status: int) -> str:
-    """The gRPC status code name for one of our HTTP statuses."""
-    return GRPC_CODES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
-
-
 # --- what a request may hold ----------------------------------------------------------------
 
 
@@ -128,7 +110,7 @@ def check_model(name: str, version: str | None, served: Sequence[str]) -> None:
         )
 
 
-def _options(
+def collect_options(
     parameters: Mapping[str, Any], where: str, out: list[tuple[str, str | int | float]]
 ) -> None:
     for key, value in parameters.items():
@@ -143,7 +125,7 @@ def _options(
         out.append((key, value))
 
 
-def _timeout_s(parameters: Mapping[str, Any]) -> float | None:
+def timeout_param(parameters: Mapping[str, Any]) -> float | None:
     value = parameters.get("timeout")
     if value is None:
         return None
@@ -154,14 +136,14 @@ def _timeout_s(parameters: Mapping[str, Any]) -> float | None:
     return float(value) / 1e6
 
 
-def _flag(parameters: Mapping[str, Any], name: str, where: str) -> bool | None:
+def flag_param(parameters: Mapping[str, Any], name: str, where: str) -> bool | None:
     value = parameters.get(name)
     if value is None or isinstance(value, bool):
         return value
     raise BadRequest(f"{where} parameter {name!r} must be true or false; got {value!r}")
 
 
-def _image_count(shape: Sequence[Any], limits: Limits) -> int:
+def image_count(shape: Sequence[Any], limits: Limits) -> int:
     """N for a shape of [N] or [N, 1]; bounded by `max_images` before anything is read."""
     dims = list(shape)
     if not (1 <= len(dims) <= 2) or not all(
@@ -183,7 +165,7 @@ def _image_count(shape: Sequence[Any], limits: Limits) -> int:
     return n
 
 
-def _check_input(name: str, datatype: str, count: int) -> None:
+def check_input(name: str, datatype: str, count: int) -> None:
     if count != 1 or name != IMAGE_INPUT:
         raise BadRequest(
             f"send exactly one input, named {IMAGE_INPUT!r} (datatype BYTES, one encoded image "
@@ -232,201 +214,6 @@ def split_bytes_elements(raw: bytes | memoryview, count: int, limits: Limits) ->
 def join_bytes_elements(elements: Sequence[bytes]) -> bytes:
     """The raw form of a BYTES tensor (the inverse of `split_bytes_elements`)."""
     return b"".join(_LENGTH.pack(len(e)) + e for e in elements)
-
-
-# --- REST -----------------------------------------------------------------------------------
-
-
-def parse_rest(body: bytes, header_length: str | None, limits: Limits) -> InferRequest:
-    """A REST infer body (JSON, or JSON and binary data) -> `InferRequest`; 400/413 when bad."""
-    if len(body) > limits.max_body_bytes:
-        raise PayloadTooLarge(
-            f"the body is {len(body)} bytes; the limit is {limits.max_body_bytes} bytes"
-        )
-    json_end = len(body)
-    if header_length is not None:
-        if not header_length.strip().isdigit() or int(header_length) > len(body):
-            raise BadRequest(
-                f"Inference-Header-Content-Length must be the byte length of the JSON part, at "
-                f"most the body's {len(body)} bytes; got {header_length!r}"
-            )
-        json_end = int(header_length)
-    if json_end > limits.max_json_bytes:
-        raise PayloadTooLarge(
-            f"the JSON part is {json_end} bytes; the limit is {limits.max_json_bytes}: send the "
-            "images as binary data (Inference-Header-Content-Length; tritonclient's default)"
-        )
-    try:
-        header = orjson.loads(body[:json_end])
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"the request's JSON is malformed: {exc}") from None
-    if not isinstance(header, dict):
-        raise BadRequest("the request's JSON must be an object with 'inputs'")
-    binary = memoryview(body)[json_end:]
-    parameters = _mapping(header.get("parameters"), "the request's 'parameters'")
-    inputs = header.get("inputs")
-    if not isinstance(inputs, list):
-        raise BadRequest("the request needs 'inputs': a list with one input named 'image'")
-    first = inputs[0] if inputs and isinstance(inputs[0], dict) else {}
-    _check_input(str(first.get("name", "")), str(first.get("datatype", "")), len(inputs))
-    count = _image_count(_list(first.get("shape"), "input 'image' shape"), limits)
-    input_parameters = _mapping(first.get("parameters"), "input 'image' parameters")
-    size = input_parameters.get("binary_data_size")
-    if size is not None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-            raise BadRequest(f"binary_data_size must be a byte count; got {size!r}")
-        if size != len(binary):
-            raise BadRequest(
-                f"input 'image' declares binary_data_size {size}, but {len(binary)} bytes "
-                "follow the JSON part"
-            )
-        if "data" in first:
-            raise BadRequest("input 'image' has both 'data' and binary_data_size; send one")
-        images = split_bytes_elements(binary, count, limits)
-    else:
-        if len(binary):
-            raise BadRequest(
-                f"{len(binary)} bytes follow the JSON part, but no input declares binary_data_size"
-            )
-        images = _json_images(first.get("data"), count, limits)
-    options: list[tuple[str, str | int | float]] = []
-    _options(parameters, "request", options)
-    _options(input_parameters, "input 'image'", options)
-    outputs = tuple(_requested_rest(o) for o in _list(header.get("outputs", []), "'outputs'"))
-    request_id = header.get("id", "")
-    if not isinstance(request_id, str):
-        raise BadRequest(f"the request's 'id' must be a string; got {request_id!r}")
-    return InferRequest(
-        id=request_id,
-        images=tuple(images),
-        options=tuple(options),
-        outputs=outputs,
-        binary_output=bool(_flag(parameters, "binary_data_output", "request")),
-        timeout_s=_timeout_s(parameters),
-    )
-
-
-def _mapping(value: Any, what: str) -> Mapping[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise BadRequest(f"{what} must be an object")
-    return value
-
-
-def _list(value: Any, what: str) -> list[Any]:
-    if not isinstance(value, list):
-        raise BadRequest(f"{what} must be a list; got {value!r}")
-    return value
-
-
-def _json_images(data: Any, count: int, limits: Limits) -> list[bytes]:
-    """BYTES data in JSON: base64 strings, flat or nested by the shape."""
-    if not isinstance(data, list):
-        raise BadRequest(
-            "input 'image' needs 'data' (base64 strings, one per image) or binary data "
-            "(parameters.binary_data_size)"
-        )
-    flat = [e for row in data for e in (row if isinstance(row, list) else [row])]
-    if len(flat) != count:
-        raise BadRequest(f"input 'image' has shape for {count} image(s) but {len(flat)} elements")
-    images = []
-    for i, element in enumerate(flat):
-        if not isinstance(element, str):
-            raise BadRequest(f"image {i} in 'data' must be a base64 string")
-        if len(element) * 3 // 4 > limits.max_image_bytes:
-            raise PayloadTooLarge(
-                f"image {i} is over the limit of {limits.max_image_bytes} bytes (max_image_bytes)"
-            )
-        try:
-            images.append(base64.b64decode(element, validate=True))
-        except (binascii.Error, ValueError):
-            raise BadRequest(
-                f"image {i} in 'data' is not base64; in JSON a BYTES element is the image file "
-                "in base64 (or send binary data)"
-            ) from None
-    return images
-
-
-def _requested_rest(value: Any) -> RequestedOutput:
-    if not isinstance(value, dict) or not isinstance(value.get("name"), str):
-        raise BadRequest("each of 'outputs' must be an object with a 'name'")
-    parameters = _mapping(value.get("parameters"), f"output {value['name']!r} parameters")
-    unknown = sorted(set(parameters) - {"binary_data"})
-    if unknown:
-        raise BadRequest(
-            f"output {value['name']!r} has parameter(s) {unknown}; only binary_data is supported "
-            "(classification results are the top_k option)"
-        )
-    return RequestedOutput(value["name"], _flag(parameters, "binary_data", "output"))
-
-
-# --- gRPC -----------------------------------------------------------------------------------
-
-
-def parameter_value(parameter: Any) -> bool | int | float | str | None:
-    """An `InferParameter` message's value, whichever of its fields is set."""
-    which = parameter.WhichOneof("parameter_choice")
-    return None if which is None else getattr(parameter, which)
-
-
-def _parameters(message_map: Any) -> dict[str, Any]:
-    return {key: parameter_value(value) for key, value in message_map.items()}
-
-
-def parse_grpc(request: Any, limits: Limits) -> InferRequest:
-    """A `ModelInferRequest` message -> `InferRequest`; 400/413 when bad."""
-    size = request.ByteSize()
-    if size > limits.max_body_bytes:
-        raise PayloadTooLarge(
-            f"the request is {size} bytes; the limit is {limits.max_body_bytes} bytes"
-        )
-    inputs = request.inputs
-    _check_input(
-        inputs[0].name if inputs else "", inputs[0].datatype if inputs else "", len(inputs)
-    )
-    first: Any = inputs[0]
-    count = _image_count(list(first.shape), limits)
-    raw = request.raw_input_contents
-    if len(raw):
-        if len(raw) != len(inputs):
-            raise BadRequest(
-                f"raw_input_contents has {len(raw)} entries for {len(inputs)} input(s)"
-            )
-        images = split_bytes_elements(raw[0], count, limits)
-    else:
-        elements = first.contents.bytes_contents
-        if len(elements) != count:
-            raise BadRequest(
-                f"input 'image' has shape for {count} image(s) but {len(elements)} elements"
-            )
-        for i, element in enumerate(elements):
-            if len(element) > limits.max_image_bytes:
-                raise PayloadTooLarge(
-                    f"image {i} is {len(element)} bytes; the limit is {limits.max_image_bytes} "
-                    "(max_image_bytes)"
-                )
-        images = [bytes(e) for e in elements]
-    parameters = _parameters(request.parameters)
-    options: list[tuple[str, str | int | float]] = []
-    _options(parameters, "request", options)
-    _options(_parameters(first.parameters), "input 'image'", options)
-    outputs = []
-    for requested in request.outputs:
-        unknown = sorted(set(requested.parameters) - {"binary_data"})
-        if unknown:
-            raise BadRequest(
-                f"output {requested.name!r} has parameter(s) {unknown}; only binary_data is "
-                "supported (classification results are the top_k option)"
-            )
-        outputs.append(RequestedOutput(requested.name))
-    return InferRequest(
-        id=request.id,
-        images=tuple(images),
-        options=tuple(options),
-        outputs=tuple(outputs),
-        timeout_s=_timeout_s(parameters),
-    )
 
 
 # --- outputs --------------------------------------------------------------------------------
@@ -606,79 +393,53 @@ def outputs_for(
     return tensors, {"items": items}
 
 
-def _binary(tensor: Tensor, request: InferRequest) -> bool:
-    for requested in request.outputs:
-        if requested.name == tensor.name and requested.binary is not None:
-            return requested.binary
-    return request.binary_output
+# --- through the flow -----------------------------------------------------------------------
 
 
-def rest_response(
-    model: str,
-    request: InferRequest,
-    tensors: Sequence[Tensor],
-    parameters: Mapping[str, Any],
-) -> tuple[bytes, dict[str, str]]:
-    """The REST infer response: its body and headers (binary outputs after the JSON part)."""
-    outputs: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for tensor in tensors:
-        out: dict[str, Any] = {
-            "name": tensor.name,
-            "datatype": tensor.datatype,
-            "shape": list(tensor.shape),
-        }
-        if _binary(tensor, request):
-            blob = tensor.raw()
-            out["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
+class OipFlow:
+    """What the REST and gRPC transports do alike: check the model, run a parsed request through
+    the `Caller`, answer readiness."""
+
+    def __init__(self, front: Front) -> None:
+        self._front = front
+        settings = front.settings
+        self._limits = Limits(
+            max_body_bytes=settings.max_body_bytes,
+            max_image_bytes=settings.max_image_bytes,
+            max_images=settings.max_images_per_request,
+        )
+
+    def _check_model(self, name: str, version: str | None) -> None:
+        check_model(name, version, tuple(self._front.settings.models))
+
+    async def _ready(self, name: str | None) -> bool:
+        """The server (`name` None: every stage and model) or one model is ready."""
+        if name is None:
+            return await self._front.readiness() is None
+        return (await self._front.model_state(name)).ready
+
+    async def _infer(
+        self,
+        name: str,
+        request: InferRequest,
+        deadline: float,
+        request_id: str,
+        trace: str | None,
+    ) -> tuple[list[Tensor], dict[str, Any]]:
+        """One parsed infer request through the graph -> its output tensors and parameters.
+
+        `trace`: the client's W3C trace context (`traceparent` header or gRPC metadata)."""
+        front = self._front
+        task = front.tasks[name]
+        options = front.options(name, request.options)
+        check_outputs(request.outputs, task)
+        if request.timeout_s is not None:  # Triton's `timeout`: the tighter deadline wins
+            deadline = min(deadline, front.deadline(request.timeout_s, "parameter 'timeout'"))
+        if request.id and valid_request_id(request.id):
+            request_id = request.id
+        items = [front.item(i, options, request_id, deadline, name) for i in request.images]
+        if len(items) == 1:
+            answers = [await front.caller.one(items[0], trace)]
         else:
-            out["data"] = tensor.json_data()
-        outputs.append(out)
-    body: dict[str, Any] = {"model_name": model, "model_version": VERSION}
-    if request.id:
-        body["id"] = request.id
-    body["parameters"] = dict(parameters)
-    body["outputs"] = outputs
-    header = orjson.dumps(body)
-    if not blobs:
-        return header, {"content-type": "application/json"}
-    return header + b"".join(blobs), {
-        "content-type": "application/octet-stream",
-        HEADER_LENGTH: str(len(header)),
-    }
-
-
-def error_json(exc: VisionError) -> bytes:
-    """The protocol's error body."""
-    return orjson.dumps({"error": exc.message})
-
-
-def set_parameter(parameter: Any, value: bool | int | float | str) -> None:
-    """Fill an `InferParameter` message from a Python value."""
-    if isinstance(value, bool):
-        parameter.bool_param = value
-    elif isinstance(value, int):
-        parameter.int64_param = value
-    elif isinstance(value, float):
-        parameter.double_param = value
-    else:
-        parameter.string_param = str(value)
-
-
-def grpc_response(
-    pb: Any,
-    model: str,
-    request: InferRequest,
-    tensors: Sequence[Tensor],
-    parameters: Mapping[str, Any],
-) -> Any:
-    """The `ModelInferResponse` (`pb` is the generated module): every output's data in
-    `raw_output_contents`, as Triton answers and tritonclient reads."""
-    response = pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request.id)
-    for key, value in parameters.items():
-        set_parameter(response.parameters[key], value)
-    for tensor in tensors:
-        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
-        response.raw_output_contents.append(tensor.raw())
-    return response
+            answers = await front.caller.many(items, trace)
+        return outputs_for(answers, task, request.outputs)

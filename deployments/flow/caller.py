@@ -30,12 +30,12 @@ from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.batching import Coalescer, chunks
 from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage
+from deployments.flow.batching import Coalescer, chunks
+from deployments.flow.poison import PoisonSettings, Quarantine, Retries, content_hash
+from deployments.items import Item, ItemError, Result
 from deployments.metrics import StageMetrics
-from deployments.poison import PoisonSettings, Quarantine, Retries, content_hash
 from deployments.tracing import OFF, Tracing
-from deployments.types import Item, ItemError, Result
 
 logger = logging.getLogger("ray.serve")
 
@@ -255,7 +255,7 @@ class Caller:
                     "another image in this request crashed the service twice; send it again"
                 )
                 return ItemError.from_exception(item.item_id, skipped)
-            if item.deadline is not None and time.time() >= item.deadline:
+            if item.expired(time.time()):
                 return _expired(item.item_id)
             try:
                 (out,) = await self._through([item])

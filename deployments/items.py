@@ -91,6 +91,12 @@ class Geometry:
     offset_y: float
 
 
+def deadline_passed(deadline: float | None, now: float) -> bool:
+    """Whether a deadline (wall-clock seconds; None: none) has passed at `now`. At the deadline
+    itself it has: no stage starts work that is due that instant."""
+    return deadline is not None and now >= deadline
+
+
 @dataclass(frozen=True, slots=True)
 class Meta:
     """Everything post-processing needs about one item; the model never sees it."""
@@ -104,6 +110,10 @@ class Meta:
     preprocess_ms: float = 0.0
     model: str = ""  # the served model's name (`models:` in serve_config.yaml)
     trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
+
+    def expired(self, now: float) -> bool:
+        """Whether the item's deadline has passed at `now` (`time.time()`)."""
+        return deadline_passed(self.deadline, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +158,10 @@ class Item:
     deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
     model: str = ""  # the served model it goes to; "" in a one-model graph's own tests
     trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
+
+    def expired(self, now: float) -> bool:
+        """Whether the item's deadline has passed at `now` (`time.time()`)."""
+        return deadline_passed(self.deadline, now)
 
 
 @dataclass(frozen=True, slots=True)

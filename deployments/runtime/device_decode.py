@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from deployments.errors import CorruptImage, ServerError, VisionError
-from deployments.types import Geometry, Jpeg
+from deployments.items import Geometry, Jpeg
 
 logger = logging.getLogger("ray.serve")
 

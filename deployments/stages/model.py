@@ -13,12 +13,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
-from deployments.batching import ForwardQueue, chunks
-from deployments.inference import Runner, pick_device
+from deployments.flow.batching import ForwardQueue, chunks
+from deployments.items import Bundle, ItemError, ModelInfo, RawOutput, Sample
 from deployments.metrics import ModelMetrics
-from deployments.model_source import ModelSpec, Resolved
+from deployments.runtime.inference import Runner, pick_device
+from deployments.runtime.spec import ModelSpec, Resolved
 from deployments.tracing import Tracing
-from deployments.types import Bundle, ItemError, ModelInfo, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
 HEALTH_FORWARD_EVERY_S = 30.0

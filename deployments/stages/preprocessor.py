@@ -17,10 +17,10 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from deployments.errors import DeadlineExceeded, VisionError
-from deployments.imaging import DecodeLimits, Deferred, ResizeSpec, prepare
+from deployments.items import Bundle, Item, ItemError, Meta, Sample
 from deployments.metrics import StageMetrics
+from deployments.pixels.imaging import DecodeLimits, Deferred, ResizeSpec, prepare
 from deployments.tracing import Tracing
-from deployments.types import Bundle, Item, ItemError, Meta, Sample
 
 logger = logging.getLogger("ray.serve")
 
@@ -46,7 +46,7 @@ class Preprocessor:
 
     async def _one(self, item: Item) -> Sample | ItemError:
         start = time.perf_counter()
-        if item.deadline is not None and time.time() >= item.deadline:
+        if item.expired(time.time()):
             logger.info(
                 "request %s item %s: deadline passed before decoding", item.request_id, item.item_id
             )

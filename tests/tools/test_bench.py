@@ -47,7 +47,7 @@ from bench.stats import (
     weighted_mean_batch,
     with_join_tolerances,
 )
-from deployments.http import image_parts, parse_multipart
+from deployments.transports.http_io import image_parts, parse_multipart
 from tools.serve_process import set_path
 
 

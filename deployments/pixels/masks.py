@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from deployments.types import Geometry
+from deployments.items import Geometry
 
 NOT_SEEN = 255  # label-map value for displayed pixels outside the model's view (cropped away)
 

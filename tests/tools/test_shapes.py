@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageOps
 
-from deployments.masks import box_of
+from deployments.pixels.masks import box_of
 from shapes import CATEGORIES
 from shapes.generate import (
     MAX_ASPECT,
@@ -112,7 +112,7 @@ def test_label_map_agrees_with_boxes_and_pixels(
 
 
 def test_label_map_at_model_input_comes_back_through_to_source() -> None:
-    from deployments.masks import to_source
+    from deployments.pixels.masks import to_source
     from shapes.evaluate_offline import preprocess
     from shapes.evaluate_segmentation import class_iou, confusion
     from shapes.generate import label_map

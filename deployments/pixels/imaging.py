@@ -29,8 +29,8 @@ from deployments.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from deployments.geometry import plan, resized_size
-from deployments.types import Geometry, ImageInfo, Jpeg, ResizeMode
+from deployments.items import Geometry, ImageInfo, Jpeg, ResizeMode
+from deployments.pixels.geometry import plan, resized_size
 
 # Only these decoders ever see client bytes (Pillow would otherwise try every plugin it has).
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from deployments.types import Geometry, ResizeMode
+from deployments.items import Geometry, ResizeMode
 
 
 def plan_letterbox(width: int, height: int, input_width: int, input_height: int) -> Geometry:

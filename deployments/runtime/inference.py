@@ -3,7 +3,7 @@
 Pixels arrive as uint8 HWC; they are stacked per shape, moved to the device as uint8 (a quarter of
 the float bytes; on CUDA through a reused pinned buffer, asynchronously) and normalised there.
 JPEGs left compressed (a model's `gpu_decode`) are decoded and placed on the device first
-(`deployments.device_decode`); one that fails is its own error. The forward pass runs under the
+(`device_decode`); one that fails is its own error. The forward pass runs under the
 model's `precision` (autocast) and `channels_last` settings; what the task decodes is float32
 whatever the precision. A failure of a whole forward pass (out of memory, say) is retried on
 halves before any item is failed, and then only the item that still fails.
@@ -25,13 +25,14 @@ import torch
 from torch import nn
 
 from deployments import tasks
-from deployments.device_decode import decode_batch
 from deployments.errors import DeadlineExceeded, InferenceFailed, VisionError
-from deployments.geometry import plan_stretch
-from deployments.model_source import ModelLoadError, ModelSpec, Precision, Resolved, load
+from deployments.items import Geometry, ItemError, Jpeg, RawOutput, Sample
+from deployments.pixels.geometry import plan_stretch
+from deployments.runtime.device_decode import decode_batch
+from deployments.runtime.model_source import ModelLoadError, load
+from deployments.runtime.spec import ModelSpec, Precision, Resolved
 from deployments.tasks import Arrays, Task
 from deployments.tracing import OFF, Tracing
-from deployments.types import Geometry, ItemError, Jpeg, RawOutput, Sample
 
 logger = logging.getLogger("ray.serve")
 
@@ -175,8 +176,7 @@ class Runner:
         groups: dict[tuple[int, ...], list[int]] = {}
         now = time.time()
         for i, sample in enumerate(samples):
-            deadline = sample.meta.deadline
-            if deadline is not None and deadline <= now:
+            if sample.meta.expired(now):
                 results[i] = ItemError.from_exception(
                     sample.item_id,
                     DeadlineExceeded(

@@ -1,4 +1,5 @@
-"""Readiness of each served model, from the Serve controller's view of its deployment.
+"""Readiness: of each served model, from the Serve controller's view of its deployment, and of
+the whole service, watched in the background (`StageWatch`).
 
 A model is asked nothing here: a probe that called a Model every second would count as traffic
 and keep a scale-to-zero model from ever reaching zero. Serve's controller already knows whether
@@ -18,10 +19,15 @@ and the first one waits for the cold start (README: "Several models").
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+STAGES = ("preprocessor", "postprocessor")  # asked directly; models through Serve
+HEALTH_EVERY_S = 1.0  # how often the Ingress asks every stage whether it answers
+HEALTH_STALE_S = 5.0  # older than this, a probe asks the stages itself
+HEALTH_TIMEOUT_S = 10.0
 _AT_ZERO = {"HEALTHY": "scaled_to_zero", "UPSCALING": "waking", "DOWNSCALING": "scaled_to_zero"}
 
 
@@ -84,3 +90,54 @@ class Readiness:
     def states(self) -> dict[str, ModelState]:
         """The latest refresh's states (`unknown` before the first)."""
         return dict(self._states)
+
+
+class StageWatch:
+    """Whether the service is ready: every stage answers (`checks`, the Preprocessor's and the
+    Postprocessor's `ready`) and every model is ready by `Readiness`.
+
+    Probes are answered from the latest check, which a background task repeats every second: a
+    probe never waits on the stages, so it stays fast under load.
+    """
+
+    def __init__(
+        self, checks: Sequence[Callable[[], Awaitable[Any]]], readiness: Readiness
+    ) -> None:
+        self._checks = tuple(checks)
+        self._readiness = readiness
+        self._latest: tuple[float | None, str | None] = (None, None)  # (checked at, problem)
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def problem(self) -> str | None:
+        """None when the service is ready, else why not (transports format it)."""
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+        checked_at, problem = self._latest
+        if checked_at is None or time.monotonic() - checked_at > HEALTH_STALE_S:
+            problem = await self.check()  # no recent check: the probe waits for one
+        return problem
+
+    def states(self) -> dict[str, ModelState]:
+        """Every model's state at the latest check."""
+        return self._readiness.states()
+
+    async def _watch(self) -> None:
+        while True:
+            await self.check()
+            await asyncio.sleep(HEALTH_EVERY_S)
+
+    async def check(self) -> str | None:
+        """Ask the stages, and Serve for every model; None when all are ready, else what is
+        not. Remembered."""
+        checks = [check() for check in self._checks]
+        problem: str | None = None
+        try:
+            await asyncio.wait_for(asyncio.gather(*checks), timeout=HEALTH_TIMEOUT_S)
+            states = await asyncio.wait_for(self._readiness.refresh(), timeout=HEALTH_TIMEOUT_S)
+            waiting = {n: s.state for n, s in states.items() if not s.ready}
+            if waiting:
+                problem = f"models not ready: {waiting}"
+        except Exception as exc:  # noqa: BLE001 - any failure means not ready
+            problem = repr(exc)
+        self._latest = (time.monotonic(), problem)
+        return problem

@@ -17,10 +17,10 @@ from ray import serve
 
 from deployments import tasks
 from deployments.errors import JoinMismatch
+from deployments.items import Bundle, ItemError, Meta, RawOutput, Result, Sample
 from deployments.metrics import StageMetrics
 from deployments.tasks import Task
 from deployments.tracing import OFF, Tracing
-from deployments.types import Bundle, ItemError, Meta, RawOutput, Result, Sample
 
 logger = logging.getLogger("ray.serve")
 

@@ -1,7 +1,7 @@
 """The response schema of the HTTP API: one source for `/docs` and for what the bodies hold.
 
 Pydantic lives only here, at the edge; the bodies themselves are built from the frozen dataclasses
-in `deployments.types` (`Result.to_dict`, `ItemError.to_dict`) and checked against these models in
+in `deployments.items` (`Result.to_dict`, `ItemError.to_dict`) and checked against these models in
 the tests.
 """
 

@@ -1,0 +1,227 @@
+"""Ingress: the routes and RPCs of every transport, each delegating to its adapter.
+
+Serve binds HTTP routes and gRPC methods only to methods of the deployment class itself, so they
+are here, two to four lines each; what each protocol does lives in `deployments.transports`
+(`v1`, `oip_rest`, `oip_grpc`, `handle`), over one `Front` (the request wrapper, auth, errors)
+and one `Caller` (the request flow).
+"""
+
+import logging
+import os
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response
+from fastapi_offline import FastAPIOffline
+from ray import serve
+from ray.serve.grpc_util import RayServegRPCContext
+from ray.serve.handle import DeploymentHandle
+
+from deployments.flow.caller import Caller
+from deployments.flow.health import ModelState, Readiness, StageWatch
+from deployments.items import ItemError, ModelInfo, Result
+from deployments.tracing import Tracing
+from deployments.transports import auth
+from deployments.transports.base import Front, IngressSettings, ModelRoute
+from deployments.transports.handle import HandleApi
+from deployments.transports.oip_grpc import OipGrpc
+from deployments.transports.oip_rest import OipRest
+from deployments.transports.v1 import PREDICT_DOCS, V1Http
+
+__all__ = ["Ingress", "IngressSettings", "ModelRoute"]
+logger = logging.getLogger("ray.serve")
+
+# `/docs` and `/redoc` load Swagger UI and ReDoc from the installed `fastapi_offline` package,
+# served by this app under `/docs/static`: they work in a cluster without internet access.
+app = FastAPIOffline(
+    title="vision",
+    summary="Micro-batched image classification, detection and segmentation on Ray Serve",
+    version="1.0.0",
+    static_url="/docs/static",
+)
+
+
+@serve.deployment
+@serve.ingress(app)
+class Ingress:
+    def __init__(
+        self,
+        preprocessor: DeploymentHandle[Any],
+        models: dict[str, DeploymentHandle[Any]],
+        postprocessor: DeploymentHandle[Any],
+        settings: IngressSettings,
+    ) -> None:
+        caller = Caller(
+            preprocessor,
+            models,
+            postprocessor,
+            settings.bundles,
+            settings.poison,
+            tracing=Tracing.from_env("Ingress"),
+        )
+        readiness = Readiness(
+            preprocessor.app_name, {n: h.deployment_name for n, h in models.items()}, serve.status
+        )
+        stages = [h.options(method_name="ready").remote for h in (preprocessor, postprocessor)]
+        describers = {n: h.options(method_name="describe").remote for n, h in models.items()}
+        # Read once; the key itself is never logged or echoed. Unusable key settings raise
+        # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
+        api_key = auth.load_api_key(os.environ)
+        logger.info("API key %s", auth.describe(api_key))
+        front = Front(caller, settings, StageWatch(stages, readiness), describers, api_key)
+        self._front = front
+        self._handle = HandleApi(front)
+        self._v1 = V1Http(front)
+        self._rest = OipRest(front)
+        self._grpc = OipGrpc(front)
+
+    # --- Python handle API (transports.handle) ---------------------------------------------
+
+    async def predict(
+        self,
+        image: bytes,
+        *,
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        traceparent: str | None = None,
+        **options: int | float | str | None,
+    ) -> Result:
+        """One image -> its `Result`; a bad image raises the typed `VisionError` subclass.
+
+        `model` is a served model's name (the default model when None); `options` are its
+        task's (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...); `traceparent`
+        (W3C) makes the request's spans part of the caller's trace.
+        """
+        args = (model, request_id, timeout_s, traceparent, options)
+        return await self._handle.predict(image, *args)
+
+    async def predict_many(
+        self,
+        images: list[bytes],
+        *,
+        model: str | None = None,
+        request_id: str | None = None,
+        timeout_s: float | None = None,
+        traceparent: str | None = None,
+        **options: int | float | str | None,
+    ) -> list[Result | ItemError]:
+        """Several images -> one `Result` or `ItemError` each, in input order."""
+        args = (model, request_id, timeout_s, traceparent, options)
+        return await self._handle.predict_many(images, *args)
+
+    async def readiness(self) -> str | None:
+        """None when the service is ready, else why not (from the latest background check)."""
+        return await self._front.readiness()
+
+    async def model_state(self, name: str) -> ModelState:
+        """One model's latest readiness (`UnknownModel` for a name not served)."""
+        return await self._front.model_state(name)
+
+    async def describe(self, model: str | None = None) -> ModelInfo:
+        """What the named model's replica reports about itself (it starts one if at zero)."""
+        return await self._front.describe(model)
+
+    # --- HTTP /v1 (transports.v1) ------------------------------------------------------------
+
+    @app.post(
+        "/v1/predict",
+        **PREDICT_DOCS,
+        summary="Classify, detect or segment one image (raw body) or several (multipart)",
+    )
+    async def predict_http(self, request: Request) -> Response:
+        return await self._v1.predict(request, None)
+
+    @app.post(
+        "/v1/models/{name}/predict",
+        **PREDICT_DOCS,
+        summary="The same, by the named model (`models:` in serve_config.yaml)",
+    )
+    async def predict_model_http(self, name: str, request: Request) -> Response:
+        return await self._v1.predict(request, name)
+
+    @app.get("/v1/health/live", summary="200 while this Ingress answers; asks no other stage")
+    async def live(self) -> Response:
+        return self._v1.live()
+
+    @app.get(
+        "/v1/health/ready",
+        summary="200 when every stage answered lately and every model is ready (or at zero)",
+    )
+    async def ready_http(self) -> Response:
+        return await self._v1.ready()
+
+    @app.get("/v1/health", summary="The same as /v1/health/ready (kept for existing probes)")
+    async def health(self) -> Response:
+        return await self._v1.ready()
+
+    @app.get("/v1/model", summary="The default model: task, labels, input size and batching")
+    async def model_info(self, request: Request) -> Response:
+        return await self._v1.model_info(request, None)
+
+    @app.get("/v1/models", summary="Every served model: name, task and readiness")
+    async def models_http(self, request: Request) -> Response:
+        return await self._v1.models(request)
+
+    @app.get("/v1/models/{name}", summary="One model: task, labels, input size and batching")
+    async def named_model_info(self, name: str, request: Request) -> Response:
+        return await self._v1.model_info(request, name)
+
+    @app.get("/v1/models/{name}/ready", summary="200 when the model is ready (or at zero)")
+    async def model_ready_http(self, name: str) -> Response:
+        return await self._v1.model_ready(name)
+
+    # --- Open Inference Protocol over REST (transports.oip_rest) -------------------------------
+
+    @app.get("/v2", summary="OIP server metadata: name, version, extensions")
+    async def oip_server_metadata(self, request: Request) -> Response:
+        return await self._rest.server_metadata(request)
+
+    @app.get("/v2/health/live", summary="OIP liveness: 200 while the Ingress answers")
+    async def oip_live(self) -> Response:
+        return self._rest.live()
+
+    @app.get("/v2/health/ready", summary="OIP readiness: 200 when every stage answers, else 503")
+    async def oip_ready(self) -> Response:
+        return await self._rest.ready()
+
+    @app.get("/v2/models/{name}", summary="OIP model metadata: inputs and outputs")
+    @app.get("/v2/models/{name}/versions/{version}", summary="OIP model metadata")
+    async def oip_model_metadata(
+        self, request: Request, name: str, version: str | None = None
+    ) -> Response:
+        return await self._rest.model_metadata(request, name, version)
+
+    @app.get("/v2/models/{name}/ready", summary="OIP model readiness: 200 when it can infer")
+    @app.get("/v2/models/{name}/versions/{version}/ready", summary="OIP model readiness")
+    async def oip_model_ready(self, name: str, version: str | None = None) -> Response:
+        return await self._rest.model_ready(name, version)
+
+    @app.post(
+        "/v2/models/{name}/infer",
+        summary="OIP inference: encoded images as the BYTES input 'image' (README: Open "
+        "Inference Protocol)",
+    )
+    @app.post("/v2/models/{name}/versions/{version}/infer", summary="OIP inference")
+    async def oip_infer(self, request: Request, name: str, version: str | None = None) -> Response:
+        return await self._rest.infer(request, name, version)
+
+    # --- Open Inference Protocol over gRPC (transports.oip_grpc): one method per RPC ---------
+
+    async def ServerLive(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return self._grpc.server_live()
+
+    async def ServerReady(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.server_ready()
+
+    async def ModelReady(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.model_ready(request, grpc_context)
+
+    async def ServerMetadata(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.server_metadata(grpc_context)
+
+    async def ModelMetadata(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.model_metadata(request, grpc_context)
+
+    async def ModelInfer(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.infer(request, grpc_context)

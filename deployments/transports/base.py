@@ -1,0 +1,157 @@
+"""What every transport shares: the settings, the one request wrapper and auth.
+
+A transport (`v1`, `oip_rest`, `oip_grpc`, `handle`) parses what it receives into `Item`s for the
+one `Caller` and formats what comes back in its own shape. The rest of a request is written here
+once: the body reservation, the deadline, auth, the `VisionError` / disconnect / failure ladder
+and the release (`Front.guarded`). The headers an HTTP error response adds are
+`http_io.error_headers`, for both HTTP transports.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from starlette.requests import ClientDisconnect
+
+from deployments import tasks
+from deployments.errors import BadRequest, Unauthorized, UnknownModel, VisionError
+from deployments.flow.caller import BundleSettings, Caller, PoisonSettings
+from deployments.flow.health import ModelState, StageWatch
+from deployments.items import Item, ModelInfo, Options, new_item_id
+from deployments.transports.auth import authorized
+from deployments.transports.http_io import BodyBudget, Reservation, deadline_from
+
+logger = logging.getLogger("ray.serve")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    """What the Ingress knows of one served model: enough to validate a request for it."""
+
+    task: str  # a name in deployments.tasks.REGISTRY: it validates the options
+    model_name: str = ""  # the served model's name: the one /v2/models/{name} routes
+    max_candidates: int = 100  # what the Model keeps per image (classification's max_top_k)
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSettings:
+    models: dict[str, ModelRoute]  # by served name (`models:` in serve_config.yaml)
+    default_model: str  # what /v1/predict and the handle API run when no model is named
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_image_bytes: int = 20 * 1024 * 1024  # one multipart part's data
+    max_images_per_request: int = 64  # multipart parts of any name
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024  # all bodies this replica holds at once
+    retry_after_s: int = 1
+    request_timeout_s: float = 30.0  # default deadline when a request states none
+    max_request_timeout_s: float = 120.0  # a request may ask for more; it gets this
+    bundles: BundleSettings = field(default_factory=BundleSettings)
+    poison: PoisonSettings = field(default_factory=PoisonSettings)
+
+
+class Front:
+    """One Ingress replica's shared state and the steps every transport takes with a request."""
+
+    def __init__(
+        self,
+        caller: Caller,
+        settings: IngressSettings,
+        health: StageWatch,
+        describers: Mapping[str, Callable[[], Awaitable[ModelInfo]]],
+        api_key: str | None,
+    ) -> None:
+        self.caller = caller
+        self.settings = settings
+        self.health = health
+        self.budget = BodyBudget(settings.max_body_bytes_in_flight)
+        self.tasks = {n: tasks.get(r.task) for n, r in settings.models.items()}
+        self._describers = dict(describers)
+        self._api_key = api_key  # never logged or echoed
+
+    async def guarded(
+        self,
+        request_id: str,
+        work: Callable[[Reservation], Awaitable[R]],
+        error: Callable[[VisionError], R],
+        failed: VisionError,
+        gone: str = "the client disconnected before sending the whole body",
+    ) -> R:
+        """`work` with a body reservation that is released once it has answered; a
+        `VisionError` (a client's mistake, or a 503 from the body budget), a client that left
+        mid-body (400, `gone`) or any other failure (logged; `failed`) becomes `error(...)`."""
+        reservation = self.budget.reservation()
+        try:
+            return await work(reservation)
+        except VisionError as exc:
+            return error(exc)
+        except ClientDisconnect:
+            logger.info("request %s: the client left before its body arrived", request_id)
+            return error(BadRequest(gone))
+        except Exception:
+            logger.exception("request %s failed", request_id)
+            return error(failed)
+        finally:
+            reservation.release()
+
+    def authorize(self, credential: str | None, how: str = "'Authorization: Bearer <key>'") -> None:
+        """`Unauthorized` (401) unless auth is off or `credential` carries the API key; `how`
+        tells the client where this transport expects it."""
+        if self._api_key and not authorized(credential, self._api_key):
+            raise Unauthorized(f"a valid API key is required: send {how}")
+
+    def model_named(self, name: str | None) -> str:
+        """A served model's name (the default for None); `UnknownModel` (404) for any other."""
+        if name is None:
+            return self.settings.default_model
+        if name not in self.settings.models:
+            served = ", ".join(sorted(self.settings.models))
+            raise UnknownModel(f"no model is served as {name[:100]!r}; served: {served}")
+        return name
+
+    def deadline(self, timeout_s: str | float | None, name: str = "timeout_s") -> float:
+        """The deadline for a timeout a caller sent as `name` (None: the configured default)."""
+        settings = self.settings
+        return deadline_from(
+            timeout_s,
+            settings.request_timeout_s,
+            time.time(),
+            settings.max_request_timeout_s,
+            name=name,
+        )
+
+    def options(
+        self,
+        model: str,
+        given: Mapping[str, int | float | str | None] | Sequence[tuple[str, str | int | float]],
+    ) -> Options:
+        route = self.settings.models[model]
+        return tasks.parse_options(given, self.tasks[model], route.max_candidates)
+
+    @staticmethod
+    def item(data: bytes, options: Options, request_id: str, deadline: float, model: str) -> Item:
+        return Item(
+            item_id=new_item_id(),
+            request_id=request_id,
+            data=data,
+            options=options,
+            deadline=deadline,
+            model=model,
+        )
+
+    async def readiness(self) -> str | None:
+        """None when every stage and model is ready, else why not."""
+        return await self.health.problem()
+
+    async def model_state(self, name: str) -> ModelState:
+        """One model's latest readiness (`UnknownModel` for a name not served)."""
+        name = self.model_named(name)
+        await self.health.problem()  # a fresh check when none ran lately
+        return self.health.states()[name]
+
+    async def describe(self, model: str | None = None) -> ModelInfo:
+        """What the named model's replica reports about itself (it starts one if at zero)."""
+        return await self._describers[self.model_named(model)]()

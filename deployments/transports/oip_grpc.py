@@ -1,0 +1,236 @@
+"""The Open Inference Protocol over gRPC: `GRPCInferenceService`'s messages in and out.
+
+Serve's proxy calls the Ingress method named after the RPC (serve_config.yaml `grpc_options`); each
+delegates here. Errors are the gRPC status matching `/v1`'s HTTP status, the message as details
+and the error code as the trailing metadata `vision-error-code`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+
+from deployments.errors import BadRequest, PayloadTooLarge, ServerError, VisionError
+from deployments.items import new_item_id
+from deployments.tracing import carrier
+from deployments.transports.http_io import Reservation
+from deployments.transports.oip_rest import version
+from deployments.transports.oip_tensors import (
+    VERSION,
+    InferRequest,
+    Limits,
+    OipFlow,
+    RequestedOutput,
+    Tensor,
+    check_input,
+    collect_options,
+    image_count,
+    model_metadata,
+    server_metadata,
+    split_bytes_elements,
+    timeout_param,
+)
+
+# How the client must send the API key over gRPC.
+_AUTH_HINT = "the metadata 'authorization: Bearer <key>'"
+
+
+def pb() -> Any:
+    """The generated OIP messages, imported on first use: tritonclient's gRPC modules register
+    the same `inference.*` names in protobuf's default pool, so a process that imports this module
+    with them (a test) must not also load ours."""
+    from deployments.oip_proto import grpc_predict_v2_pb2
+
+    return grpc_predict_v2_pb2
+
+
+GRPC_CODES = {
+    400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
+    404: "NOT_FOUND",
+    408: "DEADLINE_EXCEEDED",
+    413: "RESOURCE_EXHAUSTED",
+    415: "INVALID_ARGUMENT",
+    422: "INVALID_ARGUMENT",
+    500: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_code(status: int) -> str:
+    """The gRPC status code name for one of our HTTP statuses."""
+    return GRPC_CODES.get(status, "INTERNAL" if status >= 500 else "INVALID_ARGUMENT")
+
+
+class OipGrpc(OipFlow):
+    """The RPCs' work; the Ingress has one method per RPC that delegates here."""
+
+    @staticmethod
+    def error(context: Any, exc: VisionError, empty: Any) -> Any:
+        """The RPC's status from the error's HTTP status, its message as details; `empty`
+        returned."""
+        context.set_code(getattr(grpc.StatusCode, grpc_code(exc.status)))
+        context.set_details(exc.message)
+        context.set_trailing_metadata([("vision-error-code", exc.code)])
+        return empty
+
+    def _authorize(self, context: Any) -> None:
+        metadata = dict(context.invocation_metadata())
+        self._front.authorize(metadata.get("authorization"), _AUTH_HINT)
+
+    @staticmethod
+    def server_live() -> Any:
+        return pb().ServerLiveResponse(live=True)
+
+    async def server_ready(self) -> Any:
+        return pb().ServerReadyResponse(ready=await self._ready(None))
+
+    async def model_ready(self, request: Any, context: Any) -> Any:
+        try:
+            self._check_model(request.name, request.version)
+        except VisionError as exc:
+            return self.error(context, exc, pb().ModelReadyResponse())
+        return pb().ModelReadyResponse(ready=await self._ready(request.name))
+
+    async def server_metadata(self, context: Any) -> Any:
+        try:
+            self._authorize(context)
+        except VisionError as exc:
+            return self.error(context, exc, pb().ServerMetadataResponse())
+        return pb().ServerMetadataResponse(**server_metadata(version()))
+
+    async def model_metadata(self, request: Any, context: Any) -> Any:
+        messages = pb()
+        try:
+            self._authorize(context)
+            self._check_model(request.name, request.version)
+        except VisionError as exc:
+            return self.error(context, exc, messages.ModelMetadataResponse())
+        meta = model_metadata(request.name, self._front.tasks[request.name])
+        tensor = messages.ModelMetadataResponse.TensorMetadata
+        return messages.ModelMetadataResponse(
+            name=meta["name"],
+            versions=meta["versions"],
+            platform=meta["platform"],
+            inputs=[tensor(**t) for t in meta["inputs"]],
+            outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    async def infer(self, request: Any, context: Any) -> Any:
+        messages = pb()
+        request_id = context.request_id() or new_item_id()
+
+        async def work(reservation: Reservation) -> Any:
+            self._authorize(context)
+            self._check_model(request.model_name, request.model_version)
+            reservation.ensure(request.ByteSize())  # already in memory; counted as /v1 bodies are
+            deadline = self._front.deadline(None)
+            parsed = parse_grpc(request, self._limits)
+            trace = carrier(dict(context.invocation_metadata()))
+            tensors, parameters = await self._infer(
+                request.model_name, parsed, deadline, request_id, trace
+            )
+            return grpc_response(messages, request.model_name, parsed, tensors, parameters)
+
+        return await self._front.guarded(
+            request_id,
+            work,
+            lambda exc: self.error(context, exc, messages.ModelInferResponse()),
+            ServerError("the service failed on this request; logged"),
+        )
+
+
+def parameter_value(parameter: Any) -> bool | int | float | str | None:
+    """An `InferParameter` message's value, whichever of its fields is set."""
+    which = parameter.WhichOneof("parameter_choice")
+    return None if which is None else getattr(parameter, which)
+
+
+def _parameters(message_map: Any) -> dict[str, Any]:
+    return {key: parameter_value(value) for key, value in message_map.items()}
+
+
+def parse_grpc(request: Any, limits: Limits) -> InferRequest:
+    """A `ModelInferRequest` message -> `InferRequest`; 400/413 when bad."""
+    size = request.ByteSize()
+    if size > limits.max_body_bytes:
+        raise PayloadTooLarge(
+            f"the request is {size} bytes; the limit is {limits.max_body_bytes} bytes"
+        )
+    inputs = request.inputs
+    check_input(inputs[0].name if inputs else "", inputs[0].datatype if inputs else "", len(inputs))
+    first: Any = inputs[0]
+    count = image_count(list(first.shape), limits)
+    raw = request.raw_input_contents
+    if len(raw):
+        if len(raw) != len(inputs):
+            raise BadRequest(
+                f"raw_input_contents has {len(raw)} entries for {len(inputs)} input(s)"
+            )
+        images = split_bytes_elements(raw[0], count, limits)
+    else:
+        elements = first.contents.bytes_contents
+        if len(elements) != count:
+            raise BadRequest(
+                f"input 'image' has shape for {count} image(s) but {len(elements)} elements"
+            )
+        for i, element in enumerate(elements):
+            if len(element) > limits.max_image_bytes:
+                raise PayloadTooLarge(
+                    f"image {i} is {len(element)} bytes; the limit is {limits.max_image_bytes} "
+                    "(max_image_bytes)"
+                )
+        images = [bytes(e) for e in elements]
+    parameters = _parameters(request.parameters)
+    options: list[tuple[str, str | int | float]] = []
+    collect_options(parameters, "request", options)
+    collect_options(_parameters(first.parameters), "input 'image'", options)
+    outputs = []
+    for requested in request.outputs:
+        unknown = sorted(set(requested.parameters) - {"binary_data"})
+        if unknown:
+            raise BadRequest(
+                f"output {requested.name!r} has parameter(s) {unknown}; only binary_data is "
+                "supported (classification results are the top_k option)"
+            )
+        outputs.append(RequestedOutput(requested.name))
+    return InferRequest(
+        id=request.id,
+        images=tuple(images),
+        options=tuple(options),
+        outputs=tuple(outputs),
+        timeout_s=timeout_param(parameters),
+    )
+
+
+def set_parameter(parameter: Any, value: bool | int | float | str) -> None:
+    """Fill an `InferParameter` message from a Python value."""
+    if isinstance(value, bool):
+        parameter.bool_param = value
+    elif isinstance(value, int):
+        parameter.int64_param = value
+    elif isinstance(value, float):
+        parameter.double_param = value
+    else:
+        parameter.string_param = str(value)
+
+
+def grpc_response(
+    pb: Any,
+    model: str,
+    request: InferRequest,
+    tensors: Sequence[Tensor],
+    parameters: Mapping[str, Any],
+) -> Any:
+    """The `ModelInferResponse` (`pb` is the generated module): every output's data in
+    `raw_output_contents`, as Triton answers and tritonclient reads."""
+    response = pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request.id)
+    for key, value in parameters.items():
+        set_parameter(response.parameters[key], value)
+    for tensor in tensors:
+        response.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+        response.raw_output_contents.append(tensor.raw())
+    return response
