@@ -68,6 +68,16 @@ class UnknownModel(ClientError):
     code = "unknown_model"
 
 
+class NoSuchRoute(ClientError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(ClientError):
+    status = 405
+    code = "method_not_allowed"
+
+
 class RequestTimeout(ClientError):
     status = 408
     code = "request_timeout"

@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 from ray import serve
 from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
+from starlette.exceptions import HTTPException
 
 from deployments.flow.caller import Caller
 from deployments.flow.health import ModelState, Readiness, StageWatch
@@ -26,6 +27,7 @@ from deployments.transports.base import Front, IngressSettings, ModelRoute
 from deployments.transports.handle import HandleApi
 from deployments.transports.oip_grpc import OipGrpc
 from deployments.transports.oip_rest import OipRest
+from deployments.transports.routes import unknown_route
 from deployments.transports.v1 import PREDICT_DOCS, V1Http
 
 __all__ = ["Ingress", "IngressSettings", "ModelRoute"]
@@ -39,6 +41,7 @@ app = FastAPIOffline(
     version="1.0.0",
     static_url="/docs/static",
 )
+app.add_exception_handler(HTTPException, unknown_route)
 
 
 @serve.deployment

@@ -3,16 +3,32 @@
 Serve's proxy calls the Ingress method named after the RPC (serve_config.yaml `grpc_options`); each
 delegates here. Errors are the gRPC status matching `/v1`'s HTTP status, the message as details
 and the error code as the trailing metadata `vision-error-code`.
+
+The RPC's own deadline (`grpc-timeout`, what a client sets with `timeout=`) bounds the request as
+`x-request-timeout-seconds` does on HTTP; Triton's `timeout` parameter can only tighten it.
+Serve 2.58 hands the Ingress a copy of the call's context that keeps its metadata but not its
+deadline, so `capture_rpc_deadlines` (run when this module is imported, in the Ingress replica)
+notes the deadline on that copy when it is made. On the HAProxy edge (serve.env) the Ingress
+replica's own gRPC server makes it; behind Serve's Python proxy the proxy makes it in its own
+process, the deadline is not seen there, and the configured default applies.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
+from ray.serve.grpc_util import RayServegRPCContext
 
-from deployments.errors import BadRequest, PayloadTooLarge, ServerError, VisionError
+from deployments.errors import (
+    BadRequest,
+    DeadlineExceeded,
+    PayloadTooLarge,
+    ServerError,
+    VisionError,
+)
 from deployments.items import new_item_id
 from deployments.tracing import carrier
 from deployments.transports.http_io import Reservation
@@ -44,6 +60,47 @@ def pb() -> Any:
     from deployments.oip_proto import grpc_predict_v2_pb2
 
     return grpc_predict_v2_pb2
+
+
+# The attribute `capture_rpc_deadlines` sets on Serve's context: the RPC's deadline, time.time().
+RPC_DEADLINE = "vision_rpc_deadline"
+# grpc reports a call without a deadline as None or as a remaining time of about 2**63 ns.
+_NO_DEADLINE_S = 1e9
+
+
+def capture_rpc_deadlines() -> None:
+    """Have Serve's gRPC context keep the RPC's deadline (see the module's docstring). Idempotent;
+    if a later Serve's context cannot be wrapped so, calls fall back to the configured default."""
+    original = RayServegRPCContext.__init__
+    if getattr(original, "keeps_rpc_deadline", False):
+        return
+
+    def __init__(self: Any, grpc_context: Any) -> None:
+        original(self, grpc_context)
+        try:
+            remaining = grpc_context.time_remaining()
+        except Exception:  # noqa: BLE001 - no deadline to keep, not a failed call
+            remaining = None
+        if remaining is not None and remaining < _NO_DEADLINE_S:
+            setattr(self, RPC_DEADLINE, time.time() + remaining)
+
+    __init__.keeps_rpc_deadline = True  # type: ignore[attr-defined]
+    RayServegRPCContext.__init__ = __init__  # type: ignore[method-assign]
+
+
+capture_rpc_deadlines()
+
+
+def rpc_timeout_s(context: Any, now: float) -> float | None:
+    """Seconds left of the RPC's deadline (None: it has none, or it was not seen); 504 when it
+    has already passed."""
+    deadline = getattr(context, RPC_DEADLINE, None)
+    if deadline is None:
+        return None
+    left = float(deadline) - now
+    if left <= 0:
+        raise DeadlineExceeded("the RPC's deadline passed before the request was read")
+    return left
 
 
 GRPC_CODES = {
@@ -127,7 +184,7 @@ class OipGrpc(OipFlow):
             self._authorize(context)
             self._check_model(request.model_name, request.model_version)
             reservation.ensure(request.ByteSize())  # already in memory; counted as /v1 bodies are
-            deadline = self._front.deadline(None)
+            deadline = self._front.deadline(rpc_timeout_s(context, time.time()), "the RPC deadline")
             parsed = parse_grpc(request, self._limits)
             trace = carrier(dict(context.invocation_metadata()))
             tensors, parameters = await self._infer(

@@ -309,3 +309,45 @@ def test_python_handle_many_keeps_order_and_isolates_errors() -> None:
     assert isinstance(out[0], Result) and isinstance(out[2], Result)
     assert [_typed_top(out[0]), _typed_top(out[2])] == alone
     assert out[1].code == "corrupt_image" and out[1].status == 422
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/v1/nowhere", 404, "not_found"),
+        ("GET", "/nowhere", 404, "not_found"),
+        ("GET", "/v1/predict", 405, "method_not_allowed"),
+        ("DELETE", "/v1/models", 405, "method_not_allowed"),
+    ],
+)
+def test_unknown_routes_and_methods_answer_in_the_v1_error_shape(
+    method: str, path: str, status: int, code: str
+) -> None:
+    r = httpx.request(method, f"{BASE_URL}{path}", headers={"x-request-id": "lost-1"})
+    assert r.status_code == status, r.text
+    assert r.json() == {
+        "error": {"code": code, "message": r.json()["error"]["message"]},
+        "request_id": "lost-1",
+    }
+    assert path in r.json()["error"]["message"]
+    if status == 405:
+        assert "POST" in r.headers["allow"] or "GET" in r.headers["allow"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/v2/nowhere", 404),
+        ("GET", "/v2/models/the-model/config", 404),
+        ("POST", "/v2/repository/index", 404),
+        ("GET", "/v2/models/the-model/infer", 405),
+    ],
+)
+def test_unknown_oip_routes_answer_in_the_oip_error_shape(
+    method: str, path: str, status: int
+) -> None:
+    r = httpx.request(method, f"{BASE_URL}{path}")
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert list(body) == ["error"] and isinstance(body["error"], str), body
+    assert path in body["error"]

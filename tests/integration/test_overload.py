@@ -10,11 +10,12 @@ import uuid
 from typing import Any
 
 import httpx
+import numpy as np
 import ray
 
 from tests import images
 from tests.fixtures.models import CONTROLLED_ECHO, GATE_NAMESPACE, Gate, colour_in
-from tests.serving import BASE_URL, app_config, deploy, wait_until
+from tests.serving import BASE_URL, GRPC_ADDRESS, ONE_MODEL, app_config, deploy, wait_until
 
 # Long enough that a 503 which waited for the deadline instead of shedding is told apart from a
 # prompt one by a bound a loaded 2-core machine always meets.
@@ -125,6 +126,66 @@ def test_deadline_gives_504_and_expired_items_never_reach_the_model(echo_control
         seen = [tuple(c) for _, batch in ray.get(gate.seen.remote()) for c in batch]
         assert held in seen and late not in seen
     finally:
+        ray.kill(gate)
+
+
+def test_the_rpc_deadline_bounds_a_grpc_infer_and_its_item_never_reaches_the_model(
+    echo_control: Any,
+) -> None:
+    """gRPC's own deadline (`client_timeout`), not the configured 30 s default, bounds the
+    request: the service answers DEADLINE_EXCEEDED itself, just before the client would give up,
+    and the expired image is dropped unseen once the model runs again."""
+    import tritonclient.grpc as grpcclient
+    from tritonclient.utils import InferenceServerException
+
+    gate_name = f"gate-{uuid.uuid4().hex[:8]}"
+    gate = Gate.options(name=gate_name, namespace=GATE_NAMESPACE, lifetime="detached").remote()
+    client = grpcclient.InferenceServerClient(GRPC_ADDRESS)
+    try:
+        deploy(_small_queues())
+        ray.get(echo_control.set.remote(gate=gate_name))
+        held, late = (11, 22, 33), (210, 110, 55)
+        body = images.solid_png(late)
+        tensor = grpcclient.InferInput("image", [1], "BYTES")
+        tensor.set_data_from_numpy(np.array([body], dtype=np.object_))
+
+        async def scenario() -> tuple[httpx.Response, Exception | None, float]:
+            async with httpx.AsyncClient(base_url=BASE_URL, timeout=60) as http:
+                first = asyncio.create_task(
+                    http.post(
+                        "/v1/predict",
+                        content=images.solid_png(held),
+                        headers={"content-type": "image/png"},
+                    )
+                )
+                await asyncio.to_thread(
+                    wait_until, lambda: ray.get(gate.seen.remote()), 60, "the first batch"
+                )
+
+                def infer() -> tuple[Exception | None, float]:
+                    start = time.monotonic()
+                    try:
+                        client.infer(ONE_MODEL, [tensor], client_timeout=2.0)
+                    except InferenceServerException as exc:
+                        return exc, time.monotonic() - start
+                    return None, time.monotonic() - start
+
+                error, seconds = await asyncio.to_thread(infer)
+                ray.get(gate.open.remote())
+                return await first, error, seconds
+
+        first, error, seconds = asyncio.run(scenario())
+        assert error is not None, "the gRPC infer was answered although the model was held"
+        assert error.status() == "StatusCode.DEADLINE_EXCEEDED", error
+        # The service's own answer (its message), not the client's timer running out.
+        assert "deadline passed" in str(error.message()), error
+        assert seconds < 10, f"the DEADLINE_EXCEEDED took {seconds:.1f} s"
+        assert first.status_code == 200 and colour_in(first.json()["predictions"]) == held
+        # Once the gate opened the model ran again, but never on the expired image.
+        seen = [tuple(c) for _, batch in ray.get(gate.seen.remote()) for c in batch]
+        assert held in seen and late not in seen
+    finally:
+        client.close()
         ray.kill(gate)
 
 
