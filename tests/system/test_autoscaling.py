@@ -162,6 +162,11 @@ def _config() -> dict[str, Any]:
             },
         },
     )
+    # One proxy, on the head. The fake nodes share one machine and one address, so a proxy per
+    # node would share port 8000 (SO_REUSEPORT) and a lost node would take the requests its
+    # proxy held: on a real cluster that is the loss of an edge (README, "Failures a client can
+    # see"), not of the Model replica this test loses.
+    config["proxy_location"] = "HeadOnly"
     app = config["applications"][0]
     app["args"]["models"].append({"name": SECOND, "model": {"name": ECHO, "weights": "none"}})
     app["deployments"].insert(
