@@ -49,6 +49,17 @@ def main(source: Path, target: Path) -> None:
             color="tab:orange",
             label=f"load: {data.get('requests', '?')} requests, all answered",
         )
+    if "node_lost" in marks:
+        ax.axvline(marks["node_lost"], color="tab:red", linewidth=1.2, label="a GPU node lost")
+        if "node_recovered" in marks:
+            ax.axvspan(
+                marks["node_lost"],
+                marks["node_recovered"],
+                alpha=0.12,
+                color="tab:red",
+                label=f"Model back on live nodes "
+                f"({marks['node_recovered'] - marks['node_lost']:.0f} s)",
+            )
     ax.set_xlabel("seconds since the test started")
     ax.set_ylabel("count")
     ax.set_yticks(

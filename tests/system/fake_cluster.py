@@ -113,8 +113,20 @@ class FakeAutoscalingCluster:
         if current.is_file() and current.read_text().strip() == self.address:
             current.unlink()
 
+    def lose_node(self, node_id: str) -> int:
+        """SIGKILL a worker node's raylet and agents, as a machine that vanishes: no drain, no
+        goodbye to the GCS. Its workers exit once their raylet is gone. Returns how many
+        processes were killed."""
+        killed = 0
+        for flag in (f"--node_id={node_id}", f"--node-id={node_id}"):
+            for pid in _session_pids(self.session_name, also=flag):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+        return killed
 
-def _session_pids(session_name: str) -> list[int]:
+
+def _session_pids(session_name: str, also: str = "") -> list[int]:
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -123,7 +135,7 @@ def _session_pids(session_name: str) -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if session_name.encode() in cmdline:
+        if session_name.encode() in cmdline and also.encode() in cmdline:
             pids.append(int(proc.name))
     return pids
 

@@ -1,6 +1,7 @@
 """Autoscaling, proven locally, on one cluster timeline: a second model wakes from zero onto a
 new GPU node, then under load the default Model scales out and the autoscaler adds GPU nodes for
-it; every request is answered and joined right, and afterwards replicas and nodes scale back.
+it; then a GPU node that hosts a Model replica is lost under that load; every request is
+answered and joined right, and afterwards replicas and nodes scale back.
 
 Runs Ray's fake multi-node provider: a head without GPUs and a node type declaring one logical
 GPU, minimum 0. The timeline (replicas and nodes per half second) is written as JSON for
@@ -115,6 +116,18 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def _model_replica_nodes() -> list[str]:
+    """The node of each live replica of the default Model, from the GCS's actor table (the
+    state API would need the dashboard, which this cluster runs without)."""
+    from ray._private import state
+
+    return [
+        a["Address"]["NodeID"]
+        for a in state.actors().values()
+        if a["State"] == "ALIVE" and "#Model#" in a["Name"]
+    ]
+
+
 def _running(status: Any, deployment: str) -> int:
     d = status.deployments.get(deployment) if status else None
     return int((d.replica_states or {}).get("RUNNING", 0)) if d else 0
@@ -149,6 +162,11 @@ def _config() -> dict[str, Any]:
             },
         },
     )
+    # One proxy, on the head. The fake nodes share one machine and one address, so a proxy per
+    # node would share port 8000 (SO_REUSEPORT) and a lost node would take the requests its
+    # proxy held: on a real cluster that is the loss of an edge (README, "Failures a client can
+    # see"), not of the Model replica this test loses.
+    config["proxy_location"] = "HeadOnly"
     app = config["applications"][0]
     app["args"]["models"].append({"name": SECOND, "model": {"name": ECHO, "weights": "none"}})
     app["deployments"].insert(
@@ -248,12 +266,37 @@ def test_models_scale_from_zero_and_out_onto_new_gpu_nodes_and_back(
             wait_until(
                 lambda: len(answers) >= 100, 120, "load on the scaled-out Model", every_s=0.5
             )
+
+            # 3. Under the same load, a GPU node that hosts a Model replica is lost: its raylet
+            # and agents SIGKILLed, a machine that vanishes. Every request is still answered
+            # (the Ingress resends what the lost replica held), and the Model is back to its
+            # replicas, on nodes that are alive, while the load runs on.
+            victim = _model_replica_nodes()[0]
+            timeline.mark("node_lost")
+            lost_at = time.monotonic()
+            assert cluster.lose_node(victim) > 0, "no process of the node to lose"
+            wait_until(
+                lambda: (
+                    victim not in _model_replica_nodes()
+                    and len(_model_replica_nodes()) == MAX_MODEL_REPLICAS
+                    and timeline.latest()["model_replicas"] == MAX_MODEL_REPLICAS
+                ),
+                180,
+                f"the Model's replicas back on live nodes ({timeline.latest()})",
+                every_s=0.5,
+            )
+            recovered_s = time.monotonic() - lost_at
+            timeline.mark("node_recovered")
+            answered = len(answers)
+            wait_until(
+                lambda: len(answers) >= answered + 50, 120, "load after the node loss", every_s=0.5
+            )
         finally:
             stop.set()
             driver.join(120)
         timeline.mark("load_end")
 
-        # 3. Both scale back: the default Model to its one replica, the second to zero, and the
+        # 4. Both scale back: the default Model to its one replica, the second to zero, and the
         # autoscaler removes every GPU node but the default Model's.
         wait_until(
             lambda: timeline.at(model_replicas=1, second_replicas=0, gpu_nodes=1),
@@ -278,4 +321,7 @@ def test_models_scale_from_zero_and_out_onto_new_gpu_nodes_and_back(
     )
     assert timeline.most("model_replicas") == MAX_MODEL_REPLICAS
     assert timeline.most("second_replicas") == 1
-    print(f"cold start onto a new (fake) GPU node: {cold_s:.1f} s; marks {timeline.marks}")
+    print(
+        f"cold start onto a new (fake) GPU node: {cold_s:.1f} s; a lost node's Model replica "
+        f"back on a live node {recovered_s:.1f} s after the loss; marks {timeline.marks}"
+    )
