@@ -438,7 +438,7 @@ def _print_round(r: dict[str, Any]) -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Time the first request to a model at zero replicas, and the warm ones after."
     )
@@ -473,22 +473,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--label", help="results name (default cold_start-cpu-<N>core)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     args = parser.parse_args(argv)
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the service, time `--rounds` cold starts (each followed by warm requests), write the
+    JSON and the Markdown table."""
     from shapes.generate import generate  # imported late: it pulls in numpy and Pillow
 
+    args = parse_args(argv)
     started = time.perf_counter()
     label = args.label or f"cold_start-cpu-{os.cpu_count()}core"
     overrides = parse_overrides(args.set)
     base = load_config(args.config)
     config = cold_start_config(base, args.port, args.model, args.downscale_delay_s, overrides)
     app = named_item(config["applications"], APP)
-    deployment = deployment_of(app, args.model)
-    reference = app["args"]["default_model"]
     width, height = (int(v) for v in args.image.lower().split("x"))
     image = generate(7, width=width, height=height, fmt="PNG", orientation=1).data
-    key = os.environ.get("VISION_API_KEY")
-    headers = {"authorization": f"Bearer {key}"} if key else {}
-    meta: dict[str, Any] = {
+    meta = run_meta(args, label, app, overrides, width, height, len(image))
+    print(f"cold start: {label}, {meta['command']}\n  {meta['uptime_start']}", flush=True)
+    rounds = run_rounds(config, args, meta, image)
+    meta["uptime_end"] = _uptime()
+    meta["loadavg_end"] = os.getloadavg()
+    meta["wall_s"] = time.perf_counter() - started
+    write_results({"meta": meta, "rounds": rounds, "summary": summarise_rounds(rounds)}, args.out)
+    return 0
+
+
+def run_meta(
+    args: argparse.Namespace,
+    label: str,
+    app: dict[str, Any],
+    overrides: dict[str, Any],
+    width: int,
+    height: int,
+    image_bytes: int,
+) -> dict[str, Any]:
+    """What the run is: command, model and its deployment, the image sent, the settings."""
+    return {
         "label": label,
         "started": dt.datetime.now().isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, "-m", "bench.cold_start", *sys.argv[1:]]),
@@ -497,9 +519,9 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "commit": _git_commit(),
         "model": args.model,
-        "deployment": deployment,
-        "reference": reference,
-        "image": {"width": width, "height": height, "format": "PNG", "bytes": len(image)},
+        "deployment": deployment_of(app, args.model),
+        "reference": app["args"]["default_model"],
+        "image": {"width": width, "height": height, "format": "PNG", "bytes": image_bytes},
         "overrides": {
             "downscale_delay_s": args.downscale_delay_s,
             "look_back_period_s": LOOK_BACK_S,
@@ -510,7 +532,15 @@ def main(argv: list[str] | None = None) -> int:
         "uptime_start": _uptime(),
         "loadavg_start": os.getloadavg(),
     }
-    print(f"cold start: {label}, {meta['command']}\n  {meta['uptime_start']}", flush=True)
+
+
+def run_rounds(
+    config: dict[str, Any], args: argparse.Namespace, meta: dict[str, Any], image: bytes
+) -> list[dict[str, Any]]:
+    """`serve run` the config, then each round: wait for zero replicas, one cold request, the
+    warm ones; the service is stopped whatever happens."""
+    key = os.environ.get("VISION_API_KEY")
+    headers = {"authorization": f"Bearer {key}"} if key else {}
     rounds = []
     with tempfile.TemporaryDirectory(prefix="cold-start-") as tmp:
         service = ServeProcess(config, Path(tmp), args.port, health_path="/v1/health/ready")
@@ -533,8 +563,8 @@ def main(argv: list[str] | None = None) -> int:
                         client,
                         args,
                         image,
-                        deployment,
-                        reference,
+                        meta["deployment"],
+                        meta["reference"],
                         headers,
                         serve_logs,
                         rng,
@@ -545,22 +575,24 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             service.stop()
             print(f"serve run stopped ({time.perf_counter() - t:.0f} s)")
-    meta["uptime_end"] = _uptime()
-    meta["loadavg_end"] = os.getloadavg()
-    meta["wall_s"] = time.perf_counter() - started
-    result = {"meta": meta, "rounds": rounds, "summary": summarise_rounds(rounds)}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{label}.json").write_text(json.dumps(result, indent=2, default=float))
-    (args.out / f"{label}.md").write_text(
-        f"# Cold start of {args.model}\n\n`{meta['command']}` at {meta['started']} "
+    return rounds
+
+
+def write_results(result: dict[str, Any], out: Path) -> None:
+    """`<label>.json` and `<label>.md`; the table printed."""
+    meta = result["meta"]
+    label = meta["label"]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{label}.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / f"{label}.md").write_text(
+        f"# Cold start of {meta['model']}\n\n`{meta['command']}` at {meta['started']} "
         f"(commit {meta['commit']})\n\nuptime before: `{meta['uptime_start']}`  \n"
         f"uptime after: `{meta['uptime_end']}`\n\n{table(result)}\n"
     )
     print()
     print(table(result))
     print(f"\n  {meta['uptime_end']}")
-    print(f"wrote {args.out / (label + '.json')}, {label}.md; wall time {meta['wall_s']:.0f} s")
-    return 0
+    print(f"wrote {out / (label + '.json')}, {label}.md; wall time {meta['wall_s']:.0f} s")
 
 
 def entry() -> int:

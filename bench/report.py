@@ -1,9 +1,8 @@
-"""Turn a benchmark run into the targets' verdicts, a Markdown report and PNG plots."""
+"""Turn a benchmark run into the targets' verdicts and a Markdown report (plots: bench/plots.py)."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 from bench.stats import (
@@ -388,8 +387,24 @@ def open_loop_table(result: dict[str, Any]) -> list[str]:
 
 
 def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
-    raw = result.get("raw", {})
-    meta = result["meta"]
+    """The whole report: the run, the raw pipeline, the systems, every point, where the CPU
+    goes, bytes between stages and the targets' verdicts."""
+    lines = run_header(result["meta"])
+    lines += raw_table(result.get("raw", {}), result["meta"])
+    lines += systems_table(result)
+    lines += ["", "## Headline (closed loop, HTTP on 127.0.0.1)", "", headline(result)]
+    lines += points_table(result)
+    lines += overhead_table(result)
+    lines += open_loop_table(result)
+    lines += cpu_table(result)
+    lines += payload_table(result.get("raw", {}))
+    lines += ["", "## Targets", ""]
+    lines += [f"- {t.line()}" for t in verdicts]
+    lines += ["", "Column meanings: see bench/README.md.", ""]
+    return "\n".join(lines)
+
+
+def run_header(meta: dict[str, Any]) -> list[str]:
     lines = [
         f"# Benchmark: {meta['label']}",
         "",
@@ -405,7 +420,11 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
     ]
     for proc in meta.get("foreign_top", []):
         lines.append(f"- {proc['cpu_pct']:.0f}% CPU: `{proc['cmd'][:110]}`")
-    lines += [
+    return lines
+
+
+def raw_table(raw: dict[str, Any], meta: dict[str, Any]) -> list[str]:
+    lines = [
         "",
         f"## Raw in-process pipeline (decode → {meta['model']} → top-5, one process, no serving)",
         "",
@@ -434,7 +453,13 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
     )
     if raw.get("mixed_ips"):
         lines.append(f"\nMixed sizes (320x240 … 1920x1080): {_fmt(raw['mixed_ips'])} img/s.")
+    return lines
+
+
+def systems_table(result: dict[str, Any]) -> list[str]:
+    meta = result["meta"]
     configs = result["configs"]
+    lines: list[str] = []
     lines += ["", "## Systems measured in this run", ""]
     lines.append("| config | system | what |")
     lines.append("|---|---|---|")
@@ -447,11 +472,13 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
         lines.append(f"| {name} | {system} | {cfg['description']} |")
     for name, why in meta.get("skipped", {}).items():
         lines.append(f"| {name} | skipped | {why} |")
-    lines += [
-        "",
-        "## Headline (closed loop, HTTP on 127.0.0.1)",
-        "",
-        headline(result),
+    return lines
+
+
+def points_table(result: dict[str, Any]) -> list[str]:
+    raw = result.get("raw", {})
+    configs = result["configs"]
+    lines = [
         "",
         "## All closed-loop points",
         "",
@@ -515,8 +542,12 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
             + ", ".join(f"{n} in flight: {better_plain[n]}" for n in sorted(better_plain))
             + ".",
         ]
-    lines += overhead_table(result)
-    lines += open_loop_table(result)
+    return lines
+
+
+def cpu_table(result: dict[str, Any]) -> list[str]:
+    """Where the CPU goes at the throughput target's point, by process."""
+    lines: list[str] = []
     focus = _point(result["configs"].get("batch8", {"points": []}), TARGET_CONCURRENCY)
     if focus and focus.get("cpu"):
         cpu = focus["cpu"]
@@ -542,6 +573,12 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
             f"{cpu['client_s'] / cpu['wall_s']:.2f} |"
         )
         lines.append(f"| other work on the machine | | {cpu['other_s'] / cpu['wall_s']:.2f} |")
+    return lines
+
+
+def payload_table(raw: dict[str, Any]) -> list[str]:
+    """Bytes per item on each hop between stages, and which Ray path carries them."""
+    lines: list[str] = []
     pay = raw.get("payloads")
     if pay:
         lines += [
@@ -571,141 +608,4 @@ def markdown(result: dict[str, Any], verdicts: list[Target]) -> str:
             lines.append(f"| {hop} | {obj} | {sizes} | {path} |")
         total = sum(pay[k]["total"] for _, _, k in hops if k)
         lines.append(f"| **all Ray hops** | | | | **{total}** | |")
-    lines += ["", "## Targets", ""]
-    lines += [f"- {t.line()}" for t in verdicts]
-    lines += ["", "Column meanings: see bench/README.md.", ""]
-    return "\n".join(lines)
-
-
-def plots(result: dict[str, Any], folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    raw = result.get("raw", {})
-    raw_ips = raw.get("throughput_ips")
-    written: list[Path] = []
-    configs = result["configs"]
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, cfg in configs.items():
-        pts = [p for p in cfg["points"] if p["summary"]["ok_requests"]]
-        if len(pts) < 1:
-            continue
-        ax.plot(
-            [p["concurrency"] * cfg["images_per_request"] for p in pts],
-            [p["summary"]["throughput_ips"] for p in pts],
-            marker="o",
-            label=name,
-        )
-    if raw_ips:
-        ax.axhline(raw_ips, color="black", linestyle="--", label=f"raw pipeline {raw_ips:.0f}")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("images in flight (closed loop)")
-    ax.set_ylabel("images / s")
-    ax.set_title(f"Throughput · {result['meta']['label']}")
-    ax.grid(True, alpha=0.3)
-    ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = folder / "throughput.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, cfg in configs.items():
-        pts = [p for p in cfg["points"] if p["summary"]["ok_requests"]]
-        if pts:
-            ax.plot(
-                [p["concurrency"] * cfg["images_per_request"] for p in pts],
-                [p["summary"]["latency_ms"]["p99"] for p in pts],
-                marker="o",
-                label=name,
-            )
-    if raw_ips:
-        xs = sorted(
-            {
-                p["concurrency"] * c["images_per_request"]
-                for c in configs.values()
-                for p in c["points"]
-            }
-        )
-        ax.plot(
-            xs,
-            [1.5 * c / raw_ips * 1000 for c in xs],
-            color="black",
-            linestyle="--",
-            label="1.5 × c / raw throughput",
-        )
-        if raw.get("single_p50_ms"):
-            ax.axhline(raw["single_p50_ms"], color="grey", linestyle=":", label="raw single image")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("images in flight (closed loop)")
-    ax.set_ylabel("p99 latency (ms)")
-    ax.set_title(f"p99 latency · {result['meta']['label']}")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = folder / "p99.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
-
-    opened = {n: c["open_loop"] for n, c in configs.items() if c.get("open_loop")}
-    if opened:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for name, pts in opened.items():
-            pts = [p for p in pts if p["summary"]["ok_requests"]]
-            ax.plot(
-                [p["offered_rps"] for p in pts],
-                [p["summary"]["latency_ms"]["p99"] for p in pts],
-                marker="o",
-                label=f"{name} (closed-loop peak {configs[name]['peak_rps']:.1f}/s)",
-            )
-        if raw_ips:
-            ax.axvline(raw_ips, color="black", linestyle="--", label=f"raw pipeline {raw_ips:.0f}")
-        ax.set_yscale("log")
-        ax.set_xlabel("offered load (single-image requests / s, open loop)")
-        ax.set_ylabel("p99 latency (ms)")
-        ax.set_title(f"p99 against offered load · {result['meta']['label']}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = folder / "open_loop_p99.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
-    names = [n for n, c in configs.items() if c["points"]]
-    if names:
-        fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
-        for ax, name in zip(axes[0], names, strict=True):
-            cfg = configs[name]
-            mbs = int(cfg["user_config"]["max_batch_size"])
-            sizes = list(range(1, max(mbs, 1) + 1))
-            pts = cfg["points"]
-            width = 0.8 / max(len(pts), 1)
-            for i, p in enumerate(pts):
-                hist = p["summary"]["batch_size_hist"]
-                total = sum(hist.values()) or 1
-                ax.bar(
-                    [s + (i - (len(pts) - 1) / 2) * width for s in sizes],
-                    [100 * hist.get(str(s), 0) / total for s in sizes],
-                    width=width,
-                    label=f"c={p['concurrency']}",
-                )
-            ax.set_title(f"{name} (max_batch_size {mbs})", fontsize=9)
-            ax.set_xlabel("batch size")
-            ax.set_xticks(sizes)
-            ax.set_ylabel("% of items")
-            ax.legend(fontsize=7)
-        fig.suptitle("Batch sizes formed (each item reports the size of its forward pass)")
-        fig.tight_layout()
-        path = folder / "batch_sizes.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-    return written
+    return lines

@@ -31,7 +31,7 @@ from typing import Any
 import yaml
 
 from bench import images as imgs
-from bench import report
+from bench import plots, report
 from bench.loadgen import Body, get_json, run_open_loop, run_point
 from bench.peers import rayserve_batch, rayserve_plain
 from bench.service import (
@@ -582,7 +582,7 @@ def average_raw(result: dict[str, Any]) -> None:
     raw["payloads"] = passes[0]["payloads"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Benchmark the served graph against its peers and the raw in-process pipeline."
     )
@@ -656,14 +656,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure every system asked for, in turn, then write the JSON, the Markdown and the plots."""
+    args = parse_args(argv)
     started = time.perf_counter()
     label = args.label or f"cpu-{os.cpu_count()}core"
     overrides = parse_overrides(args.set)
-    systems = [s for s in args.systems.split(",") if s]
-    unknown = [s for s in systems if s not in SYSTEMS]
-    if unknown:
-        raise BenchError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
+    systems, skipped = choose_systems(args.systems)
     headers = {"authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     base = load_config(args.config)
     base_uc = model_user_config(bench_config(base, args.port, None, overrides))
@@ -671,6 +673,49 @@ def main(argv: list[str] | None = None) -> int:
     plan = (
         workloads(base_uc, [n for n in args.configs.split(",") if n]) if "graph" in systems else []
     )
+    meta = run_meta(args, label, systems, skipped, overrides, env, base)
+    sets = image_sets(plan)
+
+    result: dict[str, Any] = {"meta": meta, "raw": {}, "configs": {}}
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        work = Path(tmp)
+        folders = write_image_sets(sets, work)
+        first_uc = plan[0].user_config if plan else base_uc
+        config = bench_config(base, args.port, first_uc, overrides)
+        raw_pass(result, "before", config, work, folders, args)
+        sw = Sweep(
+            args=args,
+            sets=sets,
+            refs=join_references(result),
+            concurrency=tuple(int(c) for c in args.concurrency.split(",")),
+            multipart_concurrency=tuple(int(c) for c in args.multipart_concurrency.split(",")),
+            fractions=tuple(float(f) for f in args.open_loop.split(",") if f.strip()),
+            headers=headers,
+            progress=not args.no_progress,
+        )
+        for system in systems:
+            # The peers take the model args of the graph's first config.
+            if system == "graph":
+                measure_graph(result, plan, base, overrides, env, config, work, sw)
+            elif system in RAY_PEERS:
+                measure_ray_peer(result, system, config, work, sw)
+            else:
+                measure_process_peer(result, system, config, work, sw)
+        raw_pass(result, "after", config, work, folders, args)
+
+    average_raw(result)
+    add_overheads(result)
+    finish_meta(result, started)
+    write_results(result, args.out, label)
+    return 0
+
+
+def choose_systems(names: str) -> tuple[list[str], dict[str, str]]:
+    """The systems to measure, in order, and why any asked for is skipped (not installed)."""
+    systems = [s for s in names.split(",") if s]
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise BenchError(f"unknown system(s) {unknown}; choose from {list(SYSTEMS)}")
     skipped: dict[str, str] = {}
     if "litserve" in systems and not litserve_available():
         skipped["litserve"] = (
@@ -683,8 +728,19 @@ def main(argv: list[str] | None = None) -> int:
             "(bench/README.md) to measure it"
         )
         systems.remove("torchserve")
-    progress = not args.no_progress
+    return systems, skipped
 
+
+def run_meta(
+    args: argparse.Namespace,
+    label: str,
+    systems: list[str],
+    skipped: dict[str, str],
+    overrides: dict[str, Any],
+    env: dict[str, str],
+    base: dict[str, Any],
+) -> dict[str, Any]:
+    """What the run is: versions, command, model, systems, and what else ran on the machine."""
     import ray
     import torch
 
@@ -722,7 +778,11 @@ def main(argv: list[str] | None = None) -> int:
     meta["foreign_top"] = _foreign_top(set())
     for proc in meta["foreign_top"]:
         print(f"  also running: {proc['cpu_pct']:.0f}% {proc['cmd'][:100]}")
+    return meta
 
+
+def image_sets(plan: list[Workload]) -> dict[str, list[imgs.Jpeg]]:
+    """The 640x480 target set, and the mixed sizes when a workload asks for them."""
     t = time.perf_counter()
     target_set = imgs.make_set((imgs.TARGET_SIZE,), 16, seed=0)
     sets = {"target": target_set}
@@ -735,62 +795,57 @@ def main(argv: list[str] | None = None) -> int:
         + (f"; {len(sets['mixed'])} mixed" if "mixed" in sets else "")
         + f" in {time.perf_counter() - t:.1f} s"
     )
+    return sets
 
-    result: dict[str, Any] = {"meta": meta, "raw": {}, "configs": {}}
-    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
-        work = Path(tmp)
-        folders = {}
-        for name, set_ in sets.items():
-            folder = work / name
-            folder.mkdir()
-            for j in set_:
-                (folder / f"{j.name}.jpg").write_bytes(j.data)
-            folders[name] = folder
-        first_uc = plan[0].user_config if plan else base_uc
-        config = bench_config(base, args.port, first_uc, overrides)
-        peer_config = config  # the peers take the model args of the graph's first config
 
-        def raw_pass(when: str) -> None:
-            if args.no_raw:
-                return
-            t = time.perf_counter()
-            r = run_raw(config, work, folders, args)
-            result["raw"][when] = r
-            tgt = r["sets"]["target"]
-            print(
-                f"raw pipeline ({when}): {tgt['throughput_ips']:.1f} img/s at batch 8, "
-                f"single image p50 {tgt['single_ms']['p50']:.1f} ms, decode CPU "
-                f"{tgt['stage_cpu_ms_per_image']['decode']:.1f} ms/img, forward CPU "
-                f"{tgt['stage_cpu_ms_per_image']['forward']:.1f} ms/img, torch threads "
-                f"{r['torch_threads']}, other load {r['other_cores']:.2f} cores "
-                f"({time.perf_counter() - t:.0f} s)"
-            )
+def write_image_sets(sets: dict[str, list[imgs.Jpeg]], work: Path) -> dict[str, Path]:
+    """Each set as a folder of JPEG files, for the raw pipeline's subprocess."""
+    folders = {}
+    for name, set_ in sets.items():
+        folder = work / name
+        folder.mkdir()
+        for j in set_:
+            (folder / f"{j.name}.jpg").write_bytes(j.data)
+        folders[name] = folder
+    return folders
 
-        raw_pass("before")
-        refs = result["raw"]["before"].get("references") if "before" in result["raw"] else None
-        if refs is not None:
-            refs = {name: with_join_tolerances(by_image) for name, by_image in refs.items()}
-        sw = Sweep(
-            args=args,
-            sets=sets,
-            refs=refs,
-            concurrency=tuple(int(c) for c in args.concurrency.split(",")),
-            multipart_concurrency=tuple(int(c) for c in args.multipart_concurrency.split(",")),
-            fractions=tuple(float(f) for f in args.open_loop.split(",") if f.strip()),
-            headers=headers,
-            progress=progress,
-        )
-        for system in systems:
-            if system == "graph":
-                measure_graph(result, plan, base, overrides, env, config, work, sw)
-            elif system in RAY_PEERS:
-                measure_ray_peer(result, system, peer_config, work, sw)
-            else:
-                measure_process_peer(result, system, peer_config, work, sw)
-        raw_pass("after")
 
-    average_raw(result)
-    add_overheads(result)
+def raw_pass(
+    result: dict[str, Any],
+    when: str,
+    config: dict[str, Any],
+    work: Path,
+    folders: dict[str, Path],
+    args: argparse.Namespace,
+) -> None:
+    """The raw in-process pipeline, once before the systems and once after (unless --no-raw)."""
+    if args.no_raw:
+        return
+    t = time.perf_counter()
+    r = run_raw(config, work, folders, args)
+    result["raw"][when] = r
+    tgt = r["sets"]["target"]
+    print(
+        f"raw pipeline ({when}): {tgt['throughput_ips']:.1f} img/s at batch 8, "
+        f"single image p50 {tgt['single_ms']['p50']:.1f} ms, decode CPU "
+        f"{tgt['stage_cpu_ms_per_image']['decode']:.1f} ms/img, forward CPU "
+        f"{tgt['stage_cpu_ms_per_image']['forward']:.1f} ms/img, torch threads "
+        f"{r['torch_threads']}, other load {r['other_cores']:.2f} cores "
+        f"({time.perf_counter() - t:.0f} s)"
+    )
+
+
+def join_references(result: dict[str, Any]) -> dict[str, Any] | None:
+    """The raw pipeline's top-5 per image, with each image's join tolerance; None without it."""
+    refs = result["raw"]["before"].get("references") if "before" in result["raw"] else None
+    if refs is None:
+        return None
+    return {name: with_join_tolerances(by_image) for name, by_image in refs.items()}
+
+
+def finish_meta(result: dict[str, Any], started: float) -> None:
+    """The run's end: load average, other load on the machine per phase, wall time."""
+    meta = result["meta"]
     meta["loadavg_end"] = os.getloadavg()
     meta["foreign_cores"] = {
         "raw " + k: v["other_cores"]
@@ -807,22 +862,23 @@ def main(argv: list[str] | None = None) -> int:
         meta["foreign_cores"]["served points (mean)"] = sum(served) / len(served)
     meta["wall_s"] = time.perf_counter() - started
 
+
+def write_results(result: dict[str, Any], out: Path, label: str) -> None:
+    """The verdicts, then `<label>.json`, `<label>.md` and the plots; the headline printed."""
     verdicts = report.targets(result)
     result["targets"] = [{**t.__dict__, "verdict": t.verdict} for t in verdicts]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{label}.json").write_text(json.dumps(result, indent=2, default=float))
-    (args.out / f"{label}.md").write_text(report.markdown(result, verdicts))
-    written = report.plots(result, args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{label}.json").write_text(json.dumps(result, indent=2, default=float))
+    (out / f"{label}.md").write_text(report.markdown(result, verdicts))
+    written = plots.write(result, out)
     print()
     print(report.headline(result))
     print()
     for t in verdicts:
         print(t.line())
-    print(
-        f"\nwrote {args.out / (label + '.json')}, {label}.md, " + ", ".join(p.name for p in written)
-    )
-    print(f"wall time {meta['wall_s']:.0f} s ({meta['wall_s'] / 60:.1f} min)")
-    return 0
+    print(f"\nwrote {out / (label + '.json')}, {label}.md, " + ", ".join(p.name for p in written))
+    wall = result["meta"]["wall_s"]
+    print(f"wall time {wall:.0f} s ({wall / 60:.1f} min)")
 
 
 def measure_graph(
