@@ -76,15 +76,11 @@ def test_custom_metrics_reach_the_metrics_endpoint() -> None:
     assert post_image(images.truncated_jpeg()).status_code == 422
 
     def added() -> tuple[dict[str, float], dict[str, float]] | None:
-        # Each replica exports on its own clock: wait until every stage's share has arrived.
         now = _scrape()
         new = {k: v - before.get(k, 0.0) for k, v in now.items()}
         ready = _sample(new, "ray_vision_items_total", outcome="ok") >= 12
         ready = ready and _sample(new, "ray_vision_items_total", outcome="corrupt_image") >= 1
-        ready = ready and _sample(new, "ray_vision_batch_size_sum") >= 12
-        ready = ready and _sample(new, "ray_vision_batch_wait_ms_count") >= 12
-        for stage in ("preprocess", "inference", "postprocess", "total"):
-            ready = ready and _sample(new, "ray_vision_stage_latency_ms_count", stage=stage) >= 1
+        ready = ready and _sample(new, "ray_vision_batch_size_count") >= 3
         ready = ready and "ray_vision_model_queue_depth" in "".join(now)
         return (new, now) if ready else None
 
