@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # serve.env: Ray Serve's process-level settings (the HAProxy edge); `serve run serve_config.yaml`
 # typed by hand runs without them, on Serve's Python proxy.
 run: setup
-	env $$($(PY) -m tools.serve_env) $(VENV)/bin/serve run --address local serve_config.yaml
+	$(PY) -m tools.serve_env $(VENV)/bin/serve run --address local serve_config.yaml
 
 # Unit and integration tests share one Ray cluster; system tests start their own Ray, so they
 # run in a second pytest process after the first has shut its cluster down.
