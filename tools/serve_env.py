@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_ENV = ROOT / "serve.env"
-EDGE_WRAPPER = ROOT / "scripts" / "haproxy-loopback"
+EDGE_WRAPPER = ROOT / "scripts" / "haproxy-edge"
 
 
 def read_env_file(path: Path = SERVE_ENV) -> dict[str, str]:
