@@ -50,9 +50,10 @@ evaluate: setup
 	$(PY) -m shapes.evaluate --json artifacts/evaluate.json
 	$(PY) -m shapes.evaluate --segmenter --json artifacts/evaluate_segmenter.json
 
-# Replicas of every stage SIGKILLed at random under mixed load (README, Operations: Chaos): the
-# echo model, 2 replicas per stage, 127.0.0.1:8200 only; ~4 minutes; exit 1 if an image is lost
-# or answered with another image's result. `make chaos CHAOS_ARGS='--seconds 60'` for a short run.
+# Replicas of every stage SIGKILLed at random under mixed load, and two rolling deploys (README,
+# Operations: Chaos): the echo model, 2 replicas per stage, 127.0.0.1:8200 only; ~4 minutes; exit
+# 1 if an image is lost or answered with another image's result. `make chaos CHAOS_ARGS='--seconds
+# 60'` for a short run; CHAOS_ARGS=--client runs python -m vision_client over 480 images instead.
 chaos: setup
 	$(PY) -m scripts.chaos $(CHAOS_ARGS)
 
