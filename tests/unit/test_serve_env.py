@@ -53,15 +53,20 @@ def test_exec_mode_passes_values_with_spaces_and_lets_the_caller_win() -> None:
     assert retries == "1"
 
 
-def test_the_edge_wrapper_buffers_bodies_and_keeps_stats_on_loopback(tmp_path: Path) -> None:
+def test_the_edge_wrapper_buffers_small_bodies_and_keeps_stats_on_loopback(
+    tmp_path: Path,
+) -> None:
     config = tmp_path / "haproxy.cfg"
     config.write_text(SERVE_LIKE_CONFIG)
     env = {**os.environ, "VISION_HAPROXY_BINARY": "true"}
-    for _ in range(2):  # Serve reloads with the same file: the option is added once
+    env.pop("RAY_SERVE_HAPROXY_TUNE_BUFSIZE", None)
+    for _ in range(2):  # Serve reloads with the same file: the rule is added once
         subprocess.run([str(EDGE_WRAPPER), "-db", "-f", str(config)], env=env, check=True)
     lines = [line.strip() for line in config.read_text().splitlines()]
-    defaults = lines.index("defaults")
-    assert lines[defaults + 1] == "option http-buffer-request"
-    assert lines.count("option http-buffer-request") == 1
+    frontend = lines.index("frontend http_frontend")
+    # A body that fits in one 16 KiB buffer with its headers is read whole, so it can be replayed.
+    rule = "http-request wait-for-body time 10s if { req.hdr_val(content-length) le 12288 }"
+    assert lines[frontend + 1] == rule
+    assert sum("wait-for-body" in line for line in lines) == 1
     assert "bind *:8000" in lines  # the serving frontend keeps http_options.host
     assert "bind 127.0.0.1:8404" in lines and "bind 127.0.0.1:9101" in lines
