@@ -645,6 +645,7 @@ def client_run(serve: Any, sid: int, args: argparse.Namespace, workdir: Path) ->
     for name, colour in colours.items():
         (folder / name).write_bytes(solid_png(colour))
     out = workdir / "client_results.jsonl"
+    out.unlink(missing_ok=True)  # the kills follow this run's answers, not the last run's
     command = [sys.executable, "-m", "vision_client", str(folder), f"--url={serve.url}"]
     command += [f"--concurrency={args.concurrency}", f"--out={out}", "--no-progress"]
     began = time.monotonic()
