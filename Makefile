@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 # serve.env: Ray Serve's process-level settings (the HAProxy edge); `serve run serve_config.yaml`
 # typed by hand runs without them, on Serve's Python proxy.
 run: setup
-	env $$($(PY) -m tools.serve_env) $(VENV)/bin/serve run --address local serve_config.yaml
+	$(PY) -m tools.serve_env $(VENV)/bin/serve run --address local serve_config.yaml
 
 # Unit and integration tests share one Ray cluster; system tests start their own Ray, so they
 # run in a second pytest process after the first has shut its cluster down.
@@ -50,9 +50,10 @@ evaluate: setup
 	$(PY) -m shapes.evaluate --json artifacts/evaluate.json
 	$(PY) -m shapes.evaluate --segmenter --json artifacts/evaluate_segmenter.json
 
-# Replicas of every stage SIGKILLed at random under mixed load (README, Operations: Chaos): the
-# echo model, 2 replicas per stage, 127.0.0.1:8200 only; ~4 minutes; exit 1 if an image is lost
-# or answered with another image's result. `make chaos CHAOS_ARGS='--seconds 60'` for a short run.
+# Replicas of every stage SIGKILLed at random under mixed load, and two rolling deploys (README,
+# Operations: Chaos): the echo model, 2 replicas per stage, 127.0.0.1:8200 only; ~4 minutes; exit
+# 1 if an image is lost or answered with another image's result. `make chaos CHAOS_ARGS='--seconds
+# 60'` for a short run; CHAOS_ARGS=--client runs python -m vision_client over 480 images instead.
 chaos: setup
 	$(PY) -m scripts.chaos $(CHAOS_ARGS)
 

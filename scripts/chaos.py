@@ -8,7 +8,13 @@ image's mean colour, and two replicas of every stage. For `--seconds` it sends s
 multipart requests of 2-8 images, a few bad images (truncated JPEG, garbage bytes) and some
 requests with short deadlines; every good image has a colour no other image in the run has. A
 seeded killer SIGKILLs one replica process every 10-20 s, cycling through Ingress,
-Preprocessor, Model and Postprocessor, only while that stage has both replicas running.
+Preprocessor, Model and Postprocessor, only while that stage has both replicas running. Two
+rolling deploys go to the running app meanwhile (what `serve deploy` does, through the
+dashboard's REST API), at 35 % and 65 % of the run: a hot change (the Model's `max_batch_size`,
+a `user_config`) and a builder-arg change (`request_timeout_s`, which restarts every replica).
+Each fault is reported with the images lost, misjoined or answered unexpectedly by the requests
+in flight from it until it recovered (a killed stage running two replicas again; a deploy's app
+RUNNING with every deployment HEALTHY), and that recovery time.
 
 Each image sent is judged:
 
@@ -24,6 +30,17 @@ Each image sent is judged:
 The bar is 0 lost, 0 missing and 0 misjoined; the exit status is 1 when it is missed. Lost items
 are also split by whether an Ingress kill happened while they were in flight. A JSON summary goes
 to artifacts/chaos.json.
+
+    .venv/bin/python -m scripts.chaos --client [--images 480] [--concurrency 16]
+
+runs the project's own client instead: `python -m vision_client` over a folder of `--images`
+solid PNGs (a colour each), `--concurrency` in flight, while an Ingress replica, then a Model
+replica, then an Ingress replica again are SIGKILLed as 15 %, 45 % and 75 % of the images have
+been answered (each once its stage runs two replicas). The echo model takes `--delay` seconds per
+forward pass, so the run lasts long enough for the three kills. The bar: the client exits 0, and
+every image is answered 200 with its own colour. It prints the answers, the resends (images the
+client sent more than once), each kill's recovery time (until its stage runs two replicas again),
+and writes artifacts/chaos_client.json.
 """
 
 from __future__ import annotations
@@ -212,9 +229,59 @@ def plan_kills(
     return out
 
 
+DEPLOYS = ((0.35, "deploy user_config"), (0.65, "deploy args"))
+
+
+def deployed_config(config: dict[str, Any], change: str) -> dict[str, Any]:
+    """`config` with one rolling change: the Model's batch size (hot) or a builder arg."""
+    import copy
+
+    changed = copy.deepcopy(config)
+    app = changed["applications"][0]
+    if change == "deploy user_config":
+        (model,) = [d for d in app["deployments"] if d["name"] == "Model"]
+        batching = model.setdefault("user_config", {})
+        batching["max_batch_size"] = 4 if batching.get("max_batch_size", 8) != 4 else 8
+    else:
+        app["args"]["request_timeout_s"] = float(app["args"].get("request_timeout_s", 30)) + 1
+    return changed
+
+
+def per_fault(records: Sequence[Record], faults: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each fault with what the requests in flight between it and its recovery got: images
+    lost (no answer or missing from a 200), misjoined and unexpected."""
+    out = []
+    for fault in faults:
+        start = fault["t"]
+        end = start + (fault.get("recovered_after_s") or 0.0)
+        counts: Counter[str] = Counter()
+        for r in records:
+            if r.start <= end and r.end >= start:
+                counts.update(v.verdict for v in r.verdicts)
+        out.append(
+            {
+                "t": start,
+                "fault": fault["stage"],
+                "recovered_after_s": fault.get("recovered_after_s"),
+                "lost": counts["lost"] + counts["missing"],
+                "misjoined": counts["misjoined"],
+                "unexpected": counts["unexpected"],
+                "images_in_flight": sum(counts.values()),
+            }
+        )
+    return out
+
+
 def kills_during(kills: Iterable[dict[str, Any]], start: float, end: float) -> list[str]:
-    """Stages killed while a request was in flight (kill times and the window on one clock)."""
-    return sorted({k["stage"] for k in kills if start <= k["t"] <= end})
+    """Faults while a request was in flight ("Ingress kill", "deploy args"; fault times and the
+    window on one clock)."""
+    return sorted(
+        {
+            f"{k['stage']} kill" if k["stage"] in STAGES else k["stage"]
+            for k in kills
+            if start <= k["t"] <= end
+        }
+    )
 
 
 @dataclass
@@ -241,7 +308,7 @@ def summarise(
     unexpected_by_cause: Counter[str] = Counter()
     for r in records:
         during = kills_during(kills, r.start, r.end)
-        cause = "+".join(during) + " kill in flight" if during else "no kill in flight"
+        cause = "+".join(during) + " in flight" if during else "no fault in flight"
         for v in r.verdicts:
             if v.verdict == "lost":
                 lost_by_cause[cause] += 1
@@ -297,6 +364,14 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             "unexpected answers: "
             + "; ".join(f"{k}: {v}" for k, v in s["unexpected_by_cause"].items())
         )
+    for f in s.get("per_fault", []):
+        recovered = f["recovered_after_s"]
+        rec = "not recovered" if recovered is None else f"recovered after {recovered:.1f} s"
+        lines.append(
+            f"  [{f['t']:6.1f} s] {f['fault']}: {rec}; of {f['images_in_flight']} images in "
+            f"flight meanwhile: lost {f['lost']}, misjoined {f['misjoined']}, unexpected "
+            f"{f['unexpected']}"
+        )
     lines.append(
         "PASS: 0 lost, 0 misjoined" if s["passed"] else "MISS: the bar is 0 lost, 0 misjoined"
     )
@@ -306,13 +381,16 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
 # --- the run (starts Ray) -----------------------------------------------------------------------
 
 
-def chaos_config(base: dict[str, Any], port: int, replicas: int = 2) -> dict[str, Any]:
-    """serve_config.yaml with the echo model, loopback on `port`, `replicas` of every stage."""
+def chaos_config(
+    base: dict[str, Any], port: int, replicas: int = 2, model: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """serve_config.yaml with the echo model (or `model`), loopback on `port`, `replicas` of
+    every stage."""
     from tools.serve_process import on_loopback, serve_one_model
 
     config = on_loopback(base, port)
     app = config["applications"][0]
-    serve_one_model(app, dict(ECHO), "echo")
+    serve_one_model(app, dict(model or ECHO), "echo")
     for d in app["deployments"]:
         d.pop("autoscaling_config", None)
         d["num_replicas"] = replicas
@@ -342,6 +420,7 @@ class Run:
     serve: Any  # tools.serve_process.ServeProcess
     records: list[Record] = field(default_factory=list)
     kills: list[dict[str, Any]] = field(default_factory=list)
+    deploys: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     t0: float = 0.0
@@ -420,12 +499,54 @@ class Run:
                 continue
             self.kills.append({"t": round(self.now(), 3), "stage": stage, "pid": victim})
             print(f"  [{self.now():6.1f} s] SIGKILL {stage} replica pid {victim}", flush=True)
+            killed_at = self.now()
+            while self.now() - killed_at < 60:  # recovery: two replicas running again
+                pids = (await asyncio.to_thread(stage_pids, self.sid))[stage]
+                running = (await asyncio.to_thread(self.serve.replicas)).get(stage, 2)
+                if len(pids) >= 2 and victim not in pids and running >= 2:
+                    self.kills[-1]["recovered_after_s"] = round(self.now() - killed_at, 1)
+                    break
+                await asyncio.sleep(0.2)
+
+    async def deployer(self) -> None:
+        """The rolling deploys of DEPLOYS, in place through the dashboard (none without it)."""
+        from tools.serve_process import http_json
+
+        if self.serve.dashboard is None:
+            print("  no dashboard: rolling deploys skipped")
+            return
+        config = self.serve.config
+        for fraction, change in DEPLOYS:
+            await asyncio.sleep(max(0.0, fraction * self.seconds - self.now()))
+            config = deployed_config(config, change)
+            url = f"{self.serve.dashboard}/api/serve/applications/"
+            status, body = await asyncio.to_thread(http_json, "PUT", url, config, 30)
+            at = self.now()
+            if status != 200:
+                print(f"  [{at:6.1f} s] {change} refused ({status}: {body})")
+                continue
+            self.deploys.append({"t": round(at, 3), "stage": change})
+            print(f"  [{at:6.1f} s] {change}", flush=True)
+            await asyncio.sleep(2.0)  # the controller starts the update within about a second
+            while self.now() - at < 180:
+                if await asyncio.to_thread(self._app_settled):
+                    self.deploys[-1]["recovered_after_s"] = round(self.now() - at, 1)
+                    break
+                await asyncio.sleep(0.5)
+
+    def _app_settled(self) -> bool:
+        details = self.serve.serve_details() or {}
+        app = details.get("applications", {}).get(self.serve.app, {})
+        deployments = app.get("deployments", {}).values()
+        return app.get("status") == "RUNNING" and all(
+            d.get("status") == "HEALTHY" for d in deployments
+        )
 
     async def main(self) -> None:
         self.t0 = time.monotonic()
         planner = Planner(self.seed)
         plan = plan_kills(self.seed, self.seconds)
-        await asyncio.gather(self.load(planner), self.killer(plan))
+        await asyncio.gather(self.load(planner), self.killer(plan), self.deployer())
 
 
 def wait_recovered(serve: Any, sid: int, url: str, timeout_s: float = 120.0) -> float | None:
@@ -465,21 +586,155 @@ async def after_check(url: str, planner: Planner, n: int = 16) -> int:
     )
 
 
+CLIENT_KILLS = ((0.15, "Ingress"), (0.45, "Model"), (0.75, "Ingress"))
+
+
+def judge_client_lines(
+    lines: Sequence[dict[str, Any]], colours: dict[str, Colour]
+) -> dict[str, Any]:
+    """The client's JSON lines against the colour each file holds: the `--client` bar."""
+    statuses = Counter(str(line["status"]) for line in lines)
+    ok = misjoined = 0
+    for line in lines:
+        body = line.get("body")
+        if line["status"] != 200 or not isinstance(body, dict):
+            continue
+        named = colour_in(body.get("predictions"))
+        if named == colours[Path(line["path"]).name]:
+            ok += 1
+        else:
+            misjoined += 1
+    attempts = Counter(int(line["attempts"]) for line in lines)
+    return {
+        "images": len(colours),
+        "lines": len(lines),
+        "statuses": dict(sorted(statuses.items())),
+        "ok": ok,
+        "misjoined": misjoined,
+        "not_answered": len(colours) - len(lines),
+        "attempts": {str(k): v for k, v in sorted(attempts.items())},
+        "resent_images": sum(v for k, v in attempts.items() if k > 1),
+        "errors": sorted({str(line["error"]) for line in lines if line.get("error")}),
+    }
+
+
+def client_run(serve: Any, sid: int, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """`python -m vision_client` over `args.images` PNGs while CLIENT_KILLS happen."""
+    import subprocess
+
+    folder = workdir / "client_images"
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    planner = Planner(args.seed)
+    colours = {f"{i:04d}.png": planner.colour() for i in range(args.images)}
+    for name, colour in colours.items():
+        (folder / name).write_bytes(solid_png(colour))
+    out = workdir / "client_results.jsonl"
+    out.unlink(missing_ok=True)  # the kills follow this run's answers, not the last run's
+    command = [sys.executable, "-m", "vision_client", str(folder), f"--url={serve.url}"]
+    command += [f"--concurrency={args.concurrency}", f"--out={out}", "--no-progress"]
+    began = time.monotonic()
+    client = subprocess.Popen(command, cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    rng = random.Random(args.seed + 1)
+    kills: list[dict[str, Any]] = []
+
+    def answered() -> int:
+        try:
+            return len(out.read_text().splitlines())
+        except OSError:
+            return 0
+
+    for fraction, stage in CLIENT_KILLS:
+        while client.poll() is None and answered() < fraction * args.images:
+            time.sleep(0.1)
+        pids: list[int] = []
+        while client.poll() is None:  # never the last replica
+            pids = stage_pids(sid)[stage]
+            if len(pids) >= 2 and serve.replicas().get(stage, 2) >= 2:
+                break
+            time.sleep(0.2)
+        if client.poll() is not None:
+            print(f"  the client finished before the {stage} kill at {fraction:.0%}")
+            break
+        victim = rng.choice(sorted(pids))
+        os.kill(victim, signal.SIGKILL)
+        t = time.monotonic() - began
+        print(f"  [{t:6.1f} s] SIGKILL {stage} replica pid {victim} at {answered()} answered")
+        kills.append({"t": round(t, 2), "stage": stage, "pid": victim, "answered": answered()})
+        while time.monotonic() - began - t < 120:  # recovery: two replicas running again
+            pids = stage_pids(sid)[stage]
+            if len(pids) >= 2 and victim not in pids and serve.replicas().get(stage, 2) >= 2:
+                kills[-1]["recovered_after_s"] = round(time.monotonic() - began - t, 1)
+                break
+            time.sleep(0.2)
+    _, stderr = client.communicate(timeout=600)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    summary = judge_client_lines(lines, colours)
+    summary.update(
+        {
+            "client_exit": client.returncode,
+            "client_stderr_tail": stderr[-500:],
+            "concurrency": args.concurrency,
+            "model_delay_s": args.delay,
+            "client_wall_s": round(time.monotonic() - began, 1),
+            "kills": kills,
+        }
+    )
+    summary["passed"] = (
+        client.returncode == 0
+        and summary["ok"] == args.images
+        and summary["misjoined"] == 0
+        and len(kills) == len(CLIENT_KILLS)
+    )
+    return summary
+
+
+def client_report_lines(s: dict[str, Any]) -> list[str]:
+    kills = ", ".join(
+        f"{k['stage']} at {k['t']:.0f} s (back to 2 after {k.get('recovered_after_s', '?')} s)"
+        for k in s["kills"]
+    )
+    return [
+        f"images: {s['images']}, {s['concurrency']} in flight; client exit {s['client_exit']} "
+        f"after {s['client_wall_s']:.0f} s",
+        "statuses: " + ", ".join(f"{k}: {v}" for k, v in s["statuses"].items()),
+        f"answered with their own colour: {s['ok']}; misjoined {s['misjoined']}; "
+        f"no line {s['not_answered']}",
+        "attempts per image: "
+        + ", ".join(f"{k}: {v}" for k, v in s["attempts"].items())
+        + f" ({s['resent_images']} resent)",
+        f"kills: {kills}",
+        "PASS: every image 200 with its own colour, exit 0"
+        if s["passed"]
+        else "MISS: the bar is every image 200 with its own colour and exit 0",
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=180.0, help="load duration (180)")
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--port", type=int, default=8200, help="HTTP port on 127.0.0.1 (8200)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (8)")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="requests in flight (8; --client: 16)"
+    )
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout, s (60)")
-    parser.add_argument("--json", type=Path, default=ROOT / "artifacts" / "chaos.json")
+    parser.add_argument("--json", type=Path, default=None, help="artifacts/chaos[_client].json")
+    parser.add_argument("--client", action="store_true", help="python -m vision_client instead")
+    parser.add_argument("--images", type=int, default=480, help="--client: images (480)")
+    parser.add_argument(
+        "--delay", type=float, default=1.0, help="--client: seconds per forward pass (1.0)"
+    )
     args = parser.parse_args(argv)
+    args.concurrency = args.concurrency or (16 if args.client else 8)
 
     from tools.serve_process import ServeProcess, load_config
 
     workdir = ROOT / "artifacts" / "chaos"
     workdir.mkdir(parents=True, exist_ok=True)
-    config = chaos_config(load_config(ROOT / "serve_config.yaml"), args.port)
+    model = {**ECHO, "kwargs": {"delay_s": args.delay}} if args.client else None
+    config = chaos_config(load_config(ROOT / "serve_config.yaml"), args.port, model=model)
     serve = ServeProcess(config, workdir, args.port)
     began = time.monotonic()
     print(f"starting serve run on {serve.url} (2 replicas per stage, echo model) ...", flush=True)
@@ -487,6 +742,16 @@ def main(argv: list[str] | None = None) -> int:
     assert serve.proc is not None
     sid = serve.proc.pid
     print(f"started in {serve.started_s:.0f} s; replicas: {stage_pids(sid)}", flush=True)
+    if args.client:
+        try:
+            client_summary = client_run(serve, sid, args, workdir)
+        finally:
+            serve.stop()
+        path = args.json or ROOT / "artifacts" / "chaos_client.json"
+        path.write_text(json.dumps(client_summary, indent=1))
+        print("\n".join(client_report_lines(client_summary)))
+        print(f"summary in {path}")
+        return 0 if client_summary["passed"] else 1
     try:
         run = Run(serve.url, args.seed, args.seconds, args.concurrency, args.timeout, sid, serve)
         print(f"load for {args.seconds:.0f} s, {args.concurrency} in flight, seed {args.seed}")
@@ -496,9 +761,13 @@ def main(argv: list[str] | None = None) -> int:
         after_ok = asyncio.run(after_check(serve.url, Planner(args.seed + 7)))
     finally:
         serve.stop()
-    summary = summarise(run.records, run.kills, run.skipped)
+    faults = sorted(run.kills + run.deploys, key=lambda f: f["t"])
+    summary = summarise(run.records, faults, run.skipped)
     summary.update(
         {
+            "kills": len(run.kills),
+            "deploys": run.deploys,
+            "per_fault": per_fault(run.records, faults),
             "seconds": args.seconds,
             "seed": args.seed,
             "concurrency": args.concurrency,
@@ -527,12 +796,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     if recovered is None or after_ok != 16:
         summary["passed"] = False
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=1))
+    path = args.json or ROOT / "artifacts" / "chaos.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=1))
     print("\n".join(report_lines(summary)))
     rec = "no" if recovered is None else f"{recovered:.0f} s"
     print(f"recovered to 2 replicas per stage after the load: {rec}; after-check {after_ok}/16")
-    print(f"wall {summary['wall_s']:.0f} s; summary in {args.json}")
+    print(f"wall {summary['wall_s']:.0f} s; summary in {path}")
     return 0 if summary["passed"] else 1
 
 

@@ -5,5 +5,6 @@ needs only httpx and tqdm (no Ray, no torch), so it runs anywhere the service ca
 
     cli.py        arguments, finding the images, the run: concurrency, progress, JSON lines
     transport.py  how one image becomes a request and its response a body, per protocol
-    retry.py      sending one request, again after a 503's Retry-After, a bounded number of times
+    retry.py      sending one request, again (same request id) after a dropped connection or a
+                  502/503/504, bounded in count and by the image's deadline
 """

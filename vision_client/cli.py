@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,12 @@ from vision_client.transport import PROTOCOLS, Transport
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 API_KEY_ENV = "VISION_API_KEY"
-TIMEOUT_HEADER = "x-request-timeout-seconds"  # the service's deadline for the request
 # What a folder contributes: the formats the service decodes (a file named on its own is sent).
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".gif", ".tif", ".tiff", ".webp", ".bmp"})
 EPILOG = f"""\
 Each line of the output is {{"path", "status", "body", "error", "attempts"}}: the HTTP status and
-the service's JSON body (its result, or its error), or "error" when no answer came (status null).
+the service's JSON body (its result, or its error), or "error" when no answer came (status null);
+"attempts" counts the sends, each with the same x-request-id.
 The exit code is 0 when every image got a 2xx, 1 when any did not, 2 for a usage error.
 
 example: python -m vision_client photos/ --option top_k=3 --concurrency 8 --out results.jsonl
@@ -127,14 +128,17 @@ def parser() -> argparse.ArgumentParser:
         type=_seconds,
         default=30.0,
         metavar="S",
-        help="seconds for each request, also sent to the service as its deadline (%(default)g)",
+        help="seconds for each image, retries included; what is left is sent to the service "
+        "as each attempt's deadline (%(default)g)",
     )
     p.add_argument(
         "--retries",
         type=_count,
         default=3,
         metavar="N",
-        help="times a 503 is sent again, each after its Retry-After (%(default)s)",
+        help="times a request is sent again (same request id) after a dropped connection, a "
+        "502, 503 or 504, or a proxy's plain 500, each after its Retry-After or a doubling "
+        "backoff from 0.25 s, while --timeout leaves room; never after a 4xx (%(default)s)",
     )
     p.add_argument(
         "--max-retry-wait",
@@ -214,7 +218,7 @@ async def run(
     the clock in tests.
     """
     protocol = PROTOCOLS[settings.protocol](settings.model)
-    headers = {TIMEOUT_HEADER: f"{settings.timeout_s:g}"}
+    headers = {}  # each attempt also carries the image's request id and what is left of its time
     if settings.api_key:
         headers["authorization"] = f"Bearer {settings.api_key}"
     n = settings.concurrency
@@ -271,6 +275,8 @@ async def _one(
         lambda: protocol.request(client, image, settings.options),
         retries=settings.retries,
         max_wait_s=settings.max_retry_wait_s,
+        request_id=uuid.uuid4().hex,  # one per image: every attempt shows as the same request
+        timeout_s=settings.timeout_s,
         sleep=sleep,
     )
     line["attempts"] = reply.attempts

@@ -7,9 +7,12 @@ its `Control` actor, so no test restarts the app's replicas to change the model'
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -17,6 +20,7 @@ import pytest
 import ray
 from ray import serve
 
+from deployments.transports import handle_retry
 from tests import images
 from tests.fixtures.models import CONTROLLED_ECHO, GATE_NAMESPACE, Gate, colour_in
 from tests.serving import app_config, deploy, fixed_replicas, post_many, wait_until
@@ -162,6 +166,86 @@ def test_preprocessor_replica_killed_under_load() -> None:
             assert _correct(response, colour), (response.status_code, response.text)
             ok += 1
     assert ok >= len(colours) - 2, f"only {ok} of {len(colours)} succeeded"
+
+
+def _ingress_replicas() -> list[Any]:
+    names = [
+        n["name"]
+        for n in ray.util.list_named_actors(all_namespaces=True)
+        if "#Ingress#" in n["name"]
+    ]
+    return [ray.get_actor(n, namespace="serve") for n in names]
+
+
+def test_an_ingress_replica_sigkilled_holding_requests_and_calls_loses_none(
+    gate: tuple[str, Any], echo_control: Any
+) -> None:
+    """HTTP: serve.env's retry policy and scripts/haproxy-edge's body buffering make HAProxy send
+    a request whose Ingress replica died to the other one. Handle calls: `handle_retry.call`
+    sends them again, with their request ids."""
+    name, handle = gate
+    deploy(
+        app_config(
+            model=CONTROLLED_ECHO,
+            options={"Ingress": fixed_replicas(2)},
+            user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
+        )
+    )
+    ray.get(echo_control.set.remote(gate=name))  # every call stays inside the graph until opened
+    ingresses = _ingress_replicas()
+    assert len(ingresses) == 2
+
+    def holding() -> list[int]:
+        return ray.get([r.get_num_ongoing_requests.remote() for r in ingresses])
+
+    colours = images.distinct_colours(22, seed=5)
+    app = serve.get_app_handle("vision")
+    with ThreadPoolExecutor(6) as pool:
+        calls = [
+            pool.submit(
+                handle_retry.call,
+                app,
+                "predict",
+                images.solid_png(c),
+                request_id=f"handle-{i}",
+                timeout_s=90,
+            )
+            for i, c in enumerate(colours[:6])
+        ]
+
+        def all_calls_held() -> list[int] | None:
+            counts = holding()
+            return counts if sum(counts) >= 6 else None
+
+        # The victim is a replica that holds handle calls (the handle may not know the second
+        # replica yet, and send them all to one) ...
+        before = wait_until(all_calls_held, 60, "the Ingress replicas to hold the calls", 0.05)
+        v = 0 if before[0] >= before[1] else 1
+        victim = ingresses[v]
+        held = Background([images.solid_png(c) for c in colours[6:14]])
+
+        def victim_holds_requests_too() -> bool:
+            counts = holding()
+            return counts[v] > before[v] and sum(counts) >= 14
+
+        # ... and HTTP requests (HAProxy balances them by its own connections: 4 and 4).
+        wait_until(victim_holds_requests_too, 60, "the victim to hold HTTP requests", 0.05)
+        pid = ray.get(victim.__ray_call__.remote(lambda _: os.getpid()))
+        os.kill(pid, signal.SIGKILL)  # it holds handle calls and HTTP requests
+        # Sent while HAProxy may still list the dead replica: refused connections are resent too.
+        after = Background([images.solid_png(c) for c in colours[14:]])
+        ray.get(handle.open.remote())
+        results = [c.result(timeout=120) for c in calls]
+    for i, (result, colour) in enumerate(zip(results, colours[:6], strict=True)):
+        assert result.request_id == f"handle-{i}", "a resent call keeps its request id"
+        assert colour_in(result.to_dict()["predictions"]) == colour
+    responses = held.join() + after.join()
+    wrong = [
+        (c, r.status_code, r.text[:200])
+        for r, c in zip(responses, colours[6:], strict=True)
+        if not _correct(r, c)
+    ]
+    assert not wrong, wrong
 
 
 def test_stopping_a_replica_drains_the_batch_it_holds(

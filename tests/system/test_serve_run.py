@@ -103,7 +103,7 @@ def test_serve_run_serves_and_shuts_down_cleanly(
     assert "truncated" in lines[1]["error"]["message"] and client.returncode == 1
 
     # serve.env's HAProxy serves serve_config.yaml's host (0.0.0.0) on 8000 and 9000, while its
-    # stats page and exporter stay on loopback (scripts/haproxy-loopback).
+    # stats page and exporter stay on loopback (scripts/haproxy-edge).
     address = _non_loopback_address()
     if address is not None:
         assert _reachable(address, 8000) and _reachable(address, 9000)

@@ -18,7 +18,11 @@ from scripts.chaos import (
     Record,
     Verdict,
     bad_image,
+    chaos_config,
+    deployed_config,
     judge,
+    judge_client_lines,
+    per_fault,
     plan_kills,
     summarise,
 )
@@ -137,3 +141,57 @@ def test_summary_counts_and_the_bar() -> None:
     }
     assert summary["misjoined"] == 0 and not summary["passed"]
     assert summarise(records[:1] + records[2:], kills, [])["passed"]
+
+
+def test_client_lines_are_judged_against_each_files_colour() -> None:
+    colours = {"0.png": (1, 2, 3), "1.png": (4, 5, 6), "2.png": (7, 8, 9)}
+
+    def line(name: str, colour: tuple[int, int, int], attempts: int = 1) -> dict[str, Any]:
+        labels = [{"label": f"{c}{v:03d}"} for c, v in zip("rgb", colour, strict=True)]
+        body = {"predictions": labels}
+        return {"path": f"x/{name}", "status": 200, "body": body, "attempts": attempts}
+
+    lines = [line("0.png", (1, 2, 3), attempts=2), line("1.png", (7, 8, 9))]
+    summary = judge_client_lines(lines, colours)
+    assert (summary["ok"], summary["misjoined"], summary["not_answered"]) == (1, 1, 1)
+    assert summary["attempts"] == {"1": 1, "2": 1} and summary["resent_images"] == 1
+
+
+def test_rolling_deploys_change_one_thing_each() -> None:
+    from tools.serve_process import load_config
+
+    base = chaos_config(load_config(), 8200)
+    hot = deployed_config(base, "deploy user_config")
+    args = deployed_config(hot, "deploy args")
+
+    def model(config: dict[str, Any]) -> dict[str, Any]:
+        (found,) = [d for d in config["applications"][0]["deployments"] if d["name"] == "Model"]
+        return found
+
+    assert model(hot)["user_config"]["max_batch_size"] != model(base)["user_config"].get(
+        "max_batch_size", 8
+    )
+    assert hot["applications"][0]["args"] == base["applications"][0]["args"]
+    changed = {
+        k
+        for k, v in args["applications"][0]["args"].items()
+        if v != hot["applications"][0]["args"][k]
+    }
+    assert changed == {"request_timeout_s"}
+    assert model(args) == model(hot)
+
+
+def test_each_fault_counts_what_was_in_flight_until_it_recovered() -> None:
+    planned = Planned("single", (RED,), ("",))
+    records = [
+        Record(planned, 1.0, 3.0, None, [Verdict("lost", None, "ReadError")]),
+        Record(planned, 5.0, 6.0, 200, [Verdict("misjoined", 200, "ok")]),
+        Record(planned, 20.0, 21.0, 200, [Verdict("ok", 200, "ok")]),
+    ]
+    faults = [
+        {"t": 2.0, "stage": "Ingress", "recovered_after_s": 4.0},
+        {"t": 19.0, "stage": "deploy args", "recovered_after_s": None},
+    ]
+    first, second = per_fault(records, faults)
+    assert (first["lost"], first["misjoined"], first["images_in_flight"]) == (1, 1, 2)
+    assert (second["lost"], second["misjoined"], second["images_in_flight"]) == (0, 0, 0)

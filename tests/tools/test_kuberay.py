@@ -1,9 +1,11 @@
-"""kuberay/rayservice.yaml: generated, up to date, the same Serve config plus one GPU override."""
+"""kuberay/rayservice.yaml: generated, up to date, the same Serve config plus two overrides (the
+Model's GPUs; the Ingress's replicas, on pods of their own)."""
 
 from __future__ import annotations
 
 import copy
 import importlib
+import json
 import math
 import re
 import tomllib
@@ -121,18 +123,24 @@ def test_serve_config_v2_validates(serve_config_v2: dict[str, Any]) -> None:
     ServeDeploySchema.model_validate(serve_config_v2)
 
 
-def test_serve_config_v2_is_serve_config_merged_with_the_override(
+def test_serve_config_v2_is_serve_config_merged_with_the_overrides(
     serve_config_v2: dict[str, Any],
 ) -> None:
     expected = render.deep_merge(load_config(), render.load_yaml(render.GPU_OVERRIDE))
+    expected = render.deep_merge(expected, render.load_yaml(render.INGRESS_OVERRIDE))
     assert serve_config_v2 == expected
 
 
-def test_serve_config_v2_differs_from_serve_config_only_in_model_gpus(
+def test_serve_config_v2_differs_from_serve_config_only_in_model_gpus_and_ingress_placement(
     serve_config_v2: dict[str, Any],
 ) -> None:
     base = load_config()
     without_gpus = copy.deepcopy(serve_config_v2)
+    ingress = _deployments(without_gpus)["Ingress"]
+    ingress["autoscaling_config"]["min_replicas"] = _deployments(base)["Ingress"][
+        "autoscaling_config"
+    ]["min_replicas"]
+    del ingress["ray_actor_options"]["resources"]
     models = _model_deployments(base)
     assert len(models) == len(load_config()["applications"][0]["args"]["models"])
     for name in models:
@@ -218,9 +226,11 @@ def test_cpu_group_fits_the_cpu_stages_at_their_maxima(
     limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert "nvidia.com/gpu" not in limits
     cpu_stages = [
-        d for d in _deployments(serve_config_v2).values() if not d["name"].startswith("Model")
+        d
+        for d in _deployments(serve_config_v2).values()
+        if not d["name"].startswith("Model") and d["name"] != "Ingress"  # its own group
     ]
-    assert {d["name"] for d in cpu_stages} == {"Ingress", "Preprocessor", "Postprocessor"}
+    assert {d["name"] for d in cpu_stages} == {"Preprocessor", "Postprocessor"}
 
     def demand(count: str) -> float:
         return sum(
@@ -231,6 +241,55 @@ def test_cpu_group_fits_the_cpu_stages_at_their_maxima(
     assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
     assert _fits(demand("min_replicas"), group["minReplicas"] * pod_cpus)
     assert _fits(demand("max_replicas"), group["maxReplicas"] * pod_cpus)
+
+
+INGRESS_RESOURCE = "vision-ingress"
+
+
+def _custom_resources(group: dict[str, Any]) -> dict[str, float]:
+    """A group's custom Ray resources, from KubeRay's quoted JSON in rayStartParams."""
+    raw = group.get("rayStartParams", {}).get("resources")
+    if raw is None:
+        return {}
+    parsed: dict[str, float] = json.loads(json.loads(raw))  # a JSON string holding JSON
+    return parsed
+
+
+def test_at_least_two_ingress_replicas_each_on_a_pod_of_its_own(
+    cluster: dict[str, Any], serve_config_v2: dict[str, Any]
+) -> None:
+    ingress = _deployments(serve_config_v2)["Ingress"]
+    scaling = ingress["autoscaling_config"]
+    assert scaling["min_replicas"] >= 2, "one Ingress replica must survive the other's death"
+    assert ingress["ray_actor_options"]["resources"] == {INGRESS_RESOURCE: 1}
+    group = _group(cluster, "ingress")
+    # One replica per pod, only there: each pod offers exactly what one replica asks.
+    assert _custom_resources(group) == {INGRESS_RESOURCE: 1}
+    for other in cluster["workerGroupSpecs"]:
+        if other is not group:
+            assert INGRESS_RESOURCE not in _custom_resources(other), other["groupName"]
+    assert INGRESS_RESOURCE not in _custom_resources(cluster["headGroupSpec"])
+    assert group["minReplicas"] >= scaling["min_replicas"]
+    assert group["replicas"] >= group["minReplicas"]
+    assert group["maxReplicas"] >= scaling["max_replicas"]
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits
+    assert _fits(ingress["ray_actor_options"]["num_cpus"], math.ceil(_quantity(limits["cpu"])))
+
+
+def test_a_drain_always_keeps_a_pod_that_hosts_an_ingress_replica(
+    cluster: dict[str, Any], documents: list[dict[str, Any]]
+) -> None:
+    group = _group(cluster, "ingress")
+    (budget,) = [
+        d
+        for d in documents
+        if d["kind"] == "PodDisruptionBudget"
+        and _selects(d["spec"]["selector"], _pod_labels(cluster, group))
+    ]
+    # Every pod of the group hosts a replica, so keeping one pod keeps one replica; fewer than
+    # the group's minimum, so a drain can still take the others, one at a time.
+    assert 1 <= budget["spec"]["minAvailable"] < group["minReplicas"]
 
 
 def test_gpu_group_scales_from_zero_and_fits_the_model(

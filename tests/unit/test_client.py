@@ -167,10 +167,16 @@ def test_a_503_without_a_readable_retry_after_waits_the_default() -> None:
     assert _send(transport) == (200, 3, [DEFAULT_WAIT_S, DEFAULT_WAIT_S])
 
 
-@pytest.mark.parametrize("status", [400, 408, 500, 504])
-def test_other_errors_are_not_retried(status: int) -> None:
+@pytest.mark.parametrize("status", [400, 404, 408, 413, 422, 429])
+def test_client_errors_are_never_retried(status: int) -> None:
     transport, _ = _answers(httpx.Response(status, headers={"retry-after": "1"}))
     assert _send(transport) == (status, 1, [])
+
+
+def test_the_services_own_500_is_not_retried() -> None:
+    error = {"error": {"code": "internal_error", "message": "logged"}, "request_id": "r"}
+    transport, _ = _answers(httpx.Response(500, json=error))
+    assert _send(transport) == (500, 1, [])
 
 
 def test_run_writes_a_line_per_image_and_counts_failures(tmp_path: Path) -> None:
@@ -217,8 +223,10 @@ def test_run_writes_a_line_per_image_and_counts_failures(tmp_path: Path) -> None
         assert str(request.url).startswith("http://vision/p/v1/predict?")
         assert request.url.params.multi_items() == [("top_k", "3")]
         assert request.headers["authorization"] == "Bearer k3y"
-        assert request.headers["x-request-timeout-seconds"] == "7"
+        assert 6 < float(request.headers["x-request-timeout-seconds"]) <= 7  # what is left
+        assert len(request.headers["x-request-id"]) == 32
         assert request.headers["content-type"] == "application/octet-stream"
+    assert len({r.headers["x-request-id"] for r in seen}) == 3, "one request id per image"
 
 
 def test_model_picks_the_named_models_route(tmp_path: Path) -> None:
@@ -279,15 +287,21 @@ def test_run_without_an_answer_records_the_error() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    settings = _settings()
+    settings = _settings("--retries=2")
     out = io.StringIO()
     image = Path(__file__)  # any readable file
+    waits: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    transport = httpx.MockTransport(handler)
     failed = asyncio.run(
-        cli.run(settings, [image], out, progress=False, transport=httpx.MockTransport(handler))
+        cli.run(settings, [image], out, progress=False, transport=transport, sleep=sleep)
     )
     line = json.loads(out.getvalue())
     assert failed == 1
-    assert (line["status"], line["attempts"]) == (None, 1)
+    assert (line["status"], line["attempts"], waits) == (None, 3, [0.25, 0.5])
     assert line["error"] == "ConnectError: connection refused"
 
 
