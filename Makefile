@@ -24,8 +24,8 @@ run: setup
 # Unit and integration tests share one Ray cluster; system tests start their own Ray, so they
 # run in a second pytest process after the first has shut its cluster down.
 test: setup
-	$(PY) -m pytest tests/unit tests/tools tests/integration
-	$(PY) -m pytest tests/system
+	$(PY) -m pytest --durations=12 tests/unit tests/tools tests/integration
+	$(PY) -m pytest --durations=4 tests/system
 
 lint: setup
 	$(VENV)/bin/ruff check .
