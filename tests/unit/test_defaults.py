@@ -6,7 +6,6 @@ deployment's options are read back as Serve's own `DeploymentSchema`.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -19,10 +18,7 @@ from ray.serve.schema import DeploymentSchema, LoggingConfig
 
 import graph
 from deployments import tasks
-from deployments.flow.caller import BundleSettings
-from deployments.flow.poison import PoisonSettings
 from deployments.stages.model import BatchingConfig
-from deployments.transports.base import IngressSettings
 
 SERVED = graph.load_app_config()
 YAML_DEPLOYMENTS = {d["name"]: d for d in SERVED["deployments"]}
@@ -94,14 +90,6 @@ def test_builder_args_have_no_defaults_of_their_own() -> None:
 
 # What the stages fall back on before (or without) their config: each must equal serve_config.yaml.
 _ARGS = SERVED["args"]
-_INGRESS = (
-    "max_body_bytes",
-    "max_image_bytes",
-    "max_images_per_request",
-    "max_body_bytes_in_flight",
-    "request_timeout_s",
-    "max_request_timeout_s",
-)
 FALLBACKS: list[tuple[str, Callable[[], Any], dict[str, Any]]] = [
     (
         "Model user_config",
@@ -112,22 +100,6 @@ FALLBACKS: list[tuple[str, Callable[[], Any], dict[str, Any]]] = [
         "Postprocessor user_config",
         lambda: {name: task.defaults().model_dump() for name, task in tasks.REGISTRY.items()},
         YAML_DEPLOYMENTS["Postprocessor"]["user_config"],
-    ),
-    ("bundles", lambda: dataclasses.asdict(BundleSettings()), _ARGS["bundles"]),
-    (
-        "poison",
-        lambda: dataclasses.asdict(PoisonSettings()),
-        {
-            "ttl_s": _ARGS["poison"]["quarantine_ttl_s"],
-            "max_entries": _ARGS["poison"]["max_quarantined"],
-        },
-    ),
-    (
-        "Ingress limits and deadlines",
-        lambda: {
-            f.name: f.default for f in dataclasses.fields(IngressSettings) if f.name in _INGRESS
-        },
-        {k: _ARGS["limits"].get(k, _ARGS.get(k)) for k in _INGRESS},
     ),
 ]
 

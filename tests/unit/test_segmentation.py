@@ -16,17 +16,18 @@ from PIL import Image
 from deployments import tasks
 from deployments.items import ImageInfo, Meta, Options, RawOutput, Sample
 from deployments.pixels.geometry import boxes_to_input, plan
-from deployments.pixels.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.pixels.imaging import ResizeSpec, decode
 from deployments.pixels.masks import NOT_SEEN, box_of, decode_rle, encode_rle, to_source
 from deployments.runtime.inference import Runner
 from deployments.runtime.model_source import resolve
 from deployments.runtime.spec import ModelSpec
 from deployments.tasks.segmentation import displayed_labels, map_geometry
+from tests import settings
 from tests.images import encode, rotated_jpeg, two_rectangles
 
 SEMANTIC = tasks.get("segmentation")
 INSTANCES = tasks.get("instance_segmentation")
-LIMITS = DecodeLimits(max_image_bytes=1 << 24, max_pixels=1 << 26)
+LIMITS = settings.limits(max_image_bytes=1 << 24, max_pixels=1 << 26)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
