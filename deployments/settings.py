@@ -2,8 +2,8 @@
 
 Builder args (`args:`, read by `graph.AppArgs`): `Limits` (what one request may ask; the
 transports and the Preprocessor's decode read it), `Bundles` (how images travel between stages;
-the `Caller`), `Poison` (images refused after they killed replicas; the `Caller`). Each is passed
-as-is to whoever reads it.
+the `Caller`), `Poison` (images refused after they killed replicas; the `Caller`). The Model's
+`user_config`: `Batching` (its `reconfigure`). Each is passed as-is to whoever reads it.
 
 No field has a default: serve_config.yaml is the one home of every value, and the configs rendered
 from it carry every key, so a key left out is an error that names it, not a second default.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["Bundles", "Limits", "Poison"]
+__all__ = ["Batching", "Bundles", "Limits", "Poison"]
 
 
 class Limits(BaseModel):
@@ -70,3 +70,15 @@ class Poison(BaseModel):
         gt=0, le=86_400, description="how long such an image's sha256 is refused (422)"
     )
     max_quarantined: int = Field(ge=1, description="hashes kept; the oldest go first")
+
+
+class Batching(BaseModel):
+    """The Model's `user_config`: hot knobs, applied by `reconfigure` without a restart."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_batch_size: int = Field(ge=1, le=512)
+    # 0: work-conserving. An idle Model starts a pass with what it holds at once; under load the
+    # next batch is what queued during the running pass. Above 0 it is the longest an item waits
+    # for company when the Model is idle, for those who trade latency for fuller batches.
+    batch_wait_timeout_s: float = Field(ge=0.0, le=10.0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deployments.settings import Bundles, Limits, Poison
+from deployments.settings import Batching, Bundles, Limits, Poison
 from tools.serve_process import APP, load_config, named_item
 
 
@@ -38,3 +38,8 @@ def bundles(**changes: float) -> Bundles:
 def poison(**changes: float) -> Poison:
     """serve_config.yaml's `poison`, with `changes`."""
     return Poison.model_validate({**served_app()["args"]["poison"], **changes})
+
+
+def batching(**changes: float) -> Batching:
+    """The Model's `user_config` in serve_config.yaml, with `changes`."""
+    return Batching.model_validate({**user_config("Model"), **changes})

@@ -18,7 +18,6 @@ from ray.serve.schema import DeploymentSchema, LoggingConfig
 
 import graph
 from deployments import tasks
-from deployments.stages.model import BatchingConfig
 
 SERVED = graph.load_app_config()
 YAML_DEPLOYMENTS = {d["name"]: d for d in SERVED["deployments"]}
@@ -91,11 +90,6 @@ def test_builder_args_have_no_defaults_of_their_own() -> None:
 # What the stages fall back on before (or without) their config: each must equal serve_config.yaml.
 _ARGS = SERVED["args"]
 FALLBACKS: list[tuple[str, Callable[[], Any], dict[str, Any]]] = [
-    (
-        "Model user_config",
-        lambda: BatchingConfig().model_dump(),
-        YAML_DEPLOYMENTS["Model"]["user_config"],
-    ),
     (
         "Postprocessor user_config",
         lambda: {name: task.defaults().model_dump() for name, task in tasks.REGISTRY.items()},
