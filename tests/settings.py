@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+
 from deployments.settings import Batching, Bundles, Limits, Poison
+from deployments.tasks import Task
 from tools.serve_process import APP, load_config, named_item
 
 
@@ -43,3 +46,9 @@ def poison(**changes: float) -> Poison:
 def batching(**changes: float) -> Batching:
     """The Model's `user_config` in serve_config.yaml, with `changes`."""
     return Batching.model_validate({**user_config("Model"), **changes})
+
+
+def task_defaults(task: Task, **changes: Any) -> BaseModel:
+    """`task`'s section of the Postprocessor's `user_config` in serve_config.yaml, with
+    `changes`: the options a request gets when it sends none."""
+    return task.defaults.model_validate({**user_config("Postprocessor")[task.name], **changes})

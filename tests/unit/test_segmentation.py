@@ -89,8 +89,8 @@ def _segment(data: bytes, **options: Any) -> tuple[tuple[Any, ...], dict[str, An
     meta = Meta("a", "req", done.image, done.geometry, Options.of(options))
     (raw,) = runner.run([Sample(meta=meta, pixels=done.pixels)])
     assert isinstance(raw, RawOutput)
-    settings = meta.options.over(SEMANTIC.defaults().model_dump())
-    predictions, extra = SEMANTIC.answer(raw.arrays, meta, resolved.labels, settings)
+    chosen = meta.options.over(settings.task_defaults(SEMANTIC).model_dump())
+    predictions, extra = SEMANTIC.answer(raw.arrays, meta, resolved.labels, chosen)
     return predictions, extra, meta
 
 
@@ -185,9 +185,9 @@ def test_torchvision_segmentation_models_by_name(
     (raw,) = runner.run([Sample(meta=meta, pixels=done.pixels)])
     assert isinstance(raw, RawOutput)
     the_task = tasks.get(task)
-    settings = the_task.defaults().model_dump() | {"score_threshold": 0.0}
-    settings = {k: v for k, v in settings.items() if k in the_task.defaults.model_fields}
-    predictions, _ = the_task.answer(raw.arrays, meta, resolved.labels, settings)
+    chosen = settings.task_defaults(the_task).model_dump() | {"score_threshold": 0.0}
+    chosen = {k: v for k, v in chosen.items() if k in the_task.defaults.model_fields}
+    predictions, _ = the_task.answer(raw.arrays, meta, resolved.labels, chosen)
     for p in predictions:
         mask = decode_rle(p.mask)  # type: ignore[arg-type]
         assert mask.shape == (100, 200) and p.area == int(mask.sum())
