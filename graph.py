@@ -16,66 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
-from deployments.flow.caller import BundleSettings, PoisonSettings
-from deployments.pixels.imaging import DecodeLimits, ResizeSpec
+from deployments.pixels.imaging import ResizeSpec
 from deployments.runtime.model_source import resolve
 from deployments.runtime.spec import ModelSpec, Resolved
+from deployments.settings import Bundles, Limits, Poison
 from deployments.stages.ingress import Ingress
 from deployments.stages.model import Model
 from deployments.stages.postprocessor import ModelAnswers, Postprocessor
 from deployments.stages.preprocessor import Preprocessor
 from deployments.transports.base import IngressSettings, ModelRoute
-
-
-class Limits(BaseModel):
-    """What one request may ask of the service; over a limit is a 413, never a crash."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_body_bytes: int = Field(ge=1, description="whole HTTP body")
-    max_image_bytes: int = Field(ge=1, description="one encoded image")
-    max_pixels: int = Field(ge=1, description="one decoded image, and its resize before a crop")
-    max_images_per_request: int = Field(
-        ge=1, description="multipart parts (of any name), counted while the body arrives"
-    )
-    max_body_bytes_in_flight: int = Field(
-        ge=1, description="request bodies one Ingress replica holds at once (503 past it)"
-    )
-
-    @model_validator(mode="after")
-    def _budget_fits_a_body(self) -> "Limits":
-        if self.max_body_bytes_in_flight < self.max_body_bytes:
-            raise ValueError(
-                "limits.max_body_bytes_in_flight must be at least limits.max_body_bytes, or a "
-                "body of the allowed size could never be admitted"
-            )
-        return self
-
-
-class Bundles(BaseModel):
-    """How images travel between stages: together, one call per stage per bundle."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_items: int = Field(ge=1, le=512, description="images per bundle")
-    max_in_flight: int = Field(
-        ge=1, le=64, description="partial bundles in flight before single images wait"
-    )
-    max_wait_s: float = Field(
-        ge=0.0, le=1.0, description="the longest a single image waits for company"
-    )
-
-
-class Poison(BaseModel):
-    """Images that crashed a replica twice (once in a bundle, once alone) are refused a while."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    quarantine_ttl_s: float = Field(
-        gt=0, le=86_400, description="how long such an image's sha256 is refused (422)"
-    )
-    max_quarantined: int = Field(ge=1, description="hashes kept; the oldest go first")
-
 
 MODEL_DEPLOYMENT = "Model"
 MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
@@ -171,18 +120,11 @@ def served_args() -> AppArgs:
     return AppArgs.model_validate(load_app_config()["args"])
 
 
-def decode_limits(args: AppArgs) -> DecodeLimits:
-    """The per-image limits every decode enforces."""
-    return DecodeLimits(
-        max_image_bytes=args.limits.max_image_bytes, max_pixels=args.limits.max_pixels
-    )
-
-
 def decode_settings(
     args: AppArgs, resolved: Resolved, spec: ModelSpec | None = None
-) -> tuple[ResizeSpec, DecodeLimits]:
+) -> tuple[ResizeSpec, Limits]:
     """How every image for one model (the default one unless `spec` names another) is decoded
-    and brought to its input (also the benchmark's)."""
+    and brought to its input, and the limits the decode enforces (also the benchmark's)."""
     model = spec or args.model
     resize = ResizeSpec(
         mode=resolved.resize,
@@ -193,7 +135,7 @@ def decode_settings(
         draft=args.jpeg_draft,
         gpu_decode=model.gpu_decode,  # the Preprocessor leaves JPEGs to the Model's device
     )
-    return resize, decode_limits(args)
+    return resize, args.limits
 
 
 def build_app(args: AppArgs) -> Application:
@@ -254,26 +196,17 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
     settings = IngressSettings(
         models=routes,
         default_model=args.default_model,
-        max_body_bytes=args.limits.max_body_bytes,
-        max_image_bytes=args.limits.max_image_bytes,
-        max_images_per_request=args.limits.max_images_per_request,
-        max_body_bytes_in_flight=args.limits.max_body_bytes_in_flight,
+        limits=args.limits,
         request_timeout_s=args.request_timeout_s,
         max_request_timeout_s=args.max_request_timeout_s,
-        bundles=BundleSettings(
-            max_items=args.bundles.max_items,
-            max_in_flight=args.bundles.max_in_flight,
-            max_wait_s=args.bundles.max_wait_s,
-        ),
-        poison=PoisonSettings(
-            ttl_s=args.poison.quarantine_ttl_s, max_entries=args.poison.max_quarantined
-        ),
+        bundles=args.bundles,
+        poison=args.poison,
     )
     model_handles = {
         n: stages[args.deployment_of(n)].bind(m.model, r) for n, (m, r) in models.items()
     }
     return stages[ingress.name].bind(
-        stages[pre.name].bind(resize, decode_limits(args), args.decode_threads),
+        stages[pre.name].bind(resize, args.limits, args.decode_threads),
         model_handles,
         stages[post.name].bind(answers),
         settings,

@@ -42,14 +42,14 @@ import torchvision
 
 from bench.images import TARGET_SIZE, jpeg_near, picture
 from deployments.errors import VisionError
-from deployments.pixels.imaging import DecodeLimits, Deferred, ResizeSpec, decode, prepare
+from deployments.pixels.imaging import Deferred, ResizeSpec, decode, prepare
 from deployments.runtime.device_decode import decode_batch
 from deployments.runtime.inference import Runner
 from deployments.runtime.model_source import ModelLoadError, resolve
 from deployments.runtime.spec import ModelSpec, Precision
+from graph import served_args
 
 PRECISIONS: tuple[Precision, ...] = ("float32", "bfloat16", "float16")
-LIMITS = DecodeLimits(max_image_bytes=1 << 26, max_pixels=40_000_000)
 
 
 def _sync(device: torch.device) -> None:
@@ -142,9 +142,10 @@ def decode_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     from torchvision.io import ImageReadMode, decode_jpeg
 
     data = _jpegs(args.decode_batch, min(args.decode_batch, 16))
+    limits = served_args().limits  # what the Preprocessor checks before either decode
     # The Model's input as a classifier serves it (resize 232..256, crop 224), as served.
     spec = ResizeSpec("resize_crop", 224, 224, 256, draft=True)
-    deferred = [prepare(d, replace(spec, gpu_decode=True), LIMITS) for d in data]
+    deferred = [prepare(d, replace(spec, gpu_decode=True), limits) for d in data]
     jpegs = [d.jpeg for d in deferred if isinstance(d, Deferred)]
     geometries = [d.geometry for d in deferred]
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in data]
@@ -167,7 +168,7 @@ def decode_rows(args: argparse.Namespace, device: torch.device) -> dict[str, Any
     torch.set_num_threads(1)  # one core, as one Preprocessor decoder thread has
     try:
         cpu = torch.device("cpu")
-        pillow, _ = _rate(lambda: [decode(d, spec, LIMITS) for d in data], n, cpu, args.seconds, 1)
+        pillow, _ = _rate(lambda: [decode(d, spec, limits) for d in data], n, cpu, args.seconds, 1)
         libjpeg, _ = _rate(
             lambda: decode_jpeg(tensors, mode=ImageReadMode.RGB, device="cpu"),
             n,

@@ -22,6 +22,7 @@ import pickle
 import pstats
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,7 +56,7 @@ def pickled_size(obj: Any) -> dict[str, int]:
 
 
 class Pipeline:
-    def __init__(self, args: AppArgs, threads: int | None) -> None:
+    def __init__(self, args: AppArgs, options: Mapping[str, Any], threads: int | None) -> None:
         if threads is not None:
             torch.set_num_threads(threads)
         self.spec = args.model
@@ -64,7 +65,8 @@ class Pipeline:
         self.resize, self.limits = decode_settings(args, r)
         self.runner = Runner.for_model(args.model, r)
         self.task = tasks.get(r.task)
-        self.defaults = self.task.defaults()  # top_k 5, as the graph's Postprocessor
+        # The option defaults the graph's Postprocessor applies: its user_config's section.
+        self.defaults = tasks.defaults_for(self.task, options)
         self.timing = {"decode": 0.0, "forward": 0.0, "postprocess": 0.0}
         # Process CPU seconds per stage (torch's intra-op threads included: the stages run one
         # after another in this process, so the process clock while a stage runs is its cost).
@@ -253,9 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     config = yaml.safe_load(args.config.read_text())
-    app_args = AppArgs.model_validate(config["applications"][0]["args"])
+    app = config["applications"][0]
+    app_args = AppArgs.model_validate(app["args"])
     threads = args.threads if args.threads is not None else app_args.model.torch_threads
-    pipe = Pipeline(app_args, threads)
+    options = next(d for d in app["deployments"] if d["name"] == "Postprocessor")["user_config"]
+    pipe = Pipeline(app_args, options, threads)
     sets = {"target": args.images}
     for item in filter(None, args.sets.split(",")):
         name, _, path = item.partition("=")

@@ -20,7 +20,8 @@ import torch
 
 from deployments.items import Geometry
 from deployments.pixels.geometry import boxes_to_source, plan_letterbox
-from deployments.pixels.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.pixels.imaging import ResizeSpec, decode
+from deployments.settings import Limits
 from shapes.generate import GeneratedImage, generate
 from shapes.metrics import Detection, GroundTruth, Report, evaluate, iou
 from shapes.model import ShapesDetector, load_detector
@@ -44,11 +45,11 @@ def contrast_bin(contrast: float) -> str:
 
 
 @functools.cache
-def _served_limits() -> DecodeLimits:
-    """serve_config.yaml's per-image limits (imported late: graph pulls in Ray Serve)."""
-    from graph import decode_limits, served_args
+def _served_limits() -> Limits:
+    """serve_config.yaml's limits (imported late: graph pulls in Ray Serve)."""
+    from graph import served_args
 
-    return decode_limits(served_args())
+    return served_args().limits
 
 
 def preprocess(data: bytes, size: int, *, draft: bool = True) -> tuple[np.ndarray, Geometry]:

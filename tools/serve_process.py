@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from deployments.settings import Batching
 from tools.serve_env import serve_env
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,12 +106,11 @@ def serve_one_model(app: dict[str, Any], spec: dict[str, Any], name: str) -> Non
 
 
 def model_user_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The Model's batching in `config`, with the Model's own fallbacks for what it leaves out."""
-    from deployments.stages.model import BatchingConfig  # imported late: it pulls in torch
-
+    """The Model's batching in `config`, validated as the Model validates it (a key left out is
+    an error that names it)."""
     app = named_item(config["applications"], APP)
     uc: dict[str, Any] = named_item(app["deployments"], "Model").get("user_config", {})
-    return BatchingConfig.model_validate(uc).model_dump()
+    return Batching.model_validate(uc).model_dump()
 
 
 def port_in_use(port: int) -> bool:

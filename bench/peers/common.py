@@ -1,6 +1,6 @@
 """The work every peer does, built from the graph's own generated config so nothing differs.
 
-decode: `deployments.pixels.imaging.decode` with the graph's `ResizeSpec` and `DecodeLimits`;
+decode: `deployments.pixels.imaging.decode` with the graph's `ResizeSpec` and `Limits`;
 model: `deployments.runtime.model_source.load` (resnet18, `weights: none`, seed 0); forward pass:
 `deployments.runtime.inference.Runner.forward` (uint8 NHWC in, softmax top-k out); labels:
 `deployments.tasks.label_for`. No Ray, no HTTP: the peers wrap this in their own stack.

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
@@ -32,9 +32,10 @@ from ray.serve.handle import DeploymentHandle
 
 from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage
 from deployments.flow.batching import Coalescer, chunks
-from deployments.flow.poison import PoisonSettings, Quarantine, Retries, content_hash
+from deployments.flow.poison import Quarantine, Retries, content_hash
 from deployments.items import Item, ItemError, Result
 from deployments.metrics import StageMetrics
+from deployments.settings import Bundles, Poison
 from deployments.tracing import OFF, Tracing
 
 logger = logging.getLogger("ray.serve")
@@ -47,16 +48,7 @@ Answer = Result | ItemError
 # Hashing releases the GIL; above this an image is hashed off the event loop.
 _HASH_INLINE_BYTES = 256 * 1024
 
-__all__ = ["BundleSettings", "Caller", "PoisonSettings", "failure_kind"]
-
-
-@dataclass(frozen=True, slots=True)
-class BundleSettings:
-    """How items are grouped between stages (see `batching.Coalescer`)."""
-
-    max_items: int = 8  # images per bundle; a bigger multipart request travels as several
-    max_in_flight: int = 2  # partial bundles out at once before single images start to wait
-    max_wait_s: float = 0.05  # the longest a single image waits for company
+__all__ = ["Caller", "failure_kind"]
 
 
 def failure_kind(exc: BaseException) -> str | None:
@@ -85,8 +77,8 @@ class Caller:
         preprocessor: DeploymentHandle[Any],
         models: Mapping[str, DeploymentHandle[Any]],
         postprocessor: DeploymentHandle[Any],
-        bundles: BundleSettings,
-        poison: PoisonSettings | None = None,
+        bundles: Bundles,
+        poison: Poison,
         tracing: Tracing = OFF,
     ) -> None:
         # Pinned by reference: a Bundle passes from the Preprocessor to the Model and the
@@ -107,8 +99,7 @@ class Caller:
             for name in models
         }
         self._metrics = StageMetrics()
-        poison = poison or PoisonSettings()
-        self._quarantine = Quarantine(poison.ttl_s, poison.max_entries)
+        self._quarantine = Quarantine(poison.quarantine_ttl_s, poison.max_quarantined)
         # Solo retries go one at a time, so a retry that kills its replica takes no other
         # retry with it (which would then count as a second kill of an innocent image).
         self._retry_lock = asyncio.Lock()

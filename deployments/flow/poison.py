@@ -15,15 +15,6 @@ import collections
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-
-
-@dataclass(frozen=True, slots=True)
-class PoisonSettings:
-    """How long, and how many, images that crashed the service twice are refused."""
-
-    ttl_s: float = 600.0
-    max_entries: int = 10_000
 
 
 def content_hash(data: bytes) -> str:

@@ -31,6 +31,7 @@ from deployments.errors import (
 )
 from deployments.items import Geometry, ImageInfo, Jpeg, ResizeMode
 from deployments.pixels.geometry import plan, resized_size
+from deployments.settings import Limits
 
 # Only these decoders ever see client bytes (Pillow would otherwise try every plugin it has).
 ALLOWED_FORMATS = ("JPEG", "PNG", "GIF", "TIFF", "WEBP", "BMP")
@@ -58,16 +59,6 @@ _TRANSPOSE: dict[int, Image.Transpose] = {
 }
 _SWAPS_AXES = {5, 6, 7, 8}
 _WHITE = (255, 255, 255, 255)
-
-
-@dataclass(frozen=True, slots=True)
-class DecodeLimits:
-    """Per-image limits; their values live in serve_config.yaml (`args.limits`), not here."""
-
-    max_image_bytes: int
-    # Bounds every image a decode holds, not only the file's own size: the decoded image and the
-    # resized one before the crop or pad (which outgrows the file when a thin sliver is upscaled).
-    max_pixels: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +117,7 @@ def _describe_prefix(data: bytes) -> str:
     return f"it starts with bytes {head[:8].hex(' ')}"
 
 
-def open_image(data: bytes, limits: DecodeLimits) -> tuple[Image.Image, str]:
+def open_image(data: bytes, limits: Limits) -> tuple[Image.Image, str]:
     """Parse the header only; raise the typed error a client can act on."""
     if not data:
         raise EmptyImage("the image is empty (0 bytes); send the file's contents as the body")
@@ -183,7 +174,7 @@ def _orientation(img: Image.Image, fmt: str) -> int:
 
 
 def plan_decode(
-    width: int, height: int, orientation: int, spec: ResizeSpec, limits: DecodeLimits
+    width: int, height: int, orientation: int, spec: ResizeSpec, limits: Limits
 ) -> DecodePlan:
     """Size every image the decode will hold, from the header; refuse one over the pixel limit.
 
@@ -244,7 +235,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def _open_planned(
-    data: bytes, spec: ResizeSpec, limits: DecodeLimits
+    data: bytes, spec: ResizeSpec, limits: Limits
 ) -> tuple[Image.Image, str, int, DecodePlan]:
     """The header, its orientation and the decode's plan, every limit checked; no pixel decoded."""
     img, fmt = open_image(data, limits)
@@ -263,7 +254,7 @@ def _info(geom: Geometry, fmt: str, orientation: int) -> ImageInfo:
     )
 
 
-def prepare(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed | Deferred:
+def prepare(data: bytes, spec: ResizeSpec, limits: Limits) -> Preprocessed | Deferred:
     """What the Preprocessor emits: `decode`'s pixels, or with `spec.gpu_decode` an RGB or
     greyscale JPEG left compressed, with the plan `decode` would have followed (the same header,
     orientation, limits and geometry; the Model's device decodes and places it).
@@ -301,7 +292,7 @@ def _ends_after_its_scan(data: bytes) -> bool:
     return scan >= 0 and data.find(b"\xff\xd9", scan) >= 0
 
 
-def decode(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> Preprocessed:
+def decode(data: bytes, spec: ResizeSpec, limits: Limits) -> Preprocessed:
     """Bytes -> upright uint8 pixels in model-input geometry, with what post-processing needs.
 
     Raises a `ClientError` subclass for anything wrong with the bytes; never a bare exception.

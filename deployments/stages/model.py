@@ -10,7 +10,6 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 
 from deployments.flow.batching import ForwardQueue, chunks
@@ -18,26 +17,15 @@ from deployments.items import Bundle, ItemError, ModelInfo, RawOutput, Sample
 from deployments.metrics import ModelMetrics
 from deployments.runtime.inference import Runner, pick_device
 from deployments.runtime.spec import ModelSpec, Resolved
+from deployments.settings import Batching
 from deployments.tracing import Tracing
 
 logger = logging.getLogger("ray.serve")
 HEALTH_FORWARD_EVERY_S = 30.0
-
-
-class BatchingConfig(BaseModel):
-    """The Model's `user_config`: hot knobs, applied by `reconfigure` without a restart.
-
-    The defaults are what a replica runs until then (or with a config that sets none); they equal
-    serve_config.yaml's, which tests/unit/test_defaults.py checks.
-    """
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    max_batch_size: int = Field(8, ge=1, le=512)
-    # 0: work-conserving. An idle Model starts a pass with what it holds at once; under load the
-    # next batch is what queued during the running pass. Above 0 it is the longest an item waits
-    # for company when the Model is idle, for those who trade latency for fuller batches.
-    batch_wait_timeout_s: float = Field(0.0, ge=0.0, le=10.0)
+_UNCONFIGURED = (
+    "this Model replica got no user_config: a Serve config must set its deployment's "
+    "user_config (max_batch_size, batch_wait_timeout_s), as serve_config.yaml does"
+)
 
 
 @serve.deployment
@@ -62,12 +50,13 @@ class Model:
         self._runner = Runner.for_model(
             spec, resolved, device, on_batch=self._record_batch, tracing=self._tracing
         )
-        self._batching = BatchingConfig()
+        # Set by `reconfigure` from the deployment's user_config, which Serve applies before the
+        # replica takes a request; without one, the first health check fails the replica.
+        self._batching: Batching | None = None
         self._waiting: set[str] = set()  # item ids in predict() not yet handed to a forward pass
-        # Items gathered by @serve.batch wait here for the one forward pass at a time.
-        self._queue: ForwardQueue[Sample, RawOutput | ItemError] = ForwardQueue(
-            self._forward, self._batching.max_batch_size
-        )
+        # Items gathered by @serve.batch wait here for the one forward pass at a time (its batch
+        # size, too, is the user_config's, set in `reconfigure`).
+        self._queue: ForwardQueue[Sample, RawOutput | ItemError] = ForwardQueue(self._forward, 1)
         self._queue.on_take = self._taken
         shape = (resolved.input_height, resolved.input_width)
         self._forward_thread.submit(self._runner.warm_up, [1], *shape).result()
@@ -83,17 +72,20 @@ class Model:
         )
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply a new `BatchingConfig` (validated; a bad value fails the update, not requests).
+        """Apply a new `Batching` (validated; a bad or missing value fails the update, not
+        requests). The first one is applied before the replica serves.
 
         Args:
             user_config: `max_batch_size` and `batch_wait_timeout_s`.
         """
-        config = BatchingConfig.model_validate(user_config)
+        config = Batching.model_validate(user_config)
         batcher: Any = self._batched  # Serve attaches the setters to the wrapper it returns
         batcher.set_max_batch_size(config.max_batch_size)
         batcher.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._queue.max_batch_size = config.max_batch_size
-        if config.max_batch_size != self._batching.max_batch_size:
+        # The batch size a replica last ran (`__init__` warmed batch 1) is warm; a new one is not.
+        warm = self._batching.max_batch_size if self._batching is not None else 1
+        if config.max_batch_size != warm:
             shape = (self._resolved.input_height, self._resolved.input_width)
             self._forward_thread.submit(
                 self._runner.warm_up, [config.max_batch_size], *shape
@@ -118,7 +110,7 @@ class Model:
             gathered = await asyncio.gather(
                 *(
                     self._batched(tuple(part))
-                    for part in chunks(samples, self._batching.max_batch_size)
+                    for part in chunks(samples, self._configured().max_batch_size)
                 )
             )
             futures = [f for part in gathered for f in part]
@@ -145,11 +137,8 @@ class Model:
         self._metrics.batch_wait.observe(waited_ms)
         return dataclasses.replace(raw, queue_ms=waited_ms)
 
-    @serve.batch(
-        max_batch_size=8,
-        batch_wait_timeout_s=0.0,
-        batch_size_fn=lambda parts: sum(len(p) for p in parts),
-    )
+    # max_batch_size and batch_wait_timeout_s are the user_config's (`reconfigure`).
+    @serve.batch(batch_size_fn=lambda parts: sum(len(p) for p in parts))
     async def _batched(
         self, parts: list[tuple[Sample, ...]]
     ) -> list[list[asyncio.Future[RawOutput | ItemError]]]:
@@ -163,6 +152,11 @@ class Model:
         pass (work-conserving batching).
         """
         return [self._queue.put(part) for part in parts]
+
+    def _configured(self) -> Batching:
+        if self._batching is None:
+            raise RuntimeError(_UNCONFIGURED)
+        return self._batching
 
     async def _forward(self, samples: list[Sample]) -> list[RawOutput | ItemError]:
         loop = asyncio.get_running_loop()
@@ -182,6 +176,7 @@ class Model:
 
         An idle replica proves it with a one-item forward pass; a busy one already has.
         """
+        self._configured()  # a replica without its user_config fails its first check
         batcher: Any = self._batched
         alive = getattr(batcher, "_is_batching_task_alive", None)  # Serve's own probe, if present
         if alive is not None and not await alive():
@@ -204,8 +199,8 @@ class Model:
             resize=r.resize,
             weights=r.weights,
             device=str(self._runner.device),
-            max_batch_size=self._batching.max_batch_size,
-            batch_wait_timeout_s=self._batching.batch_wait_timeout_s,
+            max_batch_size=self._configured().max_batch_size,
+            batch_wait_timeout_s=self._configured().batch_wait_timeout_s,
             replica=serve.get_replica_context().replica_id.unique_id,
         )
 

@@ -23,6 +23,10 @@ from deployments.tasks import Task
 from deployments.tracing import OFF, Tracing
 
 logger = logging.getLogger("ray.serve")
+_UNCONFIGURED = (
+    "this Postprocessor replica got no user_config: a Serve config must set its deployment's "
+    "user_config (one section of option defaults per task), as serve_config.yaml does"
+)
 
 
 def _same_item(raw: RawOutput | ItemError, sample: Sample | ItemError) -> None:
@@ -118,7 +122,9 @@ class Postprocessor:
     def __init__(self, models: Mapping[str, ModelAnswers]) -> None:
         self._models = dict(models)
         self._tasks = {tasks.get(m.task) for m in self._models.values()}
-        self._defaults = {t.name: t.defaults() for t in self._tasks}
+        # The option defaults come from the user_config, which Serve applies (`reconfigure`)
+        # before the replica takes a request; without one, its first health check fails it.
+        self._defaults: dict[str, BaseModel] | None = None
         self._metrics = StageMetrics()
         self._tracing = Tracing.from_env("Postprocessor")
 
@@ -140,8 +146,9 @@ class Postprocessor:
         bug upstream: `JoinMismatch` is raised and nothing is joined.
         """
         start = time.perf_counter()
+        defaults = self._configured()
         joined = join_bundle(
-            outputs, bundle, models=self._models, defaults=self._defaults, tracing=self._tracing
+            outputs, bundle, models=self._models, defaults=defaults, tracing=self._tracing
         )
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         per_item_ms = round(elapsed_ms / max(1, len(joined)), 3)
@@ -150,6 +157,15 @@ class Postprocessor:
                 out.timings_ms["postprocess"] = per_item_ms
                 self._metrics.observe("postprocess", per_item_ms)
         return joined
+
+    def _configured(self) -> dict[str, BaseModel]:
+        if self._defaults is None:
+            raise RuntimeError(_UNCONFIGURED)
+        return self._defaults
+
+    def check_health(self) -> None:
+        """Healthy once the user_config's option defaults are applied."""
+        self._configured()
 
     def ready(self) -> bool:
         return True

@@ -19,7 +19,8 @@ from ray import serve
 from deployments.errors import DeadlineExceeded, VisionError
 from deployments.items import Bundle, Item, ItemError, Meta, Sample
 from deployments.metrics import StageMetrics
-from deployments.pixels.imaging import DecodeLimits, Deferred, ResizeSpec, prepare
+from deployments.pixels.imaging import Deferred, ResizeSpec, prepare
+from deployments.settings import Limits
 from deployments.tracing import Tracing
 
 logger = logging.getLogger("ray.serve")
@@ -27,9 +28,7 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class Preprocessor:
-    def __init__(
-        self, resize: Mapping[str, ResizeSpec], limits: DecodeLimits, threads: int
-    ) -> None:
+    def __init__(self, resize: Mapping[str, ResizeSpec], limits: Limits, threads: int) -> None:
         self._resize = dict(resize)  # by served model name: each model's own input
         self._limits = limits
         # Pillow releases the GIL while decoding and resizing, so threads use every core.

@@ -138,7 +138,8 @@ def defaults_for(task: Task, user_config: Mapping[str, Any]) -> BaseModel:
 
     `user_config` has one section per task (`classification: {top_k: 5}`, ...), so one config
     serves any model; every section is validated, so a typo fails the update even in a section
-    the current model does not use.
+    the current model does not use. The code has no defaults of its own: a section (or a key in
+    it) that the active task needs and the config leaves out is an error that names it.
     """
     unknown = sorted(set(user_config) - set(REGISTRY))
     if unknown:
@@ -150,4 +151,9 @@ def defaults_for(task: Task, user_config: Mapping[str, Any]) -> BaseModel:
         name: REGISTRY[name].defaults.model_validate(section or {})
         for name, section in user_config.items()
     }
-    return validated.get(task.name) or task.defaults()
+    if task.name not in validated:
+        raise ValueError(
+            f"Postprocessor user_config has no section {task.name!r}, the options a request for "
+            f"a {task.name} model gets when it sends none (serve_config.yaml has every section)"
+        )
+    return validated[task.name]

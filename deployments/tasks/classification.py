@@ -25,11 +25,11 @@ if TYPE_CHECKING:
 
 
 class Defaults(BaseModel):
-    """What a request gets for options it does not send."""
+    """What a request gets for options it does not send (the Postprocessor's user_config)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    top_k: int = Field(5, ge=1)
+    top_k: int = Field(ge=1)
 
 
 class ClassOut(BaseModel):

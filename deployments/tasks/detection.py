@@ -25,12 +25,12 @@ MAX_DETECTIONS = 1000
 
 
 class Defaults(BaseModel):
-    """What a request gets for options it does not send."""
+    """What a request gets for options it does not send (the Postprocessor's user_config)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    score_threshold: float = Field(0.5, ge=0.0, le=1.0)
-    max_detections: int = Field(100, ge=1, le=MAX_DETECTIONS)
+    score_threshold: float = Field(ge=0.0, le=1.0)
+    max_detections: int = Field(ge=1, le=MAX_DETECTIONS)
 
 
 class BoxOut(BaseModel):

@@ -159,7 +159,7 @@ def map_geometry(arrays: Arrays, geometry: Geometry) -> Geometry:
 class SemanticDefaults(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    mask_format: str = Field("rle", pattern="^(rle|png)$")
+    mask_format: str = Field(pattern="^(rle|png)$")
 
 
 class Semantic:
@@ -246,7 +246,7 @@ class Semantic:
 
 
 class InstanceDefaults(DetectionDefaults):
-    mask_format: str = Field("rle", pattern="^(rle|png)$")
+    mask_format: str = Field(pattern="^(rle|png)$")
 
 
 class Instances:

@@ -12,16 +12,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from starlette.requests import ClientDisconnect
 
 from deployments import tasks
 from deployments.errors import BadRequest, Unauthorized, UnknownModel, VisionError
-from deployments.flow.caller import BundleSettings, Caller, PoisonSettings
+from deployments.flow.caller import Caller
 from deployments.flow.health import ModelState, StageWatch
 from deployments.items import Item, ModelInfo, Options, new_item_id
+from deployments.settings import Bundles, Limits, Poison
 from deployments.transports.auth import authorized
 from deployments.transports.http_io import BodyBudget, Reservation, deadline_from
 
@@ -40,17 +41,16 @@ class ModelRoute:
 
 @dataclass(frozen=True, slots=True)
 class IngressSettings:
+    """What the Ingress is built with: its routes, and serve_config.yaml's settings as-is."""
+
     models: dict[str, ModelRoute]  # by served name (`models:` in serve_config.yaml)
     default_model: str  # what /v1/predict and the handle API run when no model is named
-    max_body_bytes: int = 64 * 1024 * 1024
-    max_image_bytes: int = 20 * 1024 * 1024  # one multipart part's data
-    max_images_per_request: int = 64  # multipart parts of any name
-    max_body_bytes_in_flight: int = 256 * 1024 * 1024  # all bodies this replica holds at once
-    retry_after_s: int = 1
-    request_timeout_s: float = 30.0  # default deadline when a request states none
-    max_request_timeout_s: float = 120.0  # a request may ask for more; it gets this
-    bundles: BundleSettings = field(default_factory=BundleSettings)
-    poison: PoisonSettings = field(default_factory=PoisonSettings)
+    limits: Limits  # `limits:`: bodies, images and parts per request, bodies held at once
+    request_timeout_s: float  # default deadline when a request states none
+    max_request_timeout_s: float  # a request may ask for more; it gets this
+    bundles: Bundles
+    poison: Poison
+    retry_after_s: int = 1  # the Retry-After of the Ingress's own 503s
 
 
 class Front:
@@ -67,7 +67,7 @@ class Front:
         self.caller = caller
         self.settings = settings
         self.health = health
-        self.budget = BodyBudget(settings.max_body_bytes_in_flight)
+        self.budget = BodyBudget(settings.limits.max_body_bytes_in_flight)
         self.tasks = {n: tasks.get(r.task) for n, r in settings.models.items()}
         self._describers = dict(describers)
         self._api_key = api_key  # never logged or echoed

@@ -26,6 +26,7 @@ from deployments.errors import (
     RequestTimeout,
     VisionError,
 )
+from deployments.settings import Limits
 
 TIMEOUT_HEADER = "x-request-timeout-seconds"
 _REQUEST_ID = re.compile(r"^[\x21-\x7e]{1,200}$")
@@ -68,27 +69,20 @@ MAX_PART_HEADER_BYTES = 16 * 1024  # one part's headers; a real file part needs 
 _SLICE_BYTES = 64 * 1024
 
 
-@dataclass(frozen=True, slots=True)
-class MultipartLimits:
-    """What one multipart body may hold; crossing any of them is a 413 the moment it happens."""
-
-    max_parts: int = 64  # every part counts, whatever its name
-    max_part_bytes: int = 20 * 1024 * 1024  # one part's data (an encoded image)
-    max_header_bytes: int = MAX_PART_HEADER_BYTES  # one part's headers, names and values
-
-
 class MultipartReader:
     """Parses multipart/form-data as it arrives, chunk by chunk.
 
     Work per `feed` is linear in the chunk and bounded by the limits: the part count, a part's
     header bytes and a part's data bytes are checked in the parser's callbacks, so a hostile body
-    (a million tiny parts, endless headers) is refused within the chunk that crosses a limit.
+    (a million tiny parts, endless headers) is refused within the chunk that crosses a limit:
+    `max_images_per_request` parts of any name, `max_image_bytes` of data and
+    `MAX_PART_HEADER_BYTES` of headers each.
     """
 
-    def __init__(self, boundary: str | None, limits: MultipartLimits | None = None) -> None:
+    def __init__(self, boundary: str | None, limits: Limits) -> None:
         if not boundary:
             raise BadRequest("multipart/form-data needs a boundary parameter in its Content-Type")
-        self._limits = limits or MultipartLimits()
+        self._limits = limits
         self.parts: list[Part] = []
         self._headers: dict[str, str] = {}
         self._field: list[bytes] = []
@@ -135,10 +129,11 @@ class MultipartReader:
 
     def _on_part_begin(self) -> None:
         self._started += 1
-        if self._started > self._limits.max_parts:
+        max_parts = self._limits.max_images_per_request
+        if self._started > max_parts:
             raise PayloadTooLarge(
-                f"the multipart body has more than {self._limits.max_parts} parts; "
-                f"the limit is {self._limits.max_parts} (max_images_per_request)"
+                f"the multipart body has more than {max_parts} parts; "
+                f"the limit is {max_parts} (max_images_per_request)"
             )
         self._headers = {}
         self._data = []
@@ -147,10 +142,10 @@ class MultipartReader:
 
     def _count_header(self, n: int) -> None:
         self._header_bytes += n
-        if self._header_bytes > self._limits.max_header_bytes:
+        if self._header_bytes > MAX_PART_HEADER_BYTES:
             raise PayloadTooLarge(
                 f"part {self._started}'s headers are over the limit of "
-                f"{self._limits.max_header_bytes} bytes"
+                f"{MAX_PART_HEADER_BYTES} bytes"
             )
 
     def _on_header_field(self, buf: bytes, start: int, end: int) -> None:
@@ -169,9 +164,9 @@ class MultipartReader:
 
     def _on_part_data(self, buf: bytes, start: int, end: int) -> None:
         self._data_bytes += end - start
-        if self._data_bytes > self._limits.max_part_bytes:
+        if self._data_bytes > self._limits.max_image_bytes:
             raise PayloadTooLarge(
-                f"part {self._started} is over the limit of {self._limits.max_part_bytes} bytes "
+                f"part {self._started} is over the limit of {self._limits.max_image_bytes} bytes "
                 "(max_image_bytes)"
             )
         self._data.append(buf[start:end])
@@ -190,9 +185,7 @@ class MultipartReader:
         )
 
 
-def parse_multipart(
-    body: bytes, boundary: str | None, limits: MultipartLimits | None = None
-) -> list[Part]:
+def parse_multipart(body: bytes, boundary: str | None, limits: Limits) -> list[Part]:
     """Every part of a whole multipart/form-data body, in order (`MultipartReader` at once)."""
     reader = MultipartReader(boundary, limits)
     reader.feed(body)
@@ -340,19 +333,15 @@ async def read_body(request: Request, limit: int, reservation: Reservation) -> b
 
 
 async def read_multipart(
-    request: Request,
-    limit: int,
-    reservation: Reservation,
-    boundary: str | None,
-    limits: MultipartLimits,
+    request: Request, reservation: Reservation, boundary: str | None, limits: Limits
 ) -> list[Part]:
     """Every part of a multipart body, parsed while it arrives; refused (413) at the first chunk
-    that crosses a limit, before the rest of the body is read."""
+    that crosses a limit (`max_body_bytes` for the whole body), before the rest is read."""
     reader = MultipartReader(boundary, limits)
-    declared = declared_length(request, limit)
+    declared = declared_length(request, limits.max_body_bytes)
     if declared is not None:
         reservation.ensure(declared)
-    async for piece in body_slices(request, limit, reservation):
+    async for piece in body_slices(request, limits.max_body_bytes, reservation):
         reader.feed(piece)
     return reader.finish()
 

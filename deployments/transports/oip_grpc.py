@@ -30,13 +30,13 @@ from deployments.errors import (
     VisionError,
 )
 from deployments.items import new_item_id
+from deployments.settings import Limits
 from deployments.tracing import carrier
 from deployments.transports.http_io import Reservation
 from deployments.transports.oip_rest import version
 from deployments.transports.oip_tensors import (
     VERSION,
     InferRequest,
-    Limits,
     OipFlow,
     RequestedOutput,
     Tensor,

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from deployments.errors import BadRequest, PayloadTooLarge, ServerError, VisionError
 from deployments.items import new_item_id
+from deployments.settings import Limits
 from deployments.tracing import carrier
 from deployments.transports.http_io import (
     TIMEOUT_HEADER,
@@ -30,9 +31,9 @@ from deployments.transports.http_io import (
 )
 from deployments.transports.oip_tensors import (
     HEADER_LENGTH,
+    MAX_JSON_BYTES,
     VERSION,
     InferRequest,
-    Limits,
     OipFlow,
     RequestedOutput,
     Tensor,
@@ -103,7 +104,7 @@ class OipRest(OipFlow):
             front.authorize(request.headers.get("authorization"))
             self._check_model(name, version)
             deadline = front.deadline(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
-            read = read_body(request, front.settings.max_body_bytes, reservation)
+            read = read_body(request, self._limits.max_body_bytes, reservation)
             body = await within_deadline(read, deadline)
             parsed = parse_rest(body, request.headers.get(HEADER_LENGTH), self._limits)
             trace = carrier(request.headers)
@@ -134,9 +135,9 @@ def parse_rest(body: bytes, header_length: str | None, limits: Limits) -> InferR
                 f"most the body's {len(body)} bytes; got {header_length!r}"
             )
         json_end = int(header_length)
-    if json_end > limits.max_json_bytes:
+    if json_end > MAX_JSON_BYTES:
         raise PayloadTooLarge(
-            f"the JSON part is {json_end} bytes; the limit is {limits.max_json_bytes}: send the "
+            f"the JSON part is {json_end} bytes; the limit is {MAX_JSON_BYTES}: send the "
             "images as binary data (Inference-Header-Content-Length; tritonclient's default)"
         )
     try:

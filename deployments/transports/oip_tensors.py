@@ -43,6 +43,7 @@ from deployments.errors import (
     UnknownModel,
 )
 from deployments.items import ItemError, Result
+from deployments.settings import Limits
 from deployments.tasks import Task
 from deployments.transports.http_io import valid_request_id
 
@@ -66,16 +67,6 @@ _LENGTH = struct.Struct("<I")
 
 # HTTP status -> gRPC status code name (grpc.StatusCode.<name>).
 # --- what a request may hold ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """The Ingress's limits, as they apply to one OIP request."""
-
-    max_body_bytes: int
-    max_image_bytes: int
-    max_images: int
-    max_json_bytes: int = MAX_JSON_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +135,8 @@ def flag_param(parameters: Mapping[str, Any], name: str, where: str) -> bool | N
 
 
 def image_count(shape: Sequence[Any], limits: Limits) -> int:
-    """N for a shape of [N] or [N, 1]; bounded by `max_images` before anything is read."""
+    """N for a shape of [N] or [N, 1]; bounded by `max_images_per_request` before anything is
+    read."""
     dims = list(shape)
     if not (1 <= len(dims) <= 2) or not all(
         isinstance(d, int) and not isinstance(d, bool) for d in dims
@@ -158,9 +150,10 @@ def image_count(shape: Sequence[Any], limits: Limits) -> int:
     n: int = dims[0]
     if n < 1:
         raise BadRequest(f"input {IMAGE_INPUT!r} holds no image (shape {dims})")
-    if n > limits.max_images:
+    if n > limits.max_images_per_request:
         raise PayloadTooLarge(
-            f"{n} images in one request; the limit is {limits.max_images} (max_images_per_request)"
+            f"{n} images in one request; the limit is {limits.max_images_per_request} "
+            "(max_images_per_request)"
         )
     return n
 
@@ -402,12 +395,7 @@ class OipFlow:
 
     def __init__(self, front: Front) -> None:
         self._front = front
-        settings = front.settings
-        self._limits = Limits(
-            max_body_bytes=settings.max_body_bytes,
-            max_image_bytes=settings.max_image_bytes,
-            max_images=settings.max_images_per_request,
-        )
+        self._limits = front.settings.limits
 
     def _check_model(self, name: str, version: str | None) -> None:
         check_model(name, version, tuple(self._front.settings.models))

@@ -22,9 +22,7 @@ from deployments.items import Item, ItemError, Options, new_item_id
 from deployments.tracing import carrier
 from deployments.transports.base import Front
 from deployments.transports.http_io import (
-    MAX_PART_HEADER_BYTES,
     TIMEOUT_HEADER,
-    MultipartLimits,
     Part,
     Reservation,
     error_body,
@@ -58,12 +56,6 @@ _FAILED = "the service failed on this request; it has been logged"
 class V1Http:
     def __init__(self, front: Front) -> None:
         self._front = front
-        settings = front.settings
-        self._multipart = MultipartLimits(
-            max_parts=settings.max_images_per_request,
-            max_part_bytes=settings.max_image_bytes,
-            max_header_bytes=MAX_PART_HEADER_BYTES,
-        )
 
     def error(self, exc: VisionError, request_id: str) -> Response:
         headers = error_headers(exc, self._front.settings.retry_after_s)
@@ -105,21 +97,23 @@ class V1Http:
                 "Content-Type image/* or application/octet-stream, or as multipart/form-data "
                 "with file parts named 'image'"
             )
-        limit = front.settings.max_body_bytes
+        limits = front.settings.limits
         if kind == "multipart/form-data":
             # Parsed while it arrives, so a hostile body is refused at the chunk that crosses a
             # limit; the read as a whole is bounded by the request's deadline.
             boundary = params.get("boundary")
-            read = read_multipart(request, limit, reservation, boundary, self._multipart)
+            read = read_multipart(request, reservation, boundary, limits)
             parts = image_parts(
-                await within_deadline(read, deadline), front.settings.max_images_per_request
+                await within_deadline(read, deadline), limits.max_images_per_request
             )
             items = [self._part_item(p, options, request_id, deadline, name) for p in parts]
             results = await front.caller.many(items, carrier(request.headers))
             return json_response(
                 {"request_id": request_id, "results": [r.to_dict() for r in results]}
             )
-        body = await within_deadline(read_body(request, limit, reservation), deadline)
+        body = await within_deadline(
+            read_body(request, limits.max_body_bytes, reservation), deadline
+        )
         item = front.item(body, options, request_id, deadline, name)
         out = await front.caller.one(item, carrier(request.headers))
         if isinstance(out, ItemError):

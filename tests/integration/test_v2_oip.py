@@ -53,6 +53,9 @@ def started(gate: Path) -> None:
     warming = {"name": "tests.fixtures.models:warming_echo", "weights": "none"}
     models.append({"name": WARMING, "model": {**warming, "kwargs": {"gate_file": str(gate)}}})
     models.append({"name": COLOURS, "model": {"name": "tests.fixtures.models:colours"}})
+    deployments = config["applications"][0]["deployments"]
+    batching = next(d for d in deployments if d["name"] == "Model")["user_config"]
+    deployments += [{"name": f"Model-{n}", "user_config": batching} for n in (WARMING, COLOURS)]
     start(config)
 
     def detector_ready() -> bool:

@@ -25,7 +25,7 @@ import pytest
 import ray
 from ray import serve
 
-from tests import images
+from tests import images, settings
 from tests.fixtures.models import colour_in
 from tests.serving import BASE_URL, ROOT, app_config, deploy, fixed_replicas, wait_until
 from tests.system.fake_cluster import FakeAutoscalingCluster
@@ -173,6 +173,7 @@ def _config() -> dict[str, Any]:
         2,
         {
             "name": f"Model-{SECOND}",
+            "user_config": settings.user_config("Model"),  # serve_config.yaml's batching
             "ray_actor_options": gpu,
             "max_ongoing_requests": 8,
             "autoscaling_config": {

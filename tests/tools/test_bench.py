@@ -48,6 +48,7 @@ from bench.stats import (
     with_join_tolerances,
 )
 from deployments.transports.http_io import image_parts, parse_multipart
+from tests import settings
 from tools.serve_process import set_path
 
 
@@ -112,7 +113,9 @@ def test_parse_response_single_multipart_and_errors() -> None:
 
 def test_multipart_body_is_what_the_ingress_parses() -> None:
     images = [b"\xff\xd8\xff" + bytes([i]) * 100 for i in range(3)]
-    parts = image_parts(parse_multipart(multipart_body(images, "b0undary"), "b0undary"), 64)
+    parts = image_parts(
+        parse_multipart(multipart_body(images, "b0undary"), "b0undary", settings.limits()), 64
+    )
     assert [p.data for p in parts] == images
     assert {p.content_type for p in parts} == {"image/jpeg"}
 

@@ -36,8 +36,11 @@ def test_set_path_finds_list_items_by_name_or_index() -> None:
         set_path(config, "applications.vision.deployments.Model", {})
 
 
-def test_model_user_config_fills_what_a_config_leaves_out() -> None:
+def test_model_user_config_is_the_config_s_and_a_key_left_out_is_named() -> None:
     config = load_config()
-    set_path(config, "applications.vision.deployments.Model.user_config", {"max_batch_size": 2})
-    served = model_user_config(load_config())
+    served = model_user_config(config)
+    set_path(config, "applications.vision.deployments.Model.user_config.max_batch_size", 2)
     assert model_user_config(config) == {**served, "max_batch_size": 2}
+    set_path(config, "applications.vision.deployments.Model.user_config", {"max_batch_size": 2})
+    with pytest.raises(ValueError, match="batch_wait_timeout_s"):
+        model_user_config(config)

@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 from ray.serve.schema import ServeDeploySchema
 
+from deployments import tasks
 from deployments.runtime.model_source import resolve
+from deployments.settings import Batching
 from graph import AppArgs
 from tests.serving import ROOT, load_config
 from tools import render
@@ -38,6 +40,18 @@ def test_config_validates_and_resolves(path: Path) -> None:
     models = [args.deployment_of(m.name) for m in args.models]
     assert names == ["Ingress", "Preprocessor", *models, "Postprocessor"]
     assert models[0] == "Model", "the default model's deployment keeps the one-model name"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_every_stage_gets_a_user_config_it_accepts(path: Path) -> None:
+    # The stages have no defaults of their own: a replica without its user_config never serves.
+    app = _app(load_config(path))
+    args = AppArgs.model_validate(app["args"])
+    deployments = {d["name"]: d for d in app["deployments"]}
+    options = deployments["Postprocessor"]["user_config"]
+    for served in args.models:
+        Batching.model_validate(deployments[args.deployment_of(served.name)]["user_config"])
+        tasks.defaults_for(tasks.get(resolve(served.model).task), options)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -25,11 +25,10 @@ from deployments.runtime.device_decode import decode_batch, upright
 from deployments.runtime.inference import Runner
 from deployments.runtime.model_source import resolve
 from deployments.runtime.spec import ModelSpec
-from graph import decode_limits, served_args
 from shapes.generate import generate
-from tests import images
+from tests import images, settings
 
-LIMITS = decode_limits(served_args())
+LIMITS = settings.limits()
 CPU = torch.device("cpu")
 MODES = [
     ResizeSpec(mode="letterbox", input_width=384, input_height=320, pad_value=114, draft=False),
@@ -131,9 +130,9 @@ def test_limits_are_enforced_from_the_header_before_anything_travels() -> None:
     spec = replace(MODES[0], gpu_decode=True)
     data = images.jpeg(320, 240)
     with pytest.raises(errors.PayloadTooLarge):
-        prepare(data, spec, replace(LIMITS, max_image_bytes=len(data) - 1))
+        prepare(data, spec, settings.limits(max_image_bytes=len(data) - 1))
     with pytest.raises(errors.TooManyPixels):
-        prepare(data, spec, replace(LIMITS, max_pixels=320 * 240 - 1))
+        prepare(data, spec, settings.limits(max_pixels=320 * 240 - 1))
     with pytest.raises(errors.CorruptImage):
         prepare(b"\xff\xd8\xff" + b"\x00" * 64, spec, LIMITS)
 

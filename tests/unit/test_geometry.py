@@ -10,10 +10,10 @@ from PIL import Image, ImageDraw
 
 from deployments.pixels.geometry import boxes_to_input, boxes_to_source, plan
 from deployments.pixels.imaging import ResizeSpec, decode
-from graph import decode_limits, served_args
+from tests import settings
 from tests.images import encode, rotated_jpeg
 
-LIMITS = decode_limits(served_args())
+LIMITS = settings.limits()
 
 SIZES = [
     (1, 1),

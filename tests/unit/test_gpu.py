@@ -11,13 +11,13 @@ import torchvision
 from deployments import tasks
 from deployments.items import ImageInfo, ItemError, Jpeg, Meta, Options, RawOutput, Sample
 from deployments.pixels.geometry import plan
-from deployments.pixels.imaging import DecodeLimits, Deferred, ResizeSpec, decode, prepare
+from deployments.pixels.imaging import Deferred, ResizeSpec, decode, prepare
 from deployments.runtime.device_decode import decode_batch
 from deployments.runtime.inference import Runner, pick_device
 from deployments.runtime.model_source import resolve
 from deployments.runtime.spec import ModelSpec
 from shapes.generate import generate
-from tests import images
+from tests import images, settings
 from tests.unit.test_inference import classifier_settings
 
 pytestmark = [
@@ -103,7 +103,7 @@ def _scene_samples(spec: ModelSpec, gpu_decode: bool, fmt: str = "JPEG") -> list
     resize = ResizeSpec(
         r.resize, r.input_width, r.input_height, r.resize_size, spec.pad_value, True, gpu_decode
     )
-    limits = DecodeLimits(max_image_bytes=1 << 26, max_pixels=1 << 26)
+    limits = settings.limits(max_image_bytes=1 << 26, max_pixels=1 << 26)
     out = []
     for seed in range(8):
         orientation = (1, 3, 6, 8)[seed % 4] if fmt == "JPEG" else 1  # PNGs carry no EXIF here
@@ -156,7 +156,7 @@ def test_nvjpeg_decode_answers_like_the_cpu_path() -> None:
 
 
 def test_nvjpeg_pixels_are_close_to_pillows() -> None:
-    limits = DecodeLimits(max_image_bytes=1 << 26, max_pixels=1 << 26)
+    limits = settings.limits(max_image_bytes=1 << 26, max_pixels=1 << 26)
     spec = ResizeSpec("letterbox", 384, 384, None, 114, False, True)
     data = [images.jpeg(640, 480, seed=s) for s in range(4)]
     deferred = [prepare(d, spec, limits) for d in data]
@@ -181,7 +181,7 @@ def test_a_corrupt_jpeg_in_a_cuda_batch_fails_alone() -> None:
     bad = prepare(
         images.bad_huffman_jpeg(),
         ResizeSpec("letterbox", 384, 384, None, 114, True, True),
-        DecodeLimits(max_image_bytes=1 << 26, max_pixels=1 << 26),
+        settings.limits(max_image_bytes=1 << 26, max_pixels=1 << 26),
     )
     assert isinstance(bad, Deferred)
     meta = Meta("bad", "req", bad.image, bad.geometry, Options())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,10 +17,11 @@ import pytest
 from PIL import Image
 
 from deployments import errors
-from deployments.pixels.imaging import DecodeLimits, Preprocessed, ResizeSpec, decode, plan_decode
+from deployments.pixels.imaging import Preprocessed, ResizeSpec, decode, plan_decode
 from deployments.runtime.model_source import resolve
-from graph import AppArgs, decode_limits, decode_settings, served_args
-from tests import images
+from deployments.settings import Limits
+from graph import AppArgs, decode_settings
+from tests import images, settings
 from tests.serving import ROOT, load_config
 
 T = TypeVar("T")
@@ -29,7 +29,7 @@ T = TypeVar("T")
 MAX_SECONDS = 5.0
 MAX_GROWTH_MB = 50.0
 SHAPES = [(1, 20_000), (1, 200_000), (200_000, 1)]
-LIMITS = decode_limits(served_args())
+LIMITS = settings.limits()
 
 
 def _encoded(width: int, height: int, fmt: str, mode: str = "RGB") -> bytes:
@@ -57,8 +57,8 @@ MODES = {
 CONFIGS = [ROOT / "serve_config.yaml", *sorted((ROOT / "configs").glob("*.yaml"))]
 
 
-def _served(path: Path) -> tuple[ResizeSpec, DecodeLimits]:
-    """The ResizeSpec and DecodeLimits a config serves with, built as graph.build_app builds them.
+def _served(path: Path) -> tuple[ResizeSpec, Limits]:
+    """The ResizeSpec and Limits a config serves with, built as graph.build_app builds them.
 
     `resolve` reads weights metadata (torchvision's transforms, offline) and never loads weights.
     """
@@ -83,7 +83,7 @@ def _peak_growth_mb(fn: Callable[[], T]) -> tuple[T, float]:
     return value, (_memory_kb()["VmHWM"] - before) / 1024
 
 
-def _refused_or_valid(data: bytes, spec: ResizeSpec, limits: DecodeLimits) -> None:
+def _refused_or_valid(data: bytes, spec: ResizeSpec, limits: Limits) -> None:
     def attempt() -> Preprocessed | errors.ClientError:
         try:
             return decode(data, spec, limits)
@@ -134,7 +134,7 @@ def test_the_imagenet_config_is_the_one_from_the_issue() -> None:
 @pytest.mark.parametrize("orientation", [1, 6])
 def test_the_suggested_aspect_ratio_passes_and_one_more_is_refused(orientation: int) -> None:
     spec = MODES["resize_crop"]
-    limits = replace(LIMITS, max_pixels=1_000_000)  # 232 x 232 x 18 fits; x 19 does not
+    limits = settings.limits(max_pixels=1_000_000)  # 232 x 232 x 18 fits; x 19 does not
     with pytest.raises(errors.TooManyPixels, match=r"at most 18:1") as caught:
         plan_decode(1, 19, orientation, spec, limits)
     assert "1.0 megapixels" in caught.value.message
@@ -146,5 +146,5 @@ def test_the_suggested_aspect_ratio_passes_and_one_more_is_refused(orientation: 
 def test_the_model_input_is_allowed_even_above_the_pixel_limit() -> None:
     """The input size is the config's choice, not the image's: only what an image adds counts."""
     spec = ResizeSpec(mode="stretch", input_width=640, input_height=640)
-    out = decode(images.png(64, 48), spec, replace(LIMITS, max_pixels=64 * 48))
+    out = decode(images.png(64, 48), spec, settings.limits(max_pixels=64 * 48))
     assert out.pixels.shape == (640, 640, 3)

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from deployments import errors
 from deployments.pixels.imaging import ResizeSpec, decode, sniff_format
-from graph import decode_limits, served_args
-from tests import images
+from tests import images, settings
 
-LIMITS = decode_limits(served_args())  # the limits serve_config.yaml serves with
+LIMITS = settings.limits()  # the limits serve_config.yaml serves with
 
 
 def _same_size(width: int, height: int) -> ResizeSpec:
@@ -51,21 +48,21 @@ def test_bomb_is_rejected_from_its_header_alone(side: int, says: str) -> None:
     data = images.decompression_bomb(side, side)
     assert len(data) < 1000
     with pytest.raises(errors.TooManyPixels, match=says):
-        decode(data, LETTERBOX, replace(LIMITS, max_pixels=40_000_000))
+        decode(data, LETTERBOX, settings.limits(max_pixels=40_000_000))
 
 
 def test_pixel_limit_is_configurable_and_pillow_limit_stays_on() -> None:
     data = images.png(200, 100)
     with pytest.raises(errors.TooManyPixels, match=r"limit is 0\.0"):
-        decode(data, LETTERBOX, replace(LIMITS, max_pixels=19_999))
-    assert decode(data, LETTERBOX, replace(LIMITS, max_pixels=20_000)).image.width == 200
+        decode(data, LETTERBOX, settings.limits(max_pixels=19_999))
+    assert decode(data, LETTERBOX, settings.limits(max_pixels=20_000)).image.width == 200
     assert Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS > 0
 
 
 def test_byte_limit() -> None:
     data = images.jpeg(320, 240)
     with pytest.raises(errors.PayloadTooLarge, match=str(len(data))):
-        decode(data, LETTERBOX, replace(LIMITS, max_image_bytes=len(data) - 1))
+        decode(data, LETTERBOX, settings.limits(max_image_bytes=len(data) - 1))
 
 
 def test_random_bytes_do_not_look_like_an_image() -> None:

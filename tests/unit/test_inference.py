@@ -14,11 +14,12 @@ from torch import nn
 from deployments import tasks
 from deployments.items import ImageInfo, ItemError, Meta, Options, Prediction, RawOutput, Sample
 from deployments.pixels.geometry import plan
-from deployments.pixels.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.pixels.imaging import ResizeSpec, decode
 from deployments.runtime.inference import Runner, as_float32
 from deployments.runtime.model_source import ModelLoadError, resolve
 from deployments.runtime.spec import ModelSpec, Resolved
 from shapes.generate import generate
+from tests import settings
 
 
 def _sample(item_id: str, pixels: np.ndarray) -> Sample:
@@ -153,7 +154,7 @@ def _scenes() -> list[Sample]:
     spec = ModelSpec(name="shapes.model:build_detector", weights="shapes/shapes_detector.pt")
     r = resolve(spec)
     resize = ResizeSpec(r.resize, r.input_width, r.input_height, r.resize_size, spec.pad_value)
-    limits = DecodeLimits(max_image_bytes=1 << 26, max_pixels=1 << 26)
+    limits = settings.limits(max_image_bytes=1 << 26, max_pixels=1 << 26)
     out = []
     for seed in range(4):
         done = decode(generate(seed, fmt="PNG").data, resize, limits)

@@ -22,6 +22,7 @@ from deployments.items import (
 from deployments.pixels.geometry import boxes_to_input, plan
 from deployments.stages.postprocessor import ModelAnswers, join, join_bundle
 from deployments.transports.schema import ERRORS, ItemErrorOut, ResultOut
+from tests import settings
 
 LABELS = ("circle", "square", "triangle")
 CLASSIFICATION = tasks.get("classification")
@@ -98,7 +99,7 @@ def test_join_builds_the_result_from_the_items_own_metadata() -> None:
         model="m",
         task=CLASSIFICATION,
         labels=LABELS,
-        defaults=CLASSIFICATION.defaults(),
+        defaults=settings.task_defaults(CLASSIFICATION),
     )
     assert isinstance(out, Result)
     assert (out.item_id, out.request_id, out.batch_size, out.image.width) == ("a", "req", 4, 400)
@@ -113,7 +114,7 @@ def test_join_uses_defaults_for_unset_options() -> None:
         model="m",
         task=CLASSIFICATION,
         labels=LABELS,
-        defaults=CLASSIFICATION.defaults(top_k=2),
+        defaults=settings.task_defaults(CLASSIFICATION, top_k=2),
     )
     assert isinstance(out, Result) and len(out.predictions) == 2
 
@@ -126,14 +127,21 @@ def test_join_refuses_mismatched_ids() -> None:
             model="m",
             task=CLASSIFICATION,
             labels=LABELS,
-            defaults=CLASSIFICATION.defaults(),
+            defaults=settings.task_defaults(CLASSIFICATION),
         )
 
 
 def test_errors_pass_through_the_join() -> None:
     err = ItemError.from_exception("a", CorruptImage("broken"))
     assert (
-        join(err, err, model="m", task=DETECTION, labels=LABELS, defaults=DETECTION.defaults())
+        join(
+            err,
+            err,
+            model="m",
+            task=DETECTION,
+            labels=LABELS,
+            defaults=settings.task_defaults(DETECTION),
+        )
         is err
     )
     model_err = ItemError("a", "inference_failed", "boom", 500)
@@ -144,7 +152,7 @@ def test_errors_pass_through_the_join() -> None:
             model="m",
             task=DETECTION,
             labels=LABELS,
-            defaults=DETECTION.defaults(),
+            defaults=settings.task_defaults(DETECTION),
         )
         is model_err
     )
@@ -156,7 +164,7 @@ def _bundle_join(outputs: list[RawOutput | ItemError], bundle: Bundle) -> tuple[
         outputs,
         bundle,
         models={"": ModelAnswers("m", "classification", LABELS)},
-        defaults={"classification": CLASSIFICATION.defaults()},
+        defaults={"classification": settings.task_defaults(CLASSIFICATION)},
     )
 
 
@@ -200,7 +208,7 @@ def test_bodies_match_the_documented_schema() -> None:
         model="m",
         task=CLASSIFICATION,
         labels=LABELS,
-        defaults=CLASSIFICATION.defaults(),
+        defaults=settings.task_defaults(CLASSIFICATION),
     )
     assert isinstance(out, Result)
     body = out.to_dict()

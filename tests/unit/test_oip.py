@@ -32,12 +32,24 @@ from deployments.errors import (
     UnknownModel,
 )
 from deployments.items import ImageInfo, ItemError, Prediction, Result
+from deployments.settings import Limits
 from deployments.transports import oip_grpc, oip_rest, oip_tensors
+from tests import settings
 from tests.images import jpeg, png
 from tests.serving import ROOT
 from vision_client.transport import V2
 
-LIMITS = oip_tensors.Limits(max_body_bytes=1 << 20, max_image_bytes=64 * 1024, max_images=4)
+LIMITS = settings.limits(
+    max_body_bytes=1 << 20, max_image_bytes=64 * 1024, max_images_per_request=4
+)
+
+
+def _limits(max_body_bytes: int, max_image_bytes: int) -> Limits:
+    return settings.limits(
+        max_body_bytes=max_body_bytes, max_image_bytes=max_image_bytes, max_images_per_request=4
+    )
+
+
 DETECTION = tasks.get("detection")
 CLASSIFICATION = tasks.get("classification")
 SEGMENTATION = tasks.get("segmentation")
@@ -181,7 +193,7 @@ def test_rest_sizes_are_bounded_before_they_are_used() -> None:
     big = bytes(LIMITS.max_image_bytes + 1)
     body, header = _rest([_images_input([big])])
     with pytest.raises(PayloadTooLarge, match="max_image_bytes"):
-        oip_rest.parse_rest(body, header, oip_tensors.Limits(1 << 22, LIMITS.max_image_bytes, 4))
+        oip_rest.parse_rest(body, header, _limits(1 << 22, LIMITS.max_image_bytes))
     with pytest.raises(PayloadTooLarge, match="the limit is 1048576 bytes"):
         oip_rest.parse_rest(body + bytes(1 << 20), header, LIMITS)
     with pytest.raises(BadRequest, match="Inference-Header-Content-Length"):
@@ -194,11 +206,11 @@ def test_rest_sizes_are_bounded_before_they_are_used() -> None:
         lying + oip_tensors.join_bytes_elements([b"abcd"])[:4].replace(b"\x04", b"\xff") + b"abcd"
     )
     with pytest.raises(BadRequest, match="only 4 remain"):
-        oip_rest.parse_rest(framed, str(len(lying)), oip_tensors.Limits(1 << 20, 1 << 20, 4))
-    small_json = oip_tensors.Limits(1 << 20, 1 << 16, 4, max_json_bytes=64)
+        oip_rest.parse_rest(framed, str(len(lying)), _limits(1 << 20, 1 << 20))
     text = json.dumps({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1]}]})
+    padded = (text + " " * oip_tensors.MAX_JSON_BYTES).encode()
     with pytest.raises(PayloadTooLarge, match="send the images as binary data"):
-        oip_rest.parse_rest((text + " " * 64).encode(), None, small_json)
+        oip_rest.parse_rest(padded, None, _limits(2 * len(padded), 1 << 16))
 
 
 def test_grpc_bad_requests_are_named() -> None:
@@ -211,9 +223,9 @@ def test_grpc_bad_requests_are_named() -> None:
         oip_grpc.parse_grpc(too_many, LIMITS)
     big = _grpc_request([bytes(LIMITS.max_image_bytes + 1)])
     with pytest.raises(PayloadTooLarge, match="max_image_bytes"):
-        oip_grpc.parse_grpc(big, oip_tensors.Limits(1 << 22, LIMITS.max_image_bytes, 4))
+        oip_grpc.parse_grpc(big, _limits(1 << 22, LIMITS.max_image_bytes))
     with pytest.raises(PayloadTooLarge, match="the request is"):
-        oip_grpc.parse_grpc(big, oip_tensors.Limits(1000, LIMITS.max_image_bytes, 4))
+        oip_grpc.parse_grpc(big, _limits(1000, LIMITS.max_image_bytes))
     unsupported = _grpc_request([jpeg(8, 8)], parameters={"mask_format": "png"})
     options = oip_grpc.parse_grpc(unsupported, LIMITS).options
     with pytest.raises(InvalidOption, match="mask_format applies to"):

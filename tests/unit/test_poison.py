@@ -10,9 +10,11 @@ from typing import Any
 import pytest
 from ray.exceptions import RayActorError
 
-from deployments.flow.caller import BundleSettings, Caller, PoisonSettings
+from deployments.flow.caller import Caller
 from deployments.flow.poison import Quarantine, Retries, content_hash
 from deployments.items import ImageInfo, Item, ItemError, Options, Result
+from deployments.settings import Bundles
+from tests import settings
 
 
 class Clock:
@@ -131,13 +133,13 @@ def _items(names: list[str]) -> list[Item]:
     return [Item(f"id-{n}-{i}", "req", n.encode(), Options()) for i, n in enumerate(names)]
 
 
-def _caller(graph: FakeGraph, bundles: BundleSettings | None = None) -> Caller:
+def _caller(graph: FakeGraph, bundles: Bundles | None = None) -> Caller:
     return Caller(
         graph,  # type: ignore[arg-type]
         {"": graph},  # type: ignore[dict-item]
         graph,  # type: ignore[arg-type]
-        bundles or BundleSettings(),
-        PoisonSettings(ttl_s=600, max_entries=100),
+        bundles or settings.bundles(),
+        settings.poison(quarantine_ttl_s=600, max_quarantined=100),
     )
 
 
@@ -177,7 +179,7 @@ def test_a_request_full_of_poison_stops_retrying_after_its_first_double_failure(
 def test_solo_retries_run_one_at_a_time_so_a_poison_dies_alone() -> None:
     graph = FakeGraph(poison={b"bad"})
     # One bundle in flight: "x" goes alone, the next three wait for it and travel together.
-    caller = _caller(graph, BundleSettings(max_items=8, max_in_flight=1, max_wait_s=5.0))
+    caller = _caller(graph, settings.bundles(max_items=8, max_in_flight=1, max_wait_s=1.0))
 
     async def scenario() -> list[Result | ItemError]:
         return list(await asyncio.gather(*(caller.one(i) for i in _items(["x", "bad", "a", "b"]))))

@@ -9,14 +9,17 @@ from deployments.errors import BadRequest, InvalidOption, Overloaded, PayloadToo
 from deployments.items import Options
 from deployments.tasks import get, parse_options
 from deployments.transports.http_io import (
+    MAX_PART_HEADER_BYTES,
     BodyBudget,
-    MultipartLimits,
     MultipartReader,
     deadline_from,
     image_parts,
     media_type,
     parse_multipart,
 )
+from tests import settings
+
+LIMITS = settings.limits()  # serve_config.yaml's
 
 
 def test_options_parse_and_default_to_none() -> None:
@@ -80,7 +83,7 @@ def test_multipart_parts_keep_their_order_and_bytes() -> None:
     body, boundary = _multipart(
         [("image", (f"{i}.jpg", b, "image/jpeg")) for i, b in enumerate(blobs)]
     )
-    parts = parse_multipart(body, boundary)
+    parts = parse_multipart(body, boundary, LIMITS)
     assert [p.data for p in parts] == blobs
     assert [p.filename for p in parts] == [f"{i}.jpg" for i in range(5)]
     assert {p.content_type for p in parts} == {"image/jpeg"}
@@ -89,12 +92,12 @@ def test_multipart_parts_keep_their_order_and_bytes() -> None:
 def test_multipart_needs_image_parts_and_rejects_strangers() -> None:
     body, boundary = _multipart([("images", ("a.jpg", b"x", "image/jpeg"))])
     with pytest.raises(BadRequest, match="'images'"):
-        image_parts(parse_multipart(body, boundary), 10)
+        image_parts(parse_multipart(body, boundary, LIMITS), 10)
     with pytest.raises(BadRequest, match="boundary"):
-        parse_multipart(body, None)
+        parse_multipart(body, None, LIMITS)
     body, boundary = _multipart([("image", (f"{i}.jpg", b"x", "image/jpeg")) for i in range(3)])
     with pytest.raises(PayloadTooLarge, match="limit is 2"):
-        image_parts(parse_multipart(body, boundary), 2)
+        image_parts(parse_multipart(body, boundary, LIMITS), 2)
 
 
 def test_deadline_from_header_leaves_a_margin_before_the_proxy_gives_up() -> None:
@@ -131,7 +134,7 @@ def test_streaming_multipart_gives_the_same_parts_fed_in_any_chunks() -> None:
         [("image", (f"{i}.png", b, "image/png")) for i, b in enumerate(blobs)]
     )
     for size in (1, 7, 100, len(body)):
-        reader = MultipartReader(boundary)
+        reader = MultipartReader(boundary, LIMITS)
         for start in range(0, len(body), size):
             reader.feed(body[start : start + size])
         assert [p.data for p in reader.finish()] == blobs
@@ -139,7 +142,7 @@ def test_streaming_multipart_gives_the_same_parts_fed_in_any_chunks() -> None:
 
 def test_every_part_counts_and_the_limit_is_hit_inside_the_chunk() -> None:
     body, boundary = _body_of_tiny_parts(1_000_000)  # ~50 MB of parts named 'x'
-    reader = MultipartReader(boundary, MultipartLimits(max_parts=64))
+    reader = MultipartReader(boundary, settings.limits(max_images_per_request=64))
     with pytest.raises(PayloadTooLarge, match="more than 64 parts") as caught:
         reader.feed(body[: 64 * 1024])  # the first chunk is enough to know
     assert "max_images_per_request" in caught.value.message
@@ -148,23 +151,24 @@ def test_every_part_counts_and_the_limit_is_hit_inside_the_chunk() -> None:
 
 def test_part_headers_and_part_data_are_bounded_while_streaming() -> None:
     huge_header = b"--b\r\n" + (b"X-Junk: " + b"a" * 3000 + b"\r\n") * 7
-    reader = MultipartReader("b", MultipartLimits(max_header_bytes=16 * 1024))
-    with pytest.raises(PayloadTooLarge, match="headers are over the limit of 16384 bytes"):
+    reader = MultipartReader("b", settings.limits())
+    over = f"headers are over the limit of {MAX_PART_HEADER_BYTES} bytes"
+    with pytest.raises(PayloadTooLarge, match=over):
         reader.feed(huge_header)
     big, boundary = _multipart([("image", ("a.png", b"z" * 5000, "image/png"))])
     with pytest.raises(PayloadTooLarge, match="part 1 is over the limit of 4096 bytes"):
-        parse_multipart(big, boundary, MultipartLimits(max_part_bytes=4096))
+        parse_multipart(big, boundary, settings.limits(max_image_bytes=4096))
 
 
 def test_a_boundary_the_parser_refuses_is_a_400() -> None:
     with pytest.raises(BadRequest, match="boundary"):
-        MultipartReader("b" * 300)
+        MultipartReader("b" * 300, LIMITS)
 
 
 def test_a_body_that_ends_inside_a_part_is_malformed() -> None:
     body, boundary = _multipart([("image", ("a.png", b"z" * 100, "image/png"))])
     with pytest.raises(BadRequest, match="malformed"):
-        parse_multipart(body[:-20], boundary)
+        parse_multipart(body[:-20], boundary, LIMITS)
 
 
 def test_body_budget_reserves_and_always_gives_back() -> None:

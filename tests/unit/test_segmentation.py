@@ -16,17 +16,18 @@ from PIL import Image
 from deployments import tasks
 from deployments.items import ImageInfo, Meta, Options, RawOutput, Sample
 from deployments.pixels.geometry import boxes_to_input, plan
-from deployments.pixels.imaging import DecodeLimits, ResizeSpec, decode
+from deployments.pixels.imaging import ResizeSpec, decode
 from deployments.pixels.masks import NOT_SEEN, box_of, decode_rle, encode_rle, to_source
 from deployments.runtime.inference import Runner
 from deployments.runtime.model_source import resolve
 from deployments.runtime.spec import ModelSpec
 from deployments.tasks.segmentation import displayed_labels, map_geometry
+from tests import settings
 from tests.images import encode, rotated_jpeg, two_rectangles
 
 SEMANTIC = tasks.get("segmentation")
 INSTANCES = tasks.get("instance_segmentation")
-LIMITS = DecodeLimits(max_image_bytes=1 << 24, max_pixels=1 << 26)
+LIMITS = settings.limits(max_image_bytes=1 << 24, max_pixels=1 << 26)
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -88,8 +89,8 @@ def _segment(data: bytes, **options: Any) -> tuple[tuple[Any, ...], dict[str, An
     meta = Meta("a", "req", done.image, done.geometry, Options.of(options))
     (raw,) = runner.run([Sample(meta=meta, pixels=done.pixels)])
     assert isinstance(raw, RawOutput)
-    settings = meta.options.over(SEMANTIC.defaults().model_dump())
-    predictions, extra = SEMANTIC.answer(raw.arrays, meta, resolved.labels, settings)
+    chosen = meta.options.over(settings.task_defaults(SEMANTIC).model_dump())
+    predictions, extra = SEMANTIC.answer(raw.arrays, meta, resolved.labels, chosen)
     return predictions, extra, meta
 
 
@@ -184,9 +185,9 @@ def test_torchvision_segmentation_models_by_name(
     (raw,) = runner.run([Sample(meta=meta, pixels=done.pixels)])
     assert isinstance(raw, RawOutput)
     the_task = tasks.get(task)
-    settings = the_task.defaults().model_dump() | {"score_threshold": 0.0}
-    settings = {k: v for k, v in settings.items() if k in the_task.defaults.model_fields}
-    predictions, _ = the_task.answer(raw.arrays, meta, resolved.labels, settings)
+    chosen = settings.task_defaults(the_task).model_dump() | {"score_threshold": 0.0}
+    chosen = {k: v for k, v in chosen.items() if k in the_task.defaults.model_fields}
+    predictions, _ = the_task.answer(raw.arrays, meta, resolved.labels, chosen)
     for p in predictions:
         mask = decode_rle(p.mask)  # type: ignore[arg-type]
         assert mask.shape == (100, 200) and p.area == int(mask.sum())

@@ -36,6 +36,7 @@ RAY_FREE = (
     "deployments.pixels.masks",
     "deployments.tasks",
     "deployments.runtime.spec",
+    "deployments.settings",
     "deployments.transports.http_io",
     "deployments.transports.auth",
     "deployments.transports.oip_tensors",

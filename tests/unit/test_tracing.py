@@ -41,6 +41,7 @@ from deployments.tracing import (
     context_of,
     exporters_from_env,
 )
+from tests import settings
 
 CLIENT_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
@@ -213,7 +214,7 @@ def test_a_request_is_one_trace_under_the_clients_span(
                 outputs,
                 Bundle(tuple(samples)),
                 models={"": ModelAnswers("tiny", task.name, ())},
-                defaults={task.name: task.defaults()},
+                defaults={task.name: settings.task_defaults(task)},
                 tracing=tracing,
             )
             request.answered(answers)

@@ -12,11 +12,17 @@ from starlette.requests import ClientDisconnect
 from deployments.errors import BadRequest, Overloaded, ServerError, Unauthorized, VisionError
 from deployments.transports.base import Front, IngressSettings, ModelRoute
 from deployments.transports.http_io import Reservation, error_headers
+from tests import settings
 
+ARGS = settings.served_app()["args"]
 SETTINGS = IngressSettings(
     models={"m": ModelRoute(task="classification")},
     default_model="m",
-    max_body_bytes_in_flight=100,
+    limits=settings.limits(max_body_bytes=100, max_body_bytes_in_flight=100),
+    request_timeout_s=ARGS["request_timeout_s"],
+    max_request_timeout_s=ARGS["max_request_timeout_s"],
+    bundles=settings.bundles(),
+    poison=settings.poison(),
 )
 
 

@@ -1,4 +1,5 @@
-"""One home per default: `serve run graph:app` builds what `serve run serve_config.yaml` runs.
+"""One home per default: `serve run graph:app` builds what `serve run serve_config.yaml` runs,
+and every stage gets the settings serve_config.yaml gives, as validated, not copies of them.
 
 The graph is built in-process with the function `serve build` uses (no Ray is started), and each
 deployment's options are read back as Serve's own `DeploymentSchema`.
@@ -6,8 +7,6 @@ deployment's options are read back as Serve's own `DeploymentSchema`.
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,11 +17,6 @@ from ray.serve.deployment import deployment_to_schema
 from ray.serve.schema import DeploymentSchema, LoggingConfig
 
 import graph
-from deployments import tasks
-from deployments.flow.caller import BundleSettings
-from deployments.flow.poison import PoisonSettings
-from deployments.stages.model import BatchingConfig
-from deployments.transports.base import IngressSettings
 
 SERVED = graph.load_app_config()
 YAML_DEPLOYMENTS = {d["name"]: d for d in SERVED["deployments"]}
@@ -79,6 +73,25 @@ def test_graph_app_binds_the_args_serve_config_gives(
     assert model_spec == graph.AppArgs.model_validate(SERVED["args"]).model
 
 
+def test_the_stages_get_the_settings_objects_serve_config_gives(
+    config_app: BuiltApplication,
+) -> None:
+    args = graph.AppArgs.model_validate(SERVED["args"])
+    init_args = {d.name: d.init_args for d in config_app.deployments}
+    ingress = init_args["Ingress"][3]
+    assert (ingress.limits, ingress.bundles, ingress.poison) == (
+        args.limits,
+        args.bundles,
+        args.poison,
+    )
+    assert (ingress.request_timeout_s, ingress.max_request_timeout_s) == (
+        args.request_timeout_s,
+        args.max_request_timeout_s,
+    )
+    _, limits, threads = init_args["Preprocessor"]
+    assert (limits, threads) == (args.limits, args.decode_threads)
+
+
 def test_options_for_a_stage_not_in_the_graph_are_refused() -> None:
     app_config = {**SERVED, "deployments": [{"name": "model", "max_ongoing_requests": 1}]}
     with pytest.raises(ValueError, match="'model'"):
@@ -90,50 +103,3 @@ def test_builder_args_have_no_defaults_of_their_own() -> None:
     del args["limits"]
     with pytest.raises(ValueError, match="limits"):
         graph.AppArgs.model_validate(args)
-
-
-# What the stages fall back on before (or without) their config: each must equal serve_config.yaml.
-_ARGS = SERVED["args"]
-_INGRESS = (
-    "max_body_bytes",
-    "max_image_bytes",
-    "max_images_per_request",
-    "max_body_bytes_in_flight",
-    "request_timeout_s",
-    "max_request_timeout_s",
-)
-FALLBACKS: list[tuple[str, Callable[[], Any], dict[str, Any]]] = [
-    (
-        "Model user_config",
-        lambda: BatchingConfig().model_dump(),
-        YAML_DEPLOYMENTS["Model"]["user_config"],
-    ),
-    (
-        "Postprocessor user_config",
-        lambda: {name: task.defaults().model_dump() for name, task in tasks.REGISTRY.items()},
-        YAML_DEPLOYMENTS["Postprocessor"]["user_config"],
-    ),
-    ("bundles", lambda: dataclasses.asdict(BundleSettings()), _ARGS["bundles"]),
-    (
-        "poison",
-        lambda: dataclasses.asdict(PoisonSettings()),
-        {
-            "ttl_s": _ARGS["poison"]["quarantine_ttl_s"],
-            "max_entries": _ARGS["poison"]["max_quarantined"],
-        },
-    ),
-    (
-        "Ingress limits and deadlines",
-        lambda: {
-            f.name: f.default for f in dataclasses.fields(IngressSettings) if f.name in _INGRESS
-        },
-        {k: _ARGS["limits"].get(k, _ARGS.get(k)) for k in _INGRESS},
-    ),
-]
-
-
-@pytest.mark.parametrize(("what", "fallback", "served"), FALLBACKS, ids=[f[0] for f in FALLBACKS])
-def test_code_fallbacks_agree_with_serve_config(
-    what: str, fallback: Callable[[], Any], served: dict[str, Any]
-) -> None:
-    assert fallback() == served, f"{what}: the code's fallback differs from serve_config.yaml"
