@@ -7,7 +7,7 @@ and the error code as the trailing metadata `vision-error-code`.
 The RPC's own deadline (`grpc-timeout`, what a client sets with `timeout=`) bounds the request as
 `x-request-timeout-seconds` does on HTTP; Triton's `timeout` parameter can only tighten it.
 Serve 2.58 hands the Ingress a copy of the call's context that keeps its metadata but not its
-deadline, so `capture_rpc_deadlines` (run when this module is imported, in the Ingress replica)
+deadline, so `capture_rpc_deadlines` (run when the Ingress's module is imported, in its replica)
 notes the deadline on that copy when it is made. On the HAProxy edge (serve.env) the Ingress
 replica's own gRPC server makes it; behind Serve's Python proxy the proxy makes it in its own
 process, the deadline is not seen there, and the configured default applies.
@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
-from ray.serve.grpc_util import RayServegRPCContext
 
 from deployments.errors import (
     BadRequest,
@@ -71,6 +70,8 @@ _NO_DEADLINE_S = 1e9
 def capture_rpc_deadlines() -> None:
     """Have Serve's gRPC context keep the RPC's deadline (see the module's docstring). Idempotent;
     if a later Serve's context cannot be wrapped so, calls fall back to the configured default."""
+    from ray.serve.grpc_util import RayServegRPCContext  # here: this module stays Ray-free
+
     original = RayServegRPCContext.__init__
     if getattr(original, "keeps_rpc_deadline", False):
         return
@@ -86,9 +87,6 @@ def capture_rpc_deadlines() -> None:
 
     __init__.keeps_rpc_deadline = True  # type: ignore[attr-defined]
     RayServegRPCContext.__init__ = __init__  # type: ignore[method-assign]
-
-
-capture_rpc_deadlines()
 
 
 def rpc_timeout_s(context: Any, now: float) -> float | None:

@@ -1,6 +1,6 @@
 """The RPC's deadline reaches the Ingress: Serve's gRPC context, made from a real call's context
 on a real asyncio gRPC server (the kind the Ingress replica runs on the HAProxy edge), keeps it
-once `deployments.transports.oip_grpc` is imported."""
+once `capture_rpc_deadlines` has run, as the Ingress's module runs it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 from ray.serve.grpc_util import RayServegRPCContext
 
 from deployments.errors import DeadlineExceeded
-from deployments.transports.oip_grpc import RPC_DEADLINE, rpc_timeout_s
+from deployments.transports.oip_grpc import RPC_DEADLINE, capture_rpc_deadlines, rpc_timeout_s
+
+capture_rpc_deadlines()
 
 
 def _call(timeout: float | None) -> dict[str, Any]:
