@@ -63,6 +63,7 @@ def pb() -> Any:
 
 # The attribute `capture_rpc_deadlines` sets on Serve's context: the RPC's deadline, time.time().
 RPC_DEADLINE = "vision_rpc_deadline"
+RPC_ANSWER_MARGIN_S = 1.0
 # grpc reports a call without a deadline as None or as a remaining time of about 2**63 ns.
 _NO_DEADLINE_S = 1e9
 
@@ -90,15 +91,17 @@ def capture_rpc_deadlines() -> None:
 
 
 def rpc_timeout_s(context: Any, now: float) -> float | None:
-    """Seconds left of the RPC's deadline (None: it has none, or it was not seen); 504 when it
-    has already passed."""
+    """The request's timeout from the RPC's deadline (None: it has none, or it was not seen); 504
+    when it has already passed. A quarter of what is left, up to `RPC_ANSWER_MARGIN_S`, is kept
+    back, so that the service's own DEADLINE_EXCEEDED, with its message, reaches the client
+    through the edge before the client's timer gives up on the call."""
     deadline = getattr(context, RPC_DEADLINE, None)
     if deadline is None:
         return None
     left = float(deadline) - now
     if left <= 0:
         raise DeadlineExceeded("the RPC's deadline passed before the request was read")
-    return left
+    return left - min(RPC_ANSWER_MARGIN_S, 0.25 * left)
 
 
 GRPC_CODES = {

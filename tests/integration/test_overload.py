@@ -164,7 +164,7 @@ def test_the_rpc_deadline_bounds_a_grpc_infer_and_its_item_never_reaches_the_mod
     def infer() -> tuple[InferenceServerException | None, float]:
         start = time.monotonic()
         try:
-            client.infer(ONE_MODEL, [tensor], client_timeout=2.0)
+            client.infer(ONE_MODEL, [tensor], client_timeout=4.0)
         except InferenceServerException as exc:
             return exc, time.monotonic() - start
         return None, time.monotonic() - start

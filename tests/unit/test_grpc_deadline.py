@@ -47,7 +47,7 @@ def _call(timeout: float | None) -> dict[str, Any]:
 
 def test_the_context_keeps_the_rpc_deadline() -> None:
     seen = _call(timeout=5.0)
-    assert 3.0 < seen["left"] <= 5.0, seen
+    assert 3.0 < seen["left"] <= 4.0, seen  # 5 s, less the margin kept for the answer
 
 
 def test_a_call_without_a_deadline_has_none() -> None:
@@ -59,4 +59,5 @@ def test_a_deadline_already_past_is_504() -> None:
     served = SimpleNamespace(**{RPC_DEADLINE: 100.0})
     with pytest.raises(DeadlineExceeded, match="deadline passed"):
         rpc_timeout_s(served, now=100.5)
-    assert rpc_timeout_s(served, now=99.0) == pytest.approx(1.0)
+    assert rpc_timeout_s(served, now=99.0) == pytest.approx(0.75)  # a quarter kept back
+    assert rpc_timeout_s(served, now=90.0) == pytest.approx(9.0)  # at most 1 s kept back
