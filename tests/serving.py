@@ -19,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE_URL = "http://127.0.0.1:8000"
 GRPC_ADDRESS = "127.0.0.1:9000"  # serve_config.yaml grpc_options.port
 METRICS_PORT = 8089  # Ray's Prometheus endpoint on the test cluster's node
-METRICS_REPORT_MS = 2000  # how often the test cluster's processes report their metrics
 APP = "vision"
 ONE_MODEL = "the-model"  # what `app_config(model=...)` serves its one model as
 T = TypeVar("T")

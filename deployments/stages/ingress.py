@@ -25,14 +25,13 @@ from deployments.tracing import Tracing
 from deployments.transports import auth
 from deployments.transports.base import Front, IngressSettings, ModelRoute
 from deployments.transports.handle import HandleApi
-from deployments.transports.oip_grpc import OipGrpc, capture_rpc_deadlines
+from deployments.transports.oip_grpc import OipGrpc
 from deployments.transports.oip_rest import OipRest
 from deployments.transports.routes import unknown_route
 from deployments.transports.v1 import PREDICT_DOCS, V1Http
 
 __all__ = ["Ingress", "IngressSettings", "ModelRoute"]
 logger = logging.getLogger("ray.serve")
-capture_rpc_deadlines()  # the gRPC calls' own deadlines reach OipGrpc (transports.oip_grpc)
 
 # `/docs` and `/redoc` load Swagger UI and ReDoc from the installed `fastapi_offline` package,
 # served by this app under `/docs/static`: they work in a cluster without internet access.

@@ -3,19 +3,10 @@
 Serve's proxy calls the Ingress method named after the RPC (serve_config.yaml `grpc_options`); each
 delegates here. Errors are the gRPC status matching `/v1`'s HTTP status, the message as details
 and the error code as the trailing metadata `vision-error-code`.
-
-The RPC's own deadline (`grpc-timeout`, what a client sets with `timeout=`) bounds the request as
-`x-request-timeout-seconds` does on HTTP; Triton's `timeout` parameter can only tighten it.
-Serve 2.58 hands the Ingress a copy of the call's context that keeps its metadata but not its
-deadline, so `capture_rpc_deadlines` (run when the Ingress's module is imported, in its replica)
-notes the deadline on that copy when it is made. On the HAProxy edge (serve.env) the Ingress
-replica's own gRPC server makes it; behind Serve's Python proxy the proxy makes it in its own
-process, the deadline is not seen there, and the configured default applies.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +14,6 @@ import grpc
 
 from deployments.errors import (
     BadRequest,
-    DeadlineExceeded,
     PayloadTooLarge,
     ServerError,
     VisionError,
@@ -59,49 +49,6 @@ def pb() -> Any:
     from deployments.oip_proto import grpc_predict_v2_pb2
 
     return grpc_predict_v2_pb2
-
-
-# The attribute `capture_rpc_deadlines` sets on Serve's context: the RPC's deadline, time.time().
-RPC_DEADLINE = "vision_rpc_deadline"
-RPC_ANSWER_MARGIN_S = 1.0
-# grpc reports a call without a deadline as None or as a remaining time of about 2**63 ns.
-_NO_DEADLINE_S = 1e9
-
-
-def capture_rpc_deadlines() -> None:
-    """Have Serve's gRPC context keep the RPC's deadline (see the module's docstring). Idempotent;
-    if a later Serve's context cannot be wrapped so, calls fall back to the configured default."""
-    from ray.serve.grpc_util import RayServegRPCContext  # here: this module stays Ray-free
-
-    original = RayServegRPCContext.__init__
-    if getattr(original, "keeps_rpc_deadline", False):
-        return
-
-    def __init__(self: Any, grpc_context: Any) -> None:
-        original(self, grpc_context)
-        try:
-            remaining = grpc_context.time_remaining()
-        except Exception:  # noqa: BLE001 - no deadline to keep, not a failed call
-            remaining = None
-        if remaining is not None and remaining < _NO_DEADLINE_S:
-            setattr(self, RPC_DEADLINE, time.time() + remaining)
-
-    __init__.keeps_rpc_deadline = True  # type: ignore[attr-defined]
-    RayServegRPCContext.__init__ = __init__  # type: ignore[method-assign]
-
-
-def rpc_timeout_s(context: Any, now: float) -> float | None:
-    """The request's timeout from the RPC's deadline (None: it has none, or it was not seen); 504
-    when it has already passed. A quarter of what is left, up to `RPC_ANSWER_MARGIN_S`, is kept
-    back, so that the service's own DEADLINE_EXCEEDED, with its message, reaches the client
-    through the edge before the client's timer gives up on the call."""
-    deadline = getattr(context, RPC_DEADLINE, None)
-    if deadline is None:
-        return None
-    left = float(deadline) - now
-    if left <= 0:
-        raise DeadlineExceeded("the RPC's deadline passed before the request was read")
-    return left - min(RPC_ANSWER_MARGIN_S, 0.25 * left)
 
 
 GRPC_CODES = {
@@ -185,7 +132,7 @@ class OipGrpc(OipFlow):
             self._authorize(context)
             self._check_model(request.model_name, request.model_version)
             reservation.ensure(request.ByteSize())  # already in memory; counted as /v1 bodies are
-            deadline = self._front.deadline(rpc_timeout_s(context, time.time()), "the RPC deadline")
+            deadline = self._front.deadline(None)
             parsed = parse_grpc(request, self._limits)
             trace = carrier(dict(context.invocation_metadata()))
             tensors, parameters = await self._infer(

@@ -12,13 +12,14 @@ import ray
 from ray import serve
 
 from tests.fixtures.models import CONTROL, GATE_NAMESPACE, Control
-from tests.serving import METRICS_PORT, METRICS_REPORT_MS, ROOT
+from tests.serving import METRICS_PORT, ROOT
 
 # Modules run in this order, not by name, for speed only: a deploy that changes the app's `args`
 # restarts every replica (about 15 s here), while one that changes only user_config or scaling
 # options updates them in place; so modules that deploy the same args run back to back.
 # `INTEGRATION_ORDER=reverse` or `shuffle:<seed>` runs them in another order, to show that a
-# module does not depend on the one before it. A
+# module does not depend on the one before it. One still does: test_operations averages Ray's
+# batch-size metric over the session, so the module before it must not batch 8 at a time. A
 # module missing here runs after these, by name.
 MODULE_ORDER = (
     "test_http",  # resnet18 with small limits ...
@@ -85,8 +86,6 @@ def ray_cluster() -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
         _metrics_export_port=METRICS_PORT,
-        # Replicas report their metrics every 2 s, not Ray's 10: test_operations reads them.
-        _system_config={"metrics_report_interval_ms": METRICS_REPORT_MS},
         runtime_env={"working_dir": None, "env_vars": {"PYTHONPATH": str(ROOT)}},
     )
     try:
