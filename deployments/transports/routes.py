@@ -20,13 +20,17 @@ from deployments.transports.oip_rest import error_json
 OIP_PREFIX = "/v2"
 
 
+def _oip(path: str) -> bool:
+    return path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/")
+
+
 def route_error(method: str, path: str, status: int, allow: str | None) -> ClientError:
     """What to tell a client whose request matched no route (404) or no method of one (405)."""
     if status == 405:
         return MethodNotAllowed(
             f"{method} is not allowed on {path}" + (f"; use {allow}" if allow else "")
         )
-    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+    if _oip(path):
         hint = "the Open Inference Protocol's routes are listed at /docs"
     else:
         hint = "the routes are listed at /docs; predictions are POST /v1/predict"
@@ -42,7 +46,7 @@ async def unknown_route(request: Request, exc: Exception) -> Response:
         error = route_error(request.method, path, exc.status_code, headers.get("allow"))
     else:  # the framework's other refusals keep their status, in the protocol's shape
         error = BadRequest(str(exc.detail))
-    if path == OIP_PREFIX or path.startswith(OIP_PREFIX + "/"):
+    if _oip(path):
         content = error_json(error)
     else:
         request_id = request.headers.get("x-request-id") or new_item_id()

@@ -7,8 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import ray
@@ -20,8 +19,6 @@ from tests.serving import BASE_URL, app_config, deploy, wait_until
 # Long enough that a 503 which waited for the deadline instead of shedding is told apart from a
 # prompt one by a bound a loaded 2-core machine always meets.
 TIMEOUT_S = 10.0
-Colour = tuple[int, ...]
-T = TypeVar("T")
 
 
 def _small_queues() -> dict[str, Any]:
@@ -91,19 +88,15 @@ def test_a_burst_ten_times_capacity_ends_in_200_503_or_504(echo_control: Any) ->
             assert r.json()["error"]["code"] == "deadline_exceeded"
 
 
-def _late_while_held(
-    echo_control: Any, held: Colour, late_request: Callable[[], T]
-) -> tuple[httpx.Response, T, list[Colour]]:
-    """Hold the Model on a gate with `held` in its first batch, run `late_request` (blocking)
-    meanwhile, then open the gate. Returns the held image's answer, what `late_request`
-    returned, and every colour the model ran on."""
+def test_deadline_gives_504_and_expired_items_never_reach_the_model(echo_control: Any) -> None:
     gate_name = f"gate-{uuid.uuid4().hex[:8]}"
     gate = Gate.options(name=gate_name, namespace=GATE_NAMESPACE, lifetime="detached").remote()
     try:
         deploy(_small_queues())
         ray.get(echo_control.set.remote(gate=gate_name))
+        held, late = (10, 20, 30), (200, 100, 50)
 
-        async def scenario() -> tuple[httpx.Response, T]:
+        async def scenario() -> tuple[httpx.Response, httpx.Response]:
             async with httpx.AsyncClient(base_url=BASE_URL, timeout=60) as client:
                 first = asyncio.create_task(
                     client.post(
@@ -115,35 +108,24 @@ def _late_while_held(
                 await asyncio.to_thread(
                     wait_until, lambda: ray.get(gate.seen.remote()), 60, "the first batch"
                 )
-                late = await asyncio.to_thread(late_request)
+                second = await client.post(
+                    "/v1/predict",
+                    content=images.solid_png(late),
+                    headers={"content-type": "image/png", "x-request-timeout-seconds": "1"},
+                )
                 ray.get(gate.open.remote())
-                return await first, late
+                return await first, second
 
-        first, late = asyncio.run(scenario())
+        first, second = asyncio.run(scenario())
+        assert second.status_code == 504 and second.json()["error"]["code"] == "deadline_exceeded"
+        # The fault this catches is a 504 held until the gated batch opens (60 s), not a late tick.
+        assert _server_ms(second) < 10_000, "the 504 waited for the held batch, not its deadline"
+        assert first.status_code == 200 and colour_in(first.json()["predictions"]) == held
+        # Once the gate opened the model ran again, but never on the expired image.
         seen = [tuple(c) for _, batch in ray.get(gate.seen.remote()) for c in batch]
-        return first, late, seen
+        assert held in seen and late not in seen
     finally:
         ray.kill(gate)
-
-
-def test_deadline_gives_504_and_expired_items_never_reach_the_model(echo_control: Any) -> None:
-    held, late = (10, 20, 30), (200, 100, 50)
-    first, second, seen = _late_while_held(
-        echo_control,
-        held,
-        lambda: httpx.post(
-            f"{BASE_URL}/v1/predict",
-            content=images.solid_png(late),
-            headers={"content-type": "image/png", "x-request-timeout-seconds": "1"},
-            timeout=60,
-        ),
-    )
-    assert second.status_code == 504 and second.json()["error"]["code"] == "deadline_exceeded"
-    # The fault this catches is a 504 held until the gated batch opens (60 s), not a late tick.
-    assert _server_ms(second) < 10_000, "the 504 waited for the held batch, not its deadline"
-    assert first.status_code == 200 and colour_in(first.json()["predictions"]) == held
-    # Once the gate opened the model ran again, but never on the expired image.
-    assert held in seen and late not in seen
 
 
 def test_bad_timeout_header_is_400() -> None:
