@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: setup run test lint bench bench-cold-start evaluate chaos proto
+.PHONY: setup run test test-order lint bench bench-cold-start evaluate chaos proto
 
 setup: $(STAMP)
 
@@ -26,6 +26,21 @@ run: setup
 test: setup
 	$(PY) -m pytest --durations=12 tests/unit tests/tools tests/integration
 	$(PY) -m pytest --durations=4 tests/system
+
+# The integration tier in another module order, to show no module needs the one before it:
+# ORDER=reverse, ORDER=shuffle:<seed>, or ORDER=alone (each module in its own pytest and Ray
+# cluster; ~20 minutes). Exit 1 if any module fails.
+ORDER ?= reverse
+test-order: setup
+ifeq ($(ORDER),alone)
+	@failed=""; for m in tests/integration/test_*.py; do \
+	  log=/tmp/test-order-$$(basename $$m .py).log; \
+	  if $(PY) -m pytest -q -p no:cacheprovider $$m >$$log 2>&1; then echo "$$m: $$(tail -1 $$log)"; \
+	  else echo "$$m FAILED: $$(tail -1 $$log) (log: $$log)"; failed="$$failed $$m"; fi; \
+	done; test -z "$$failed"
+else
+	INTEGRATION_ORDER=$(ORDER) $(PY) -m pytest --durations=12 tests/integration
+endif
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import ray
 from ray import serve
 from ray.serve._private.api import serve_start
 from ray.serve.schema import ServeDeploySchema
@@ -29,6 +30,17 @@ def wait_until(
 ) -> T:
     """`tools.serve_process.wait_for`, failing with a `TimeoutError`."""
     return wait_for(check, timeout_s, what, every_s, error=TimeoutError)
+
+
+def replica_names(deployment: str) -> set[str]:
+    """Actor names of the live replicas of one deployment of the app. A name ends in the replica's
+    unique id, which is also the `replica` tag of the metrics it records."""
+    prefix = f"SERVE_REPLICA::{APP}#{deployment}#"
+    return {
+        n["name"]
+        for n in ray.util.list_named_actors(all_namespaces=True)
+        if n["name"].startswith(prefix)
+    }
 
 
 def app_config(

@@ -18,9 +18,7 @@ from tests.serving import METRICS_PORT, ROOT
 # restarts every replica (about 15 s here), while one that changes only user_config or scaling
 # options updates them in place; so modules that deploy the same args run back to back.
 # `INTEGRATION_ORDER=reverse` or `shuffle:<seed>` runs them in another order, to show that a
-# module does not depend on the one before it. One still does: test_operations averages Ray's
-# batch-size metric over the session, so the module before it must not batch 8 at a time. A
-# module missing here runs after these, by name.
+# module does not depend on the one before it. A module missing here runs after these, by name.
 MODULE_ORDER = (
     "test_http",  # resnet18 with small limits ...
     "test_batching",  # ... the same, then echo

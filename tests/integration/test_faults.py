@@ -23,7 +23,14 @@ from ray import serve
 from deployments.transports import handle_retry
 from tests import images
 from tests.fixtures.models import CONTROLLED_ECHO, GATE_NAMESPACE, Gate, colour_in
-from tests.serving import app_config, deploy, fixed_replicas, post_many, wait_until
+from tests.serving import (
+    app_config,
+    deploy,
+    fixed_replicas,
+    post_many,
+    replica_names,
+    wait_until,
+)
 
 
 def _correct(response: httpx.Response, colour: tuple[int, int, int]) -> bool:
@@ -142,11 +149,7 @@ def test_preprocessor_replica_killed_under_load() -> None:
     colours = images.distinct_colours(48, seed=3)
     bodies = [images.solid_png(c, 1600, 1200) for c in colours]  # big enough to keep decoders busy
     load = Background(bodies)
-    names = [
-        n["name"]
-        for n in ray.util.list_named_actors(all_namespaces=True)
-        if "#Preprocessor#" in n["name"]
-    ]
+    names = sorted(replica_names("Preprocessor"))
     assert len(names) == 2
     victim = ray.get_actor(names[0], namespace="serve")
     # Killed only once it holds requests (Serve's own per-replica count), so the kill hits work.
@@ -169,12 +172,7 @@ def test_preprocessor_replica_killed_under_load() -> None:
 
 
 def _ingress_replicas() -> list[Any]:
-    names = [
-        n["name"]
-        for n in ray.util.list_named_actors(all_namespaces=True)
-        if "#Ingress#" in n["name"]
-    ]
-    return [ray.get_actor(n, namespace="serve") for n in names]
+    return [ray.get_actor(n, namespace="serve") for n in sorted(replica_names("Ingress"))]
 
 
 def test_an_ingress_replica_sigkilled_holding_requests_and_calls_loses_none(

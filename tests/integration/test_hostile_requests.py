@@ -15,12 +15,18 @@ from typing import Any
 
 import httpx
 import pytest
-import ray
 from ray import serve
 
 from tests import images
 from tests.fixtures.models import colour_in
-from tests.serving import BASE_URL, app_config, deploy, fixed_replicas, wait_until
+from tests.serving import (
+    BASE_URL,
+    app_config,
+    deploy,
+    fixed_replicas,
+    replica_names,
+    wait_until,
+)
 
 ECHO = "tests.fixtures.models:echo"
 POISON = (7, 77, 177)  # the mean colour that kills the Model replica holding it
@@ -55,18 +61,12 @@ def _deaths(log: Path) -> int:
     return len(log.read_text().splitlines())
 
 
-def _model_replicas() -> set[str]:
-    return {
-        n["name"] for n in ray.util.list_named_actors(all_namespaces=True) if "#Model#" in n["name"]
-    }
-
-
 def _model_healthy() -> bool:
     app = serve.status().applications.get("vision")
     return (
         app is not None
         and app.deployments["Model"].status == "HEALTHY"
-        and len(_model_replicas()) == 2
+        and len(replica_names("Model")) == 2
     )
 
 
@@ -267,7 +267,7 @@ def test_a_huge_deadline_is_capped_and_the_answer_still_comes(crash_log: Path) -
 
 def test_an_image_that_kills_replicas_kills_two_then_is_refused(crash_log: Path) -> None:
     wait_until(_model_healthy, 60, "two healthy Model replicas")
-    replicas_before = _model_replicas()
+    replicas_before = replica_names("Model")
     deaths_before = _deaths(crash_log)
     innocents = [(90, 30, 30), (30, 90, 30), (30, 30, 90)]
     # Retries run in input order and stop at a request's first double failure, so the poison
@@ -289,7 +289,7 @@ def test_an_image_that_kills_replicas_kills_two_then_is_refused(crash_log: Path)
     assert deaths <= 2
 
     wait_until(_model_healthy, 90, "the Model replicas to come back")
-    assert len(replicas_before - _model_replicas()) == deaths
+    assert len(replicas_before - replica_names("Model")) == deaths
     start = time.perf_counter()
     again = httpx.post(
         f"{BASE_URL}/v1/predict",
