@@ -71,6 +71,11 @@ class AppArgs(BaseModel):
         allow_inf_nan=False,
         description="the longest deadline a request may ask for; longer ones are capped",
     )
+    retry_after_s: int = Field(
+        ge=1,
+        le=3600,
+        description="Retry-After of every 503 overload answer, the Ingress's queue limit's too",
+    )
     jpeg_draft: bool = Field(description="decode large JPEGs at 1/2, 1/4 or 1/8 scale")
     bundles: Bundles
     poison: Poison
@@ -184,6 +189,14 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
     unknown = sorted(set(options) - set(stages))
     if unknown:
         raise ValueError(f"deployments {unknown} are not in the graph {sorted(stages)}")
+    if "backpressure_config" in options.get(ingress.name, {}):
+        raise ValueError(
+            "the Ingress's backpressure_config comes from args.retry_after_s; set that"
+        )
+    # Serve's own 503 past max_queued_requests says what the service's 503s say.
+    stages[ingress.name] = ingress.options(
+        backpressure_config={"status_code": 503, "retry_after_s": args.retry_after_s}
+    )
     for name, stage_options in options.items():
         stages[name] = stages[name].options(**stage_options)
     # One Preprocessor and one Postprocessor serve every model, each item by its model's
@@ -201,6 +214,7 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
         max_request_timeout_s=args.max_request_timeout_s,
         bundles=args.bundles,
         poison=args.poison,
+        retry_after_s=args.retry_after_s,
     )
     model_handles = {
         n: stages[args.deployment_of(n)].bind(m.model, r) for n, (m, r) in models.items()

@@ -50,7 +50,7 @@ class IngressSettings:
     max_request_timeout_s: float  # a request may ask for more; it gets this
     bundles: Bundles
     poison: Poison
-    retry_after_s: int = 1  # the Retry-After of the Ingress's own 503s
+    retry_after_s: int  # the Retry-After of the Ingress's own 503s
 
 
 class Front:

@@ -45,17 +45,33 @@ def config_app() -> BuiltApplication:
     return _built(graph.build_app(SERVED["args"]))
 
 
+def _from_args(name: str) -> dict[str, Any]:
+    """The one option the graph sets itself: Serve's 503 at the Ingress says args.retry_after_s."""
+    if name != "Ingress":
+        return {}
+    retry_after_s = SERVED["args"]["retry_after_s"]
+    return {"backpressure_config": {"status_code": 503, "retry_after_s": retry_after_s}}
+
+
 def test_graph_app_sets_exactly_the_options_of_serve_config(graph_app: BuiltApplication) -> None:
     assert {d.name for d in graph_app.deployments} == set(YAML_DEPLOYMENTS)
     for deployment in graph_app.deployments:
         want = _options(DeploymentSchema.model_validate(YAML_DEPLOYMENTS[deployment.name]))
+        want.update(_from_args(deployment.name))
         assert _options(deployment_to_schema(deployment)) == want, deployment.name
 
 
-def test_code_sets_no_deployment_option(config_app: BuiltApplication) -> None:
+def test_code_sets_no_deployment_option_but_one_from_args(config_app: BuiltApplication) -> None:
     # A number in a decorator would be a second home, and would leak into a config that omits it.
     for deployment in config_app.deployments:
-        assert _options(deployment_to_schema(deployment)) == {"name": deployment.name}
+        want = {"name": deployment.name, **_from_args(deployment.name)}
+        assert _options(deployment_to_schema(deployment)) == want
+
+
+def test_the_ingress_backpressure_config_is_refused_in_the_deployments() -> None:
+    ingress = {"name": "Ingress", "backpressure_config": {"status_code": 503, "retry_after_s": 9}}
+    with pytest.raises(ValueError, match="retry_after_s"):
+        graph.build_configured_app({**SERVED, "deployments": [ingress]})
 
 
 def test_graph_app_binds_the_args_serve_config_gives(
@@ -84,9 +100,10 @@ def test_the_stages_get_the_settings_objects_serve_config_gives(
         args.bundles,
         args.poison,
     )
-    assert (ingress.request_timeout_s, ingress.max_request_timeout_s) == (
+    assert (ingress.request_timeout_s, ingress.max_request_timeout_s, ingress.retry_after_s) == (
         args.request_timeout_s,
         args.max_request_timeout_s,
+        args.retry_after_s,
     )
     _, limits, threads = init_args["Preprocessor"]
     assert (limits, threads) == (args.limits, args.decode_threads)

@@ -23,6 +23,7 @@ SETTINGS = IngressSettings(
     max_request_timeout_s=ARGS["max_request_timeout_s"],
     bundles=settings.bundles(),
     poison=settings.poison(),
+    retry_after_s=ARGS["retry_after_s"],
 )
 
 
