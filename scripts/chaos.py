@@ -423,6 +423,7 @@ class Run:
     deploys: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
+    spared: set[int] = field(default_factory=set)  # replica pids the killer never picks
     t0: float = 0.0
 
     def now(self) -> float:
@@ -491,7 +492,7 @@ class Run:
                 self.skipped.append({"t": round(self.now(), 2), "stage": stage, "pids": pids})
                 print(f"  [{self.now():6.1f} s] skip {stage}: {len(pids)} replica(s) up")
                 continue
-            victim = rng.choice(sorted(pids))
+            victim = rng.choice(sorted(set(pids) - self.spared))
             try:
                 os.kill(victim, signal.SIGKILL)
             except ProcessLookupError:

@@ -1,7 +1,8 @@
 """Autoscaling, proven locally, on one cluster timeline: a second model wakes from zero onto a
 new GPU node, then under load the default Model scales out and the autoscaler adds GPU nodes for
 it; then a GPU node that hosts a Model replica is lost under that load; every request is
-answered and joined right, and afterwards replicas and nodes scale back.
+answered and joined right, and afterwards replicas and nodes scale back while a trickle of
+requests goes on, losing none.
 
 Runs Ray's fake multi-node provider: a head without GPUs and a node type declaring one logical
 GPU, minimum 0. The timeline (replicas and nodes per half second) is written as JSON for
@@ -236,8 +237,8 @@ def test_models_scale_from_zero_and_out_onto_new_gpu_nodes_and_back(
         answers: list[tuple[int, tuple[int, int, int]]] = []
         stop = threading.Event()
 
-        async def load(concurrency: int) -> None:
-            pending = iter(images.distinct_colours(2000, seed=31))
+        async def load(concurrency: int, seed: int, stop: threading.Event, pause_s: float) -> None:
+            pending = iter(images.distinct_colours(2000, seed=seed))
             async with httpx.AsyncClient(base_url=BASE_URL, timeout=120) as client:
 
                 async def worker() -> None:
@@ -247,10 +248,11 @@ def test_models_scale_from_zero_and_out_onto_new_gpu_nodes_and_back(
                         r = await _post(client, "/v1/predict", colour)
                         ok = r.status_code == 200 and colour_in(r.json()["predictions"]) == colour
                         answers.append((r.status_code if ok else -r.status_code, colour))
+                        await asyncio.sleep(pause_s)
 
                 await asyncio.gather(*(worker() for _ in range(concurrency)))
 
-        driver = threading.Thread(target=lambda: asyncio.run(load(16)))
+        driver = threading.Thread(target=lambda: asyncio.run(load(16, 31, stop, 0.0)))
         timeline.mark("load_start")
         driver.start()
         try:
@@ -297,15 +299,27 @@ def test_models_scale_from_zero_and_out_onto_new_gpu_nodes_and_back(
             driver.join(120)
         timeline.mark("load_end")
 
-        # 4. Both scale back: the default Model to its one replica, the second to zero, and the
+        # 4. Both scale back under a trickle of requests (one at a time, 4 a second), which must
+        # lose nothing: the default Model to its one replica, the second to zero, and the
         # autoscaler removes every GPU node but the default Model's.
-        wait_until(
-            lambda: timeline.at(model_replicas=1, second_replicas=0, gpu_nodes=1),
-            240,
-            f"replicas and GPU nodes to scale back ({timeline.latest()})",
-            every_s=0.5,
+        under_load = len(answers)
+        trickle_stop = threading.Event()
+        trickle = threading.Thread(
+            target=lambda: asyncio.run(load(1, 37, trickle_stop, 0.25)), daemon=True
         )
+        trickle.start()
+        try:
+            wait_until(
+                lambda: timeline.at(model_replicas=1, second_replicas=0, gpu_nodes=1),
+                240,
+                f"replicas and GPU nodes to scale back ({timeline.latest()})",
+                every_s=0.5,
+            )
+        finally:
+            trickle_stop.set()
+            trickle.join(120)
         timeline.mark("scaled_in")
+        trickled = len(answers) - under_load
     finally:
         timeline.stop()
         TIMELINE.parent.mkdir(parents=True, exist_ok=True)
@@ -320,9 +334,11 @@ def test_models_scale_from_zero_and_out_onto_new_gpu_nodes_and_back(
     assert answers and failed == [], (
         f"{len(failed)} of {len(answers)} requests failed or were mis-joined"
     )
+    assert trickled >= 10, f"only {trickled} requests trickled in while replicas scaled in"
     assert timeline.most("model_replicas") == MAX_MODEL_REPLICAS
     assert timeline.most("second_replicas") == 1
     print(
         f"cold start onto a new (fake) GPU node: {cold_s:.1f} s; a lost node's Model replica "
-        f"back on a live node {recovered_s:.1f} s after the loss; marks {timeline.marks}"
+        f"back on a live node {recovered_s:.1f} s after the loss; {trickled} requests during "
+        f"the scale-in; marks {timeline.marks}"
     )
