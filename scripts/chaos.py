@@ -550,6 +550,22 @@ class Run:
         await asyncio.gather(self.load(planner), self.killer(plan), self.deployer())
 
 
+def start_serve(name: str, port: int, model: dict[str, Any] | None = None) -> tuple[Any, int]:
+    """`serve run` of `chaos_config` in artifacts/<name>, started: the process and its session."""
+    from tools.serve_process import ServeProcess, load_config
+
+    workdir = ROOT / "artifacts" / name
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = chaos_config(load_config(ROOT / "serve_config.yaml"), port, model=model)
+    serve = ServeProcess(config, workdir, port)
+    print(f"starting serve run on {serve.url} (2 replicas per stage, echo model) ...", flush=True)
+    serve.start()
+    assert serve.proc is not None
+    sid: int = serve.proc.pid
+    print(f"started in {serve.started_s:.0f} s; replicas: {stage_pids(sid)}", flush=True)
+    return serve, sid
+
+
 def wait_recovered(serve: Any, sid: int, url: str, timeout_s: float = 120.0) -> float | None:
     """Seconds until every stage has 2 replica processes, 2 RUNNING, and health answers 200."""
     from tools.serve_process import http_json
@@ -730,19 +746,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.concurrency = args.concurrency or (16 if args.client else 8)
 
-    from tools.serve_process import ServeProcess, load_config
-
-    workdir = ROOT / "artifacts" / "chaos"
-    workdir.mkdir(parents=True, exist_ok=True)
-    model = {**ECHO, "kwargs": {"delay_s": args.delay}} if args.client else None
-    config = chaos_config(load_config(ROOT / "serve_config.yaml"), args.port, model=model)
-    serve = ServeProcess(config, workdir, args.port)
     began = time.monotonic()
-    print(f"starting serve run on {serve.url} (2 replicas per stage, echo model) ...", flush=True)
-    serve.start()
-    assert serve.proc is not None
-    sid = serve.proc.pid
-    print(f"started in {serve.started_s:.0f} s; replicas: {stage_pids(sid)}", flush=True)
+    model = {**ECHO, "kwargs": {"delay_s": args.delay}} if args.client else None
+    serve, sid = start_serve("chaos", args.port, model)
+    workdir = serve.workdir
     if args.client:
         try:
             client_summary = client_run(serve, sid, args, workdir)

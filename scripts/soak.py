@@ -35,10 +35,10 @@ from scripts.chaos import (
     Planner,
     Run,
     after_check,
-    chaos_config,
     per_fault,
     report_lines,
     stage_pids,
+    start_serve,
     summarise,
     wait_recovered,
 )
@@ -169,17 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=ROOT / "artifacts" / "soak.json")
     args = parser.parse_args(argv)
 
-    from tools.serve_process import ServeProcess, load_config
-
-    workdir = ROOT / "artifacts" / "soak"
-    workdir.mkdir(parents=True, exist_ok=True)
-    config = chaos_config(load_config(ROOT / "serve_config.yaml"), args.port)
-    serve = ServeProcess(config, workdir, args.port)
     began = time.monotonic()
-    print(f"starting serve run on {serve.url} (2 replicas per stage, echo model) ...", flush=True)
-    serve.start()
-    assert serve.proc is not None
-    sid = serve.proc.pid
+    serve, sid = start_serve("soak", args.port)
     planner = Planner(args.seed)
     seconds = args.minutes * 60.0
     try:
