@@ -17,6 +17,7 @@ splits them), not one per image: a client that batches must split by `counts`, a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,8 @@ from deployments.transports.oip_tensors import VERSION, check_model, input_metad
 
 if TYPE_CHECKING:
     from deployments.transports.base import Front
+
+logger = logging.getLogger("ray.serve")
 
 # OIP datatypes -> Triton's model-config data types.
 DATA_TYPES = {
@@ -163,6 +166,7 @@ class OipRepository:
         try:
             totals = await self._totals()
         except Exception as exc:
+            logger.warning("statistics not collected: %r", exc)
             raise ServerError(
                 f"the statistics could not be collected now ({exc!r}); retry"
             ) from exc
