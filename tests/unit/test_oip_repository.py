@@ -1,5 +1,6 @@
 """Triton's extensions: the model configuration, statistics and repository index builders, and the
-counts behind the statistics, read with tritonclient's own messages.
+counts behind the statistics (several replicas' summed once each), read with tritonclient's own
+messages.
 
 Every answer must be Triton's JSON: it is parsed here into tritonclient's `ModelConfig`,
 `ModelStatistics` and `RepositoryIndexResponse` (unknown fields fail), and, in a subprocess (the
@@ -14,6 +15,7 @@ import json
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -24,6 +26,7 @@ from google.protobuf import json_format
 from deployments import tasks
 from deployments.errors import NotSupported
 from deployments.flow.health import ModelState
+from deployments.flow.stats import Reporter, StatsBoard
 from deployments.flow.tally import Counts, Tally, merged
 from deployments.items import ImageInfo, ItemError, ModelInfo, Result
 from deployments.transports.oip_repository import (
@@ -206,3 +209,47 @@ def _some_counts() -> Counts:
     tally.answered("det", [_result("a", total=3.0, inference=1.0)], 3.0)
     tally.executed("det", 1, 1.0)
     return Counts.from_data(tally.snapshot()["det"])
+
+
+# --- several replicas, one board ------------------------------------------------------------
+
+
+class _Method:
+    """A stand-in for an actor method: `.remote(...)` runs it and gives an awaitable."""
+
+    def __init__(self, method: Any) -> None:
+        self._method = method
+
+    def remote(self, *args: Any) -> asyncio.Future[Any]:
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(self._method(*args))
+        return future
+
+
+def test_the_statistics_are_every_replicas_and_a_resend_counts_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    board = StatsBoard()
+    handle = SimpleNamespace(report=_Method(board.report), totals=_Method(board.totals))
+    monkeypatch.setattr(Reporter, "_get_or_create", lambda self: handle)
+    ingresses = [Tally(), Tally()]  # two Ingress replicas, each answering some images
+    model = Tally()
+    reporters = [Reporter(t, "vision", f"Ingress#{i}") for i, t in enumerate(ingresses)]
+    model_reporter = Reporter(model, "vision", "Model#0")
+
+    async def run() -> dict[str, Counts]:
+        ingresses[0].answered("det", [_result("a", total=1.0)] * 3, 1.0)
+        ingresses[1].answered("det", [ItemError("b", "corrupt_image", "bad", 422)], 1.0)
+        model.executed("det", 3, 2.0)
+        await reporters[1].push()
+        await reporters[1].push()  # nothing new: sent once
+        await model_reporter.push()
+        ingresses[1].answered("det", [_result("c", total=1.0)], 1.0)
+        await reporters[1].push()  # the whole tally again, not added to the last one
+        # The replica answering the stats request sends its own counts first.
+        return await reporters[0].totals()
+
+    counts = asyncio.run(run())["det"]
+    assert counts.duration("success")[0] == 4  # 3 from one Ingress replica, 1 from the other
+    assert counts.duration("fail")[0] == 1
+    assert (counts.inference_count, counts.execution_count) == (3, 1)
