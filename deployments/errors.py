@@ -17,6 +17,7 @@
     └── ServerError                    the service failed (5xx)
         ├── InferenceFailed       500  the forward pass failed for this item
         ├── JoinMismatch          500  a result met the wrong metadata (a bug; never joined)
+        ├── NotSupported          501  a protocol operation this server does not offer
         ├── Overloaded            503  queues are full; retry after Retry-After
         └── DeadlineExceeded      504  the item's deadline passed before it was answered
 
@@ -122,6 +123,11 @@ class InferenceFailed(ServerError):
 
 class JoinMismatch(ServerError):
     code = "join_mismatch"
+
+
+class NotSupported(ServerError):
+    status = 501
+    code = "not_implemented"
 
 
 class Overloaded(ServerError):

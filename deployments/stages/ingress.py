@@ -18,14 +18,16 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from deployments.flow.caller import Caller
 from deployments.flow.health import ModelState, Readiness, StageWatch
+from deployments.flow.stats import CountedCaller, Reporter
+from deployments.flow.tally import Tally
 from deployments.items import ItemError, ModelInfo, Result
 from deployments.tracing import Tracing
 from deployments.transports import auth
 from deployments.transports.base import Front, IngressSettings, ModelRoute
 from deployments.transports.handle import HandleApi
 from deployments.transports.oip_grpc import OipGrpc
+from deployments.transports.oip_repository import OipRepository
 from deployments.transports.oip_rest import OipRest
 from deployments.transports.routes import unknown_route
 from deployments.transports.v1 import PREDICT_DOCS, V1Http
@@ -54,17 +56,22 @@ class Ingress:
         postprocessor: DeploymentHandle[Any],
         settings: IngressSettings,
     ) -> None:
-        caller = Caller(
+        deployments = {n: h.deployment_name for n, h in models.items()}
+        # Every image answered is counted for the OIP statistics (`deployments.flow.stats`).
+        context = serve.get_replica_context()
+        tally = Tally()
+        reporter = Reporter(tally, context.app_name, f"Ingress#{context.replica_id.unique_id}")
+        caller = CountedCaller(
             preprocessor,
             models,
             postprocessor,
             settings.bundles,
             settings.poison,
             tracing=Tracing.from_env("Ingress"),
+            tally=tally,
+            reporter=reporter,
         )
-        readiness = Readiness(
-            preprocessor.app_name, {n: h.deployment_name for n, h in models.items()}, serve.status
-        )
+        readiness = Readiness(preprocessor.app_name, deployments, serve.status)
         stages = [h.options(method_name="ready").remote for h in (preprocessor, postprocessor)]
         describers = {n: h.options(method_name="describe").remote for n, h in models.items()}
         # Read once; the key itself is never logged or echoed. Unusable key settings raise
@@ -75,8 +82,9 @@ class Ingress:
         self._front = front
         self._handle = HandleApi(front)
         self._v1 = V1Http(front)
-        self._rest = OipRest(front)
-        self._grpc = OipGrpc(front)
+        repository = OipRepository(front, reporter.totals)
+        self._rest = OipRest(front, repository)
+        self._grpc = OipGrpc(front, repository)
 
     # --- Python handle API (transports.handle) ---------------------------------------------
 
@@ -188,6 +196,38 @@ class Ingress:
     async def oip_ready(self) -> Response:
         return await self._rest.ready()
 
+    # Triton's extensions (transports.oip_repository); before /v2/models/{name}, which would
+    # take "stats" for a model's name.
+    @app.get("/v2/models/stats", summary="Triton statistics of every model (README: OIP)")
+    async def oip_all_statistics(self, request: Request) -> Response:
+        return await self._rest.statistics(request, None, None)
+
+    @app.get("/v2/models/{name}/stats", summary="Triton statistics of one model")
+    @app.get("/v2/models/{name}/versions/{version}/stats", summary="Triton statistics")
+    async def oip_statistics(
+        self, request: Request, name: str, version: str | None = None
+    ) -> Response:
+        return await self._rest.statistics(request, name, version)
+
+    @app.get("/v2/models/{name}/config", summary="Triton model configuration, as deployed")
+    @app.get("/v2/models/{name}/versions/{version}/config", summary="Triton model configuration")
+    async def oip_model_config(
+        self, request: Request, name: str, version: str | None = None
+    ) -> Response:
+        return await self._rest.config(request, name, version)
+
+    @app.post("/v2/repository/index", summary="Triton repository index: models and states")
+    async def oip_repository_index(self, request: Request) -> Response:
+        return await self._rest.index(request)
+
+    @app.post("/v2/repository/models/{name}/load", summary="Not supported: 501")
+    async def oip_load(self, request: Request, name: str) -> Response:
+        return await self._rest.not_supported(request, "loading")
+
+    @app.post("/v2/repository/models/{name}/unload", summary="Not supported: 501")
+    async def oip_unload(self, request: Request, name: str) -> Response:
+        return await self._rest.not_supported(request, "unloading")
+
     @app.get("/v2/models/{name}", summary="OIP model metadata: inputs and outputs")
     @app.get("/v2/models/{name}/versions/{version}", summary="OIP model metadata")
     async def oip_model_metadata(
@@ -228,3 +268,22 @@ class Ingress:
 
     async def ModelInfer(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
         return await self._grpc.infer(request, grpc_context)
+
+    async def ModelConfig(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.config(request, grpc_context)
+
+    async def ModelStatistics(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.statistics(request, grpc_context)
+
+    async def RepositoryIndex(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.index(request, grpc_context)
+
+    async def RepositoryModelLoad(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.not_supported(
+            grpc_context, "loading", "RepositoryModelLoadResponse"
+        )
+
+    async def RepositoryModelUnload(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
+        return await self._grpc.not_supported(
+            grpc_context, "unloading", "RepositoryModelUnloadResponse"
+        )

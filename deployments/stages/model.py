@@ -13,6 +13,8 @@ import torch
 from ray import serve
 
 from deployments.flow.batching import ForwardQueue, chunks
+from deployments.flow.stats import Reporter
+from deployments.flow.tally import Tally
 from deployments.items import Bundle, ItemError, ModelInfo, RawOutput, Sample
 from deployments.metrics import ModelMetrics
 from deployments.runtime.inference import Runner, pick_device
@@ -46,6 +48,12 @@ class Model:
         started = time.perf_counter()
         self._resolved = resolved
         self._metrics = ModelMetrics()
+        # Forward passes counted for the OIP statistics (`deployments.flow.stats`).
+        context = serve.get_replica_context()
+        self._served = ""  # the served name its items carry: one deployment runs one model
+        self._tally = Tally()
+        replica = f"{context.deployment}#{context.replica_id.unique_id}"
+        self._reporter = Reporter(self._tally, context.app_name, replica)
         self._tracing = Tracing.from_env("Model")
         self._runner = Runner.for_model(
             spec, resolved, device, on_batch=self._record_batch, tracing=self._tracing
@@ -101,7 +109,10 @@ class Model:
         pass may hold items from several bundles and a big bundle spreads over several passes.
         """
         entered = time.perf_counter()
+        self._reporter.start()
         samples = [s for s in bundle.items if isinstance(s, Sample)]
+        if samples and not self._served:
+            self._served = samples[0].meta.model
         ids = [s.item_id for s in samples]
         self._waiting.update(ids)
         self._metrics.queue_depth.set(len(self._waiting))
@@ -170,6 +181,8 @@ class Model:
         self._last_forward = time.monotonic()
         self._metrics.batch_size.observe(items)
         self._metrics.observe("inference", ms)
+        if self._served:
+            self._tally.executed(self._served, items, ms)
 
     async def check_health(self) -> None:
         """Healthy when the batch loop is alive and the model has run a forward pass lately.

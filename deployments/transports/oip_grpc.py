@@ -7,13 +7,15 @@ and the error code as the trailing metadata `vision-error-code`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf import json_format
 
 from deployments.errors import (
     BadRequest,
+    NotSupported,
     PayloadTooLarge,
     ServerError,
     VisionError,
@@ -22,6 +24,7 @@ from deployments.items import new_item_id
 from deployments.settings import Limits
 from deployments.tracing import carrier
 from deployments.transports.http_io import Reservation
+from deployments.transports.oip_repository import OipRepository
 from deployments.transports.oip_rest import version
 from deployments.transports.oip_tensors import (
     VERSION,
@@ -37,6 +40,9 @@ from deployments.transports.oip_tensors import (
     split_bytes_elements,
     timeout_param,
 )
+
+if TYPE_CHECKING:
+    from deployments.transports.base import Front
 
 # How the client must send the API key over gRPC.
 _AUTH_HINT = "the metadata 'authorization: Bearer <key>'"
@@ -60,6 +66,7 @@ GRPC_CODES = {
     415: "INVALID_ARGUMENT",
     422: "INVALID_ARGUMENT",
     500: "INTERNAL",
+    501: "UNIMPLEMENTED",
     503: "UNAVAILABLE",
     504: "DEADLINE_EXCEEDED",
 }
@@ -72,6 +79,10 @@ def grpc_code(status: int) -> str:
 
 class OipGrpc(OipFlow):
     """The RPCs' work; the Ingress has one method per RPC that delegates here."""
+
+    def __init__(self, front: Front, repository: OipRepository | None = None) -> None:
+        super().__init__(front)
+        self._repository = repository
 
     @staticmethod
     def error(context: Any, exc: VisionError, empty: Any) -> Any:
@@ -122,6 +133,50 @@ class OipGrpc(OipFlow):
             platform=meta["platform"],
             inputs=[tensor(**t) for t in meta["inputs"]],
             outputs=[tensor(**t) for t in meta["outputs"]],
+        )
+
+    # --- Triton's extensions (`oip_repository`): its JSON parsed into the messages ---------
+
+    async def config(self, request: Any, context: Any) -> Any:
+        async def config(repository: OipRepository) -> Any:
+            found = await repository.config(request.name, request.version)
+            return pb().ModelConfigResponse(config=json_format.ParseDict(found, pb().ModelConfig()))
+
+        return await self._extension(context, config, "ModelConfigResponse")
+
+    async def statistics(self, request: Any, context: Any) -> Any:
+        async def statistics(repository: OipRepository) -> Any:
+            found = await repository.statistics(request.name, request.version)
+            return json_format.ParseDict(found, pb().ModelStatisticsResponse())
+
+        return await self._extension(context, statistics, "ModelStatisticsResponse")
+
+    async def index(self, request: Any, context: Any) -> Any:
+        async def index(repository: OipRepository) -> Any:
+            found = await repository.index(request.repository_name, request.ready)
+            return json_format.ParseDict({"models": found}, pb().RepositoryIndexResponse())
+
+        return await self._extension(context, index, "RepositoryIndexResponse")
+
+    async def not_supported(self, context: Any, action: str, response: str) -> Any:
+        return await self._extension(context, lambda r: r.load(action), response)
+
+    async def _extension(
+        self, context: Any, work: Callable[[OipRepository], Awaitable[Any]], response: str
+    ) -> Any:
+        """`work`'s message, or the error's status and an empty `response` message."""
+
+        async def answer(_: Reservation) -> Any:
+            self._authorize(context)
+            if self._repository is None:
+                raise NotSupported("this server offers none of Triton's extensions")
+            return await work(self._repository)
+
+        return await self._front.guarded(
+            context.request_id() or new_item_id(),
+            answer,
+            lambda exc: self.error(context, exc, getattr(pb(), response)()),
+            ServerError("the service failed on this request; logged"),
         )
 
     async def infer(self, request: Any, context: Any) -> Any:

@@ -9,14 +9,20 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.metadata
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from deployments.errors import BadRequest, PayloadTooLarge, ServerError, VisionError
+from deployments.errors import (
+    BadRequest,
+    NotSupported,
+    PayloadTooLarge,
+    ServerError,
+    VisionError,
+)
 from deployments.items import new_item_id
 from deployments.settings import Limits
 from deployments.tracing import carrier
@@ -29,6 +35,7 @@ from deployments.transports.http_io import (
     valid_request_id,
     within_deadline,
 )
+from deployments.transports.oip_repository import OipRepository
 from deployments.transports.oip_tensors import (
     HEADER_LENGTH,
     MAX_JSON_BYTES,
@@ -47,6 +54,13 @@ from deployments.transports.oip_tensors import (
     timeout_param,
 )
 
+if TYPE_CHECKING:
+    from deployments.transports.base import Front
+
+
+# The repository index's body is at most `{"ready": true}` and a repository name.
+_INDEX_BODY_BYTES = 64 * 1024
+
 
 def version() -> str:
     """This package's version, as OIP server metadata reports it."""
@@ -58,6 +72,10 @@ def version() -> str:
 
 class OipRest(OipFlow):
     """The `/v2` routes' work; the Ingress binds the routes."""
+
+    def __init__(self, front: Front, repository: OipRepository | None = None) -> None:
+        super().__init__(front)
+        self._repository = repository
 
     def error(self, exc: VisionError) -> Response:
         headers = {"content-type": "application/json"}
@@ -94,6 +112,46 @@ class OipRest(OipFlow):
             return self.error(exc)
         ready = await self._ready(name)
         return json_response({"name": name, "ready": ready}, status=200 if ready else 503)
+
+    # --- Triton's extensions (`oip_repository`) ---------------------------------------------
+
+    async def config(self, request: Request, name: str, version: str | None) -> Response:
+        return await self._extension(request, lambda r, _: r.config(name, version))
+
+    async def statistics(self, request: Request, name: str | None, version: str | None) -> Response:
+        return await self._extension(request, lambda r, _: r.statistics(name, version))
+
+    async def index(self, request: Request) -> Response:
+        async def index(repository: OipRepository, reservation: Reservation) -> Any:
+            body = await read_body(request, _INDEX_BODY_BYTES, reservation)
+            try:
+                asked = orjson.loads(body) if body.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"the request's JSON is malformed: {exc}") from None
+            if not isinstance(asked, dict):
+                raise BadRequest("the index request's body must be a JSON object or empty")
+            return await repository.index("", flag_param(asked, "ready", "index") or False)
+
+        return await self._extension(request, index)
+
+    async def not_supported(self, request: Request, action: str) -> Response:
+        return await self._extension(request, lambda r, _: r.load(action))
+
+    async def _extension(
+        self, request: Request, work: Callable[[OipRepository, Reservation], Awaitable[Any]]
+    ) -> Response:
+        async def answer(reservation: Reservation) -> Response:
+            self._front.authorize(request.headers.get("authorization"))
+            if self._repository is None:
+                raise NotSupported("this server offers none of Triton's extensions")
+            return json_response(await work(self._repository, reservation))
+
+        return await self._front.guarded(
+            request.headers.get("x-request-id") or new_item_id(),
+            answer,
+            self.error,
+            ServerError("the service failed on this request; logged"),
+        )
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
         header_id = request.headers.get("x-request-id", "")

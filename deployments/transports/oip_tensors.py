@@ -52,7 +52,8 @@ if TYPE_CHECKING:
 IMAGE_INPUT = "image"
 VERSION = "1"  # models are not versioned; "1" (or no version) names the one there is
 SERVER_NAME = "vision-serve"
-EXTENSIONS = ("binary_tensor_data", "parameters")
+# Triton's names; `model_repository` is left out: its index works, loading and unloading do not.
+EXTENSIONS = ("binary_tensor_data", "parameters", "model_configuration", "statistics")
 HEADER_LENGTH = "inference-header-content-length"
 # The JSON part of a REST body. Images belong in the binary part (tritonclient's default); this
 # bounds what a JSON parser may be asked to build (a megabyte of `[0,0,...]` is a million objects).

@@ -338,8 +338,8 @@ def test_unknown_routes_and_methods_answer_in_the_v1_error_shape(
     ("method", "path", "status"),
     [
         ("GET", "/v2/nowhere", 404),
-        ("GET", "/v2/models/the-model/config", 404),
-        ("POST", "/v2/repository/index", 404),
+        ("GET", "/v2/models/the-model/trace/setting", 404),  # Triton's extensions not offered
+        ("POST", "/v2/systemsharedmemory/status", 404),
         ("GET", "/v2/models/the-model/infer", 405),
     ],
 )

@@ -1,7 +1,8 @@
 """The Open Inference Protocol with Triton's own clients, over HTTP and gRPC, against the shipped
 detector: the same boxes as `/v1/predict`, several images in one infer, bad inputs answered in
-the protocol's form with `/v1`'s codes while their neighbours succeed, a segmenter's masks, and
-readiness that stays false while a model warms up.
+the protocol's form with `/v1`'s codes while their neighbours succeed, a segmenter's masks,
+readiness that stays false while a model warms up, and Triton's extensions: the model
+configuration as deployed, statistics that count what was sent, the repository index.
 
 One deploy for the module: serve_config.yaml's models, `colours` (a segmenter whose answer is
 known for every pixel: tests/fixtures/models.py) and `warming`, an echo model whose replica
@@ -38,6 +39,8 @@ from tests.serving import (
 MODEL, COLOURS, WARMING = "shapes-detector", "colours", "warming"
 SIZES = [(437, 273), (640, 480), (300, 900), (1024, 256)]
 MAX_IMAGES = 4  # the deploy's max_images_per_request, so "one too many" is cheap to send
+# Not serve_config.yaml's, so the model configuration shows it reads the deployed user_config.
+COLOURS_BATCHING = {"max_batch_size": 4, "batch_wait_timeout_s": 0.002}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,10 @@ def started(gate: Path) -> None:
     models.append({"name": COLOURS, "model": {"name": "tests.fixtures.models:colours"}})
     deployments = config["applications"][0]["deployments"]
     batching = next(d for d in deployments if d["name"] == "Model")["user_config"]
-    deployments += [{"name": f"Model-{n}", "user_config": batching} for n in (WARMING, COLOURS)]
+    deployments += [
+        {"name": f"Model-{WARMING}", "user_config": batching},
+        {"name": f"Model-{COLOURS}", "user_config": COLOURS_BATCHING},
+    ]
     start(config)
 
     def detector_ready() -> bool:
@@ -133,6 +139,10 @@ def test_readiness_is_false_while_a_model_is_still_warming_up(
         assert client.is_model_ready(MODEL)
         assert not client.is_model_ready(WARMING)
         assert not client.is_server_ready()
+    for index in (_index(http), _index(grpc)):
+        assert index[MODEL]["state"] == "READY"
+        assert index[WARMING]["state"] == "UNAVAILABLE"
+        assert index[WARMING]["reason"].startswith("warming")
     gate.touch()
     for client in (http, grpc):
         ready = client.is_model_ready
@@ -326,7 +336,8 @@ def test_health_and_metadata(
         if transport == "grpc"
         else (client.get_server_metadata())
     )
-    assert "binary_tensor_data" in server["extensions"]
+    assert {"binary_tensor_data", "model_configuration", "statistics"} <= set(server["extensions"])
+    assert "model_repository" not in server["extensions"]  # loading and unloading are not offered
 
 
 def test_segmenter_masks_are_v1s_over_both_transports(
@@ -363,3 +374,138 @@ def test_segmenter_masks_are_v1s_over_both_transports(
     assert result.get_output("masks") is None
     labels = [v.decode() for v in result.as_numpy("labels")]
     assert labels == [p["label"] for p in png["predictions"]] == ["red", "green"]
+
+
+# --- Triton's extensions ------------------------------------------------------------------------
+
+
+def _index(client: Any) -> dict[str, dict[str, Any]]:
+    """The repository index by model name, as either client returns it."""
+    if isinstance(client, httpclient.InferenceServerClient):
+        models = client.get_model_repository_index()
+    else:
+        models = client.get_model_repository_index(as_json=True)["models"]
+    return {m["name"]: m for m in models}
+
+
+def _config(client: Any, name: str, version: str = "") -> dict[str, Any]:
+    if isinstance(client, httpclient.InferenceServerClient):
+        return dict(client.get_model_config(name, version))
+    return dict(client.get_model_config(name, version, as_json=True)["config"])
+
+
+def _stats(client: Any, name: str = "") -> dict[str, dict[str, Any]]:
+    """Statistics by model name; gRPC's JSON writes 64-bit counts as strings and leaves zeros
+    out, so every count is read with `_count`."""
+    if isinstance(client, httpclient.InferenceServerClient):
+        found = client.get_inference_statistics(name)
+    else:
+        found = client.get_inference_statistics(name, as_json=True)
+    return {s["name"]: s for s in found["model_stats"]}
+
+
+def _count(entry: dict[str, Any], *path: str) -> int:
+    value: Any = entry
+    for key in path:
+        value = value.get(key, {}) if isinstance(value, dict) else {}
+    return int(value or 0)
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_model_config_is_tritons_and_says_how_each_model_is_deployed(
+    transport: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    oip_app: None,
+) -> None:
+    client, _ = _clients(transport, http, grpc)
+    detector = _config(client, MODEL)
+    assert detector["name"] == MODEL
+    assert int(detector["max_batch_size"]) == 8  # serve_config.yaml's Model user_config
+    (image,) = detector["input"]
+    assert (image["name"], image["data_type"]) == ("image", "TYPE_STRING")
+    metadata = client.get_model_metadata(
+        MODEL, **({"as_json": True} if transport == "grpc" else {})
+    )
+    assert [o["name"] for o in detector["output"]] == [o["name"] for o in metadata["outputs"]]
+    (group,) = detector["instance_group"]
+    assert group["kind"] in ("KIND_CPU", "KIND_GPU") and int(group["count"]) >= 1
+    colours = _config(client, COLOURS)
+    assert int(colours["max_batch_size"]) == COLOURS_BATCHING["max_batch_size"]
+    batching = colours["dynamic_batching"]
+    assert int(batching["max_queue_delay_microseconds"]) == 2000  # batch_wait_timeout_s 0.002
+    assert [int(b) for b in batching["preferred_batch_size"]] == [4]
+    assert _config(client, MODEL, "1") == detector
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_statistics_count_the_images_sent_and_the_broken_one_as_a_fail(
+    transport: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    images: list[GeneratedImage],
+    oip_app: None,
+) -> None:
+    # `warming` (the echo model) gets no other infer in this module, so its counts before are
+    # settled: counts reach the statistics up to half a second after they happen.
+    client, module = _clients(transport, http, grpc)
+    before = _stats(client, WARMING)[WARMING]
+    client.infer(WARMING, [_input(module, [i.data for i in images[:3]])])  # 3 in one request
+    client.infer(WARMING, [_input(module, [images[3].data])])
+    result = client.infer(WARMING, [_input(module, [images[0].data, b"not an image"])])
+    assert [i.get("error", {}).get("status") for i in _items(result)] == [None, 415]
+
+    def delta(entry: dict[str, Any], *path: str) -> int:
+        return _count(entry, *path) - _count(before, *path)
+
+    def settled() -> dict[str, Any] | None:
+        # The Ingress counts answers, the Model its forward passes: wait for both.
+        now = _stats(client, WARMING)[WARMING]
+        done = delta(now, "inference_stats", "fail", "count") >= 1
+        return now if done and delta(now, "inference_count") >= 5 else None
+
+    after = wait_until(settled, 30, "the statistics to count the infers")
+    assert delta(after, "inference_count") == 5  # every good image, through a forward pass
+    assert delta(after, "execution_count") >= 1
+    assert delta(after, "inference_stats", "success", "count") == 5
+    assert delta(after, "inference_stats", "fail", "count") == 1
+    assert delta(after, "inference_stats", "compute_infer", "count") == 5
+    assert delta(after, "inference_stats", "success", "ns") > 0
+    passes = sum(_count(b, "compute_infer", "count") for b in after["batch_stats"])
+    assert passes == _count(after, "execution_count")
+    images_run = sum(
+        int(b["batch_size"]) * _count(b, "compute_infer", "count") for b in after["batch_stats"]
+    )
+    assert images_run == _count(after, "inference_count")
+    assert _count(after, "last_inference") >= _count(before, "last_inference")
+    assert _count(after, "last_inference") > 0
+    every = _stats(client)  # no name: every served model
+    assert set(every) == {MODEL, "shapes-segmenter", WARMING, COLOURS}
+
+
+@pytest.mark.parametrize("transport", ["http", "grpc"])
+def test_repository_index_lists_every_model_and_loading_is_refused(
+    transport: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    oip_app: None,
+) -> None:
+    client, _ = _clients(transport, http, grpc)
+    index = _index(client)
+    assert set(index) == {MODEL, "shapes-segmenter", WARMING, COLOURS}
+    assert {m["state"] for m in index.values()} == {"READY"}
+    assert {m["version"] for m in index.values()} == {"1"}
+    expected = "501" if transport == "http" else "StatusCode.UNIMPLEMENTED"
+    for call in (client.load_model, client.unload_model):
+        status, message = _status(lambda c=call: c(MODEL))
+        assert status == expected
+        assert "not supported" in message
+
+
+def test_extensions_answer_unknown_models_and_versions_in_the_protocols_shape(
+    oip_app: None,
+) -> None:
+    for path in (f"/v2/models/{MODEL}/versions/2/config", "/v2/models/nope/stats"):
+        r = httpx.get(f"{BASE_URL}{path}", timeout=30)
+        assert r.status_code == 404
+        assert list(r.json()) == ["error"]

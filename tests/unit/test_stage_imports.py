@@ -31,6 +31,7 @@ RAY_FREE = (
     "deployments.flow.batching",
     "deployments.flow.poison",
     "deployments.flow.health",
+    "deployments.flow.tally",
     "deployments.pixels.imaging",
     "deployments.pixels.geometry",
     "deployments.pixels.masks",
@@ -42,6 +43,7 @@ RAY_FREE = (
     "deployments.transports.oip_tensors",
     "deployments.transports.oip_rest",
     "deployments.transports.oip_grpc",
+    "deployments.transports.oip_repository",
 )
 
 

@@ -1,0 +1,190 @@
+"""Triton's extensions of the Open Inference Protocol: model configuration, statistics and the
+model repository index, built from what is deployed and counted.
+
+Every answer is a dict in Triton's JSON shape, which is the proto3 JSON form of Triton's gRPC
+messages (`model_config.proto`, `grpc_service.proto`): the REST transport sends it as it is, the
+gRPC one parses it into the message (`json_format.ParseDict`). The builders are Ray-free;
+`OipRepository` gathers what they need (the model's replica, readiness, the summed counts).
+
+Configuration. `max_batch_size` and `dynamic_batching` are the Model deployment's user_config
+(`max_queue_delay_microseconds` from `batch_wait_timeout_s`; a preferred size only when the Model
+waits for a full batch), `instance_group` its RUNNING replicas on their device kind. Tensors are
+the model metadata's, less the first dimension that `max_batch_size` implies (Triton's rule);
+where nothing is left, `dims: [1]` with `reshape: {shape: []}`, Triton's form of a tensor that is
+only its batch dimension. An output's first dimension is its rows over all images (`counts`
+splits them), not one per image: a client that batches must split by `counts`, as over `/v1`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from deployments.errors import NotSupported, ServerError, UnknownModel
+from deployments.flow.health import ModelState
+from deployments.flow.tally import DURATIONS, Counts
+from deployments.items import ModelInfo
+from deployments.tasks import Task
+from deployments.transports.oip_tensors import VERSION, check_model, input_metadata, output_specs
+
+if TYPE_CHECKING:
+    from deployments.transports.base import Front
+
+logger = logging.getLogger("ray.serve")
+
+# OIP datatypes -> Triton's model-config data types.
+DATA_TYPES = {
+    "BOOL": "TYPE_BOOL",
+    "UINT8": "TYPE_UINT8",
+    "INT32": "TYPE_INT32",
+    "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16",
+    "FP32": "TYPE_FP32",
+    "FP64": "TYPE_FP64",
+    "BYTES": "TYPE_STRING",
+}
+NOT_SUPPORTED = (
+    "model {action} is not supported: the served models are those of serve_config.yaml "
+    "(`models:`); change it and redeploy to add or remove one"
+)
+
+
+def _tensor(name: str, datatype: str, shape: Sequence[int]) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "data_type": DATA_TYPES[datatype]}
+    rest = list(shape[1:])
+    if rest:
+        out["dims"] = rest
+    else:
+        out.update(dims=[1], reshape={"shape": []})
+    return out
+
+
+def model_config(name: str, task: Task, info: ModelInfo, replicas: int) -> dict[str, Any]:
+    """`GET /v2/models/{name}/config` (gRPC ModelConfig): Triton's `ModelConfig` as JSON."""
+    batching: dict[str, Any] = {
+        "max_queue_delay_microseconds": round(info.batch_wait_timeout_s * 1e6),
+    }
+    if info.batch_wait_timeout_s > 0:  # it waits up to that long for a full batch
+        batching["preferred_batch_size"] = [info.max_batch_size]
+    parameters = {
+        "task": info.task,
+        "weights": info.weights,
+        "input_size": f"{info.input_width}x{info.input_height}",
+        "resize": info.resize,
+        "device": info.device,
+    }
+    return {
+        "name": name,
+        "platform": f"pytorch_{task.name}",
+        "backend": "pytorch",
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": info.max_batch_size,
+        "input": [_tensor(t["name"], t["datatype"], t["shape"]) for t in input_metadata()],
+        "output": [_tensor(s.name, s.datatype, s.shape) for s in output_specs(task)],
+        "dynamic_batching": batching,
+        "instance_group": [
+            {
+                "name": name,
+                "kind": "KIND_GPU" if info.device.startswith("cuda") else "KIND_CPU",
+                "count": replicas,
+            }
+        ],
+        "parameters": {k: {"string_value": str(v)} for k, v in parameters.items()},
+    }
+
+
+def _duration(count: int, ns: int) -> dict[str, int]:
+    return {"count": count, "ns": ns}
+
+
+def model_statistics(name: str, counts: Counts | None) -> dict[str, Any]:
+    """One model's entry of `model_stats`: Triton's `ModelStatistics` as JSON."""
+    counts = counts or Counts()
+    inference = {d: _duration(*counts.duration(d)) for d in DURATIONS}
+    inference.update(cache_hit=_duration(0, 0), cache_miss=_duration(0, 0))
+    return {
+        "name": name,
+        "version": VERSION,
+        "last_inference": counts.last_inference_ms,
+        "inference_count": counts.inference_count,
+        "execution_count": counts.execution_count,
+        "inference_stats": inference,
+        "batch_stats": [
+            {
+                "batch_size": size,
+                "compute_input": _duration(0, 0),  # timed as part of the pass
+                "compute_infer": _duration(passes, ns),
+                "compute_output": _duration(0, 0),
+            }
+            for size, (passes, ns) in sorted(counts.batches.items())
+        ],
+        "memory_usage": [],
+    }
+
+
+def index_entry(name: str, state: ModelState) -> dict[str, Any]:
+    """One model in the repository index: READY (it can infer, or is at zero and wakes on
+    its first request), else UNAVAILABLE, with the reason."""
+    entry: dict[str, Any] = {"name": name, "version": VERSION}
+    if state.ready:
+        entry["state"] = "READY"
+        if state.state != "ready":
+            entry["reason"] = f"{state.state}: its first request waits for a replica to start"
+        return entry
+    entry["state"] = "UNAVAILABLE"
+    entry["reason"] = {
+        "warming": "warming: its first replica is loading",
+        "unknown": "unknown: readiness not checked yet",
+    }.get(state.state, f"{state.state}: no replica is running")
+    return entry
+
+
+class OipRepository:
+    """What the REST and gRPC transports answer for the extensions, as Triton's JSON."""
+
+    def __init__(self, front: Front, totals: Callable[[], Awaitable[Mapping[str, Counts]]]) -> None:
+        self._front = front
+        self._totals = totals  # every replica's counts summed, by served model
+
+    def _check(self, name: str, version: str | None) -> None:
+        check_model(name, version, tuple(self._front.settings.models))
+
+    async def config(self, name: str, version: str | None) -> dict[str, Any]:
+        self._check(name, version)
+        info = await self._front.describe(name)  # a model at zero starts a replica, as /v1 does
+        state = await self._front.model_state(name)
+        return model_config(name, self._front.tasks[name], info, max(state.replicas, 1))
+
+    async def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
+        """`model_stats` for one model, or (`name` empty) every served one."""
+        if name:
+            self._check(name, version)
+            names = [name]
+        else:
+            names = list(self._front.settings.models)
+        try:
+            totals = await self._totals()
+        except Exception as exc:
+            logger.warning("statistics not collected: %r", exc)
+            raise ServerError(
+                f"the statistics could not be collected now ({exc!r}); retry"
+            ) from exc
+        return {"model_stats": [model_statistics(n, totals.get(n)) for n in names]}
+
+    async def index(self, repository: str, ready_only: bool) -> list[dict[str, Any]]:
+        """Every served model with its version and state (`ready_only`: the READY ones)."""
+        if repository:
+            raise UnknownModel(
+                f"no model repository {repository[:100]!r}: this server has one; leave the "
+                "repository name empty"
+            )
+        await self._front.readiness()  # a fresh check when none ran lately
+        states = self._front.health.states()
+        entries = [index_entry(n, states[n]) for n in self._front.settings.models]
+        return [e for e in entries if e["state"] == "READY"] if ready_only else entries
+
+    @staticmethod
+    async def load(action: str) -> Any:
+        """Model loading and unloading (`action`): always `NotSupported` (501)."""
+        raise NotSupported(NOT_SUPPORTED.format(action=action))
