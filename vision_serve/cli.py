@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import sys
 import sysconfig
@@ -48,7 +49,7 @@ def run(config: Path, address: str, dry_run: bool) -> int:
     if dry_run:
         for key, value in settings.items():
             print(f"{key}={value}")
-        print(" ".join(command))
+        print(shlex.join(command))
         return 0
     # exec, so that signals reach `serve run` itself (Ctrl-C shuts the application down).
     os.execve(command[0], command, {**os.environ, **settings})
