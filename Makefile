@@ -16,10 +16,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# serve.env: Ray Serve's process-level settings (the HAProxy edge); `serve run serve_config.yaml`
-# typed by hand runs without them, on Serve's Python proxy.
+# `vision-serve run` is `serve run --address local CONFIG` with serve.env: Ray Serve's
+# process-level settings (the HAProxy edge); `serve run serve_config.yaml` typed by hand runs
+# without them, on Serve's Python proxy.
 run: setup
-	$(PY) -m tools.serve_env $(VENV)/bin/serve run --address local serve_config.yaml
+	$(VENV)/bin/vision-serve run serve_config.yaml
 
 # Unit and integration tests share one Ray cluster; system tests start their own Ray, so they
 # run in a second pytest process after the first has shut its cluster down.

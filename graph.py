@@ -2,6 +2,7 @@
 
 serve run serve_config.yaml         # the deploy-time source of truth (calls build_app)
 serve run graph:app                 # the same application: serve_config.yaml's args and options
+serve run vision_serve.graph:app    # the same, installed (vision_serve/graph.py is this file)
 
 `serve_config.yaml` is the one home of every default: builder args and deployment options alike.
 `build_app` binds the stages without options, so a config that names it (serve_config.yaml, the
@@ -25,6 +26,7 @@ from deployments.stages.model import Model
 from deployments.stages.postprocessor import ModelAnswers, Postprocessor
 from deployments.stages.preprocessor import Preprocessor
 from deployments.transports.base import IngressSettings, ModelRoute
+from vision_serve.files import SERVE_CONFIG
 
 MODEL_DEPLOYMENT = "Model"
 MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
@@ -106,7 +108,6 @@ class AppArgs(BaseModel):
         return model_deployment(name, self.default_model)
 
 
-SERVE_CONFIG = Path(__file__).resolve().parent / "serve_config.yaml"
 APP_NAME = "vision"
 
 

@@ -300,7 +300,7 @@ def _git_commit() -> str:
             ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
         )
         dirty = subprocess.run(
-            ["git", "status", "--porcelain", "deployments", "graph.py", "serve_config.yaml"],
+            ["git", "status", "--porcelain", "deployments", "vision_serve", "serve_config.yaml"],
             cwd=ROOT,
             capture_output=True,
             text=True,

@@ -46,8 +46,8 @@ def contrast_bin(contrast: float) -> str:
 
 @functools.cache
 def _served_limits() -> Limits:
-    """serve_config.yaml's limits (imported late: graph pulls in Ray Serve)."""
-    from graph import served_args
+    """serve_config.yaml's limits (imported late: the graph pulls in Ray Serve)."""
+    from vision_serve.graph import served_args
 
     return served_args().limits
 

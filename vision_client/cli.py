@@ -84,9 +84,9 @@ def _url(text: str) -> str:
     return text
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(prog: str = "python -m vision_client") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m vision_client",
+        prog=prog,
         description="Send images (files, or folders searched recursively) to the vision service,\n"
         "one request per image, and write one JSON line per image.",
         epilog=EPILOG,
@@ -285,8 +285,12 @@ async def _one(
     return {**line, "status": reply.response.status_code, "body": protocol.body(reply.response)}
 
 
-def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    p = parser()
+def main(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    prog: str = "python -m vision_client",
+) -> int:
+    p = parser(prog)
     args = p.parse_args(argv)
     settings = settings_from(args, os.environ if environ is None else environ)
     if settings.protocol == "v2" and settings.model is None:
@@ -306,3 +310,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if failed:
         print(f"{failed} of {len(paths)} images failed", file=sys.stderr)
     return 1 if failed else 0
+
+
+def console() -> int:
+    """`vision-client`, the command of the client-only install (vision_client/pyproject.toml)."""
+    return main(prog="vision-client")
