@@ -8,10 +8,10 @@ changes nothing) to one small actor per application, `StatsBoard`, at most every
 `PUSH_EVERY_S` and only when something changed: nothing is sent per request. The Ingress
 that answers a stats request sends its own first, then asks the board for the sum.
 
-The board is a named, detached Ray actor (no CPU) that the first replica to report creates. It
-outlives redeploys, so counts run from its start, as Triton's run from the server's; a replica
-that stops takes at most its last `PUSH_EVERY_S` of counts with it. If the board is lost it is
-created again, and every live replica's next send restores its whole tally.
+The board is a named, detached Ray actor (no CPU, on the head node) that the first replica to
+report creates. It outlives redeploys, so counts run from its start, as Triton's run from the
+server's; a replica that stops takes at most its last `PUSH_EVERY_S` of counts with it. If the
+board is lost it is created again, and every live replica's next send restores its whole tally.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from deployments.items import Item, ItemError, Result
 
 logger = logging.getLogger("ray.serve")
 PUSH_EVERY_S = 0.5
+HEAD_NODE = "node:__internal_head__"  # the resource only the head node has
 BOARD_PREFIX = "oip-stats-"
 
 __all__ = ["PUSH_EVERY_S", "CountedCaller", "Reporter", "StatsBoard"]
@@ -115,6 +116,9 @@ class Reporter:
             lifetime="detached",
             get_if_exists=True,
             num_cpus=0,
+            # On the head node, as Ray's own state actors are: a live actor keeps its node from
+            # scaling in, so anywhere else it would pin an autoscaled (GPU) node for good.
+            resources={HEAD_NODE: 0.001},
             max_restarts=-1,
         ).remote()
 
