@@ -203,7 +203,7 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
         poison=args.poison,
     )
     model_handles = {
-        n: stages[args.deployment_of(n)].bind(m.model, r) for n, (m, r) in models.items()
+        n: stages[args.deployment_of(n)].bind(m.model, r, n) for n, (m, r) in models.items()
     }
     return stages[ingress.name].bind(
         stages[pre.name].bind(resize, args.limits, args.decode_threads),

@@ -30,7 +30,8 @@ _UNCONFIGURED = (
 
 @serve.deployment
 class Model:
-    def __init__(self, spec: ModelSpec, resolved: Resolved) -> None:
+    def __init__(self, spec: ModelSpec, resolved: Resolved, served_as: str) -> None:
+        """`served_as`: the model's name in the routes (`models:` in the Serve config)."""
         if spec.torch_threads is not None:
             torch.set_num_threads(spec.torch_threads)
         # Every forward pass (warm-up and health checks included) runs on this one thread, so
@@ -45,7 +46,7 @@ class Model:
         device = pick_device()
         started = time.perf_counter()
         self._resolved = resolved
-        self._metrics = ModelMetrics()
+        self._metrics = ModelMetrics(served_as)
         self._tracing = Tracing.from_env("Model")
         self._runner = Runner.for_model(
             spec, resolved, device, on_batch=self._record_batch, tracing=self._tracing
@@ -134,7 +135,7 @@ class Model:
         if isinstance(raw, ItemError):
             return raw
         waited_ms = max(0.0, (time.perf_counter() - entered) * 1000.0 - raw.inference_ms)
-        self._metrics.batch_wait.observe(waited_ms)
+        self._metrics.batch_wait.observe(waited_ms / 1000.0)
         return dataclasses.replace(raw, queue_ms=waited_ms)
 
     # max_batch_size and batch_wait_timeout_s are the user_config's (`reconfigure`).
@@ -169,7 +170,7 @@ class Model:
     def _record_batch(self, items: int, ms: float) -> None:
         self._last_forward = time.monotonic()
         self._metrics.batch_size.observe(items)
-        self._metrics.observe("inference", ms)
+        self._metrics.observe("inference", ms / 1000.0, self._metrics.model)
 
     async def check_health(self) -> None:
         """Healthy when the batch loop is alive and the model has run a forward pass lately.
