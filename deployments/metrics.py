@@ -26,7 +26,9 @@ from typing import cast
 from ray.serve import metrics
 
 LATENCY_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2, 5, 10, 30]
-BATCH_SIZES = [1.0, 2, 4, 8, 16, 32, 64, 128, 256, 512]
+# Half-integer bounds: a bucket up to 8 holds one batch size, whose value is then exact in the
+# histogram's quantiles and sum (Ray exports the sum from bucket midpoints).
+BATCH_SIZES = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 16.5, 32.5, 64.5, 128.5, 256.5, 512.5]
 # Served models have no version yet: every one is "1". This is the one place that says so; a
 # version field on `models:` entries would be looked up here.
 MODEL_VERSION = "1"

@@ -93,11 +93,13 @@ def test_custom_metrics_reach_the_metrics_endpoint() -> None:
         return text if ready and "ray_vision_model_queue_depth" in text else None
 
     text = wait_until(scraped, 90, "this test's Model metrics on Ray's endpoint", every_s=1.0)
-    # 12 images in passes of at most 4: at least 3 passes, none above the bucket at 4. (Ray
-    # exports a histogram's sum from its buckets' midpoints, so the sum is not the image count.)
+    # 12 images in passes of at most 4: at least 3 passes, none above the bucket up to 4.5 (Ray
+    # exports a histogram's sum from its buckets' midpoints, which the half-integer bounds make
+    # the batch sizes themselves: the sum is the image count).
     batches = model(text, "ray_vision_batch_size_count")
     assert batches >= 3
-    assert model(text, "ray_vision_batch_size_bucket", le="4.0") == batches
+    assert model(text, "ray_vision_batch_size_bucket", le="4.5") == batches
+    assert model(text, "ray_vision_batch_size_sum") == 12
     served = {"model": ONE_MODEL, "version": "1"}  # every request metric names its model
     assert model(text, "ray_vision_batch_size_count", **served) == batches
     assert _sample(text, "ray_vision_items_total", outcome="ok", **served) >= 12  # at the Ingress
