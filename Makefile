@@ -17,9 +17,12 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-* && touch $@
 
 # serve.env: Ray Serve's process-level settings (the HAProxy edge); `serve run serve_config.yaml`
-# typed by hand runs without them, on Serve's Python proxy.
+# typed by hand runs without them, on Serve's Python proxy. tools.serve_local is `serve run
+# --address local` with Ray's Prometheus metrics on a fixed port, http://127.0.0.1:8080/metrics
+# (its METRICS_EXPORT_PORT; README: Metrics), where plain `serve run` picks a random one each
+# time; `make run METRICS_PORT=9090` moves them.
 run: setup
-	$(PY) -m tools.serve_env $(VENV)/bin/serve run --address local serve_config.yaml
+	$(PY) -m tools.serve_env $(PY) -m tools.serve_local $(if $(METRICS_PORT),--metrics-export-port $(METRICS_PORT)) serve_config.yaml
 
 # Unit and integration tests share one Ray cluster; system tests start their own Ray, so they
 # run in a second pytest process after the first has shut its cluster down.

@@ -337,12 +337,23 @@ def stop_session(
 
 
 def serve_run(
-    config: Path, log_path: Path, env: dict[str, str] | None = None
+    config: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """`serve run <config> --address local` (a fresh local Ray) as `launch` starts it, with
-    serve.env's settings as `make run` has them (where this process's environment sets none)."""
+    serve.env's settings as `make run` has them (where this process's environment sets none).
+
+    `metrics_port`: Ray's metrics there, through `tools.serve_local` as `make run` starts it;
+    None: on a port Ray picks, so that services started side by side never collide.
+    """
     defaults = {k: v for k, v in serve_env().items() if k not in os.environ}
-    cmd = [str(SERVE), "run", str(config), "--address", "local"]
+    if metrics_port is None:
+        cmd = [str(SERVE), "run", str(config), "--address", "local"]
+    else:
+        cmd = [sys.executable, "-m", "tools.serve_local", f"--metrics-export-port={metrics_port}"]
+        cmd.append(str(config))
     return launch(cmd, log_path, defaults | (env or {}))
 
 
