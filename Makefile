@@ -16,11 +16,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
 
-# `vision-serve run` is `serve run --address local CONFIG` with serve.env: Ray Serve's
-# process-level settings (the HAProxy edge); `serve run serve_config.yaml` typed by hand runs
-# without them, on Serve's Python proxy.
+# `vision-serve run` is `serve run --address local CONFIG` with serve.env, Ray Serve's
+# process-level settings (the HAProxy edge), and Ray's Prometheus metrics on a fixed port,
+# http://127.0.0.1:8080/metrics (vision_serve/serve_local.py, METRICS_EXPORT_PORT; README:
+# Metrics); `make run METRICS_PORT=9090` moves them. `serve run serve_config.yaml` typed by hand
+# runs without either: Serve's Python proxy, and a random metrics port.
 run: setup
-	$(VENV)/bin/vision-serve run serve_config.yaml
+	$(VENV)/bin/vision-serve run $(if $(METRICS_PORT),--metrics-port $(METRICS_PORT)) serve_config.yaml
 
 # Unit and integration tests share one Ray cluster; system tests start their own Ray, so they
 # run in a second pytest process after the first has shut its cluster down.

@@ -218,7 +218,7 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
         retry_after_s=args.retry_after_s,
     )
     model_handles = {
-        n: stages[args.deployment_of(n)].bind(m.model, r) for n, (m, r) in models.items()
+        n: stages[args.deployment_of(n)].bind(m.model, r, n) for n, (m, r) in models.items()
     }
     return stages[ingress.name].bind(
         stages[pre.name].bind(resize, args.limits, args.decode_threads),

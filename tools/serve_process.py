@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,6 +28,7 @@ import yaml
 
 from deployments.settings import Batching
 from tools.serve_env import serve_env
+from vision_serve.serve_local import port_in_use
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVE_CONFIG = ROOT / "serve_config.yaml"
@@ -111,19 +111,6 @@ def model_user_config(config: dict[str, Any]) -> dict[str, Any]:
     app = named_item(config["applications"], APP)
     uc: dict[str, Any] = named_item(app["deployments"], "Model").get("user_config", {})
     return Batching.model_validate(uc).model_dump()
-
-
-def port_in_use(port: int) -> bool:
-    with socket.socket() as s:
-        if s.connect_ex(("127.0.0.1", port)) == 0:
-            return True
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return True
-    return False
 
 
 def http_json(method: str, url: str, body: Any = None, timeout_s: float = 10.0) -> tuple[int, Any]:
@@ -337,12 +324,28 @@ def stop_session(
 
 
 def serve_run(
-    config: Path, log_path: Path, env: dict[str, str] | None = None
+    config: Path,
+    log_path: Path,
+    env: dict[str, str] | None = None,
+    metrics_port: int | None = None,
 ) -> subprocess.Popen[bytes]:
     """`serve run <config> --address local` (a fresh local Ray) as `launch` starts it, with
-    serve.env's settings as `make run` has them (where this process's environment sets none)."""
+    serve.env's settings as `make run` has them (where this process's environment sets none).
+
+    `metrics_port`: Ray's metrics there, through `vision_serve.serve_local` as `make run` starts it;
+    None: on a port Ray picks, so that services started side by side never collide.
+    """
     defaults = {k: v for k, v in serve_env().items() if k not in os.environ}
-    cmd = [str(SERVE), "run", str(config), "--address", "local"]
+    if metrics_port is None:
+        cmd = [str(SERVE), "run", str(config), "--address", "local"]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "vision_serve.serve_local",
+            f"--metrics-export-port={metrics_port}",
+        ]
+        cmd.append(str(config))
     return launch(cmd, log_path, defaults | (env or {}))
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vision_serve.files import SERVE_CONFIG
 from vision_serve.serve_env import missing_from
+from vision_serve.serve_local import METRICS_EXPORT_PORT
 
 PROG = "vision-serve"
 EPILOG = f"""\
@@ -32,8 +33,14 @@ examples:
   {PROG} client --help        # every client option"""
 
 
-def serve_command(config: Path, address: str) -> list[str]:
-    """Serve's own `serve run` for `config`, from the environment this command runs in."""
+def serve_command(config: Path, address: str, metrics_port: int) -> list[str]:
+    """Serve's own `serve run` for `config`, from the environment this command runs in: on a
+    local Ray of its own with its metrics on `metrics_port` (`serve_local`), or on `address`."""
+    if address == "local":
+        return [
+            *(sys.executable, "-m", "vision_serve.serve_local"),
+            *(f"--metrics-export-port={metrics_port}", str(config)),
+        ]
     scripts = sysconfig.get_path("scripts")
     serve = shutil.which("serve", path=scripts) or shutil.which("serve")
     if serve is None:
@@ -41,10 +48,10 @@ def serve_command(config: Path, address: str) -> list[str]:
     return [serve, "run", "--address", address, str(config)]
 
 
-def run(config: Path, address: str, dry_run: bool) -> int:
+def run(config: Path, address: str, metrics_port: int, dry_run: bool) -> int:
     if not config.is_file():
         raise SystemExit(f"{PROG} run: no config file at {config}")
-    command = serve_command(config.resolve(), address)
+    command = serve_command(config.resolve(), address, metrics_port)
     settings = missing_from(os.environ)  # serve.env's; a variable already set wins
     if dry_run:
         for key, value in settings.items():
@@ -105,6 +112,13 @@ def parser() -> argparse.ArgumentParser:
         "(default: %(default)s)",
     )
     run_p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=METRICS_EXPORT_PORT,
+        help="with --address local: Ray's Prometheus metrics on http://127.0.0.1:PORT/metrics "
+        "(default: %(default)s)",
+    )
+    run_p.add_argument(
         "--dry-run",
         action="store_true",
         help="print the settings and the command instead of running them",
@@ -148,7 +162,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client(args_list[1:])
     args = parser().parse_args(args_list)
     if args.command == "run":
-        return run(args.config, args.address, args.dry_run)
+        return run(args.config, args.address, args.metrics_port, args.dry_run)
     if args.config_command == "show":
         return show_config()
     return render_config(args.overlays, args.base)

@@ -34,7 +34,7 @@ from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage
 from deployments.flow.batching import Coalescer, chunks
 from deployments.flow.poison import Quarantine, Retries, content_hash
 from deployments.items import Item, ItemError, Result
-from deployments.metrics import StageMetrics
+from deployments.metrics import IngressMetrics
 from deployments.settings import Bundles, Poison
 from deployments.tracing import OFF, Tracing
 
@@ -98,7 +98,7 @@ class Caller:
             )
             for name in models
         }
-        self._metrics = StageMetrics()
+        self._metrics = IngressMetrics()
         self._quarantine = Quarantine(poison.quarantine_ttl_s, poison.max_quarantined)
         # Solo retries go one at a time, so a retry that kills its replica takes no other
         # retry with it (which would then count as a second kill of an innocent image).
@@ -135,15 +135,22 @@ class Caller:
 
     async def _one(self, item: Item) -> Answer:
         started = time.perf_counter()
+        self._metrics.request({item.model})
         refused = await self._refused(item)
         if refused is not None:
-            return self._finish(refused, started)
+            return self._finish(refused, item.model, started)
         coalescer = self._coalescers[item.model]
         out = await self._within_deadline(coalescer.submit(item), [item])
-        return self._finish(out[0], started)
+        return self._finish(out[0], item.model, started)
 
     async def _many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
         started = time.perf_counter()
+        # An entry the transport already failed has no model of its own: it counts under the
+        # request's first ("" when the transport failed them all).
+        asked = [i.model for i in items if isinstance(i, Item)]
+        request_model = asked[0] if asked else ""
+        self._metrics.request(set(asked) or {request_model})
+        models = [i.model if isinstance(i, Item) else request_model for i in items]
         items = [(await self._refused(i) or i) if isinstance(i, Item) else i for i in items]
         by_model: dict[str, list[Item]] = {}
         for i in items:
@@ -160,7 +167,8 @@ class Caller:
             for item, answer in zip(part, out, strict=True)
         }
         return [
-            self._finish(answers[i.item_id] if isinstance(i, Item) else i, started) for i in items
+            self._finish(answers[i.item_id] if isinstance(i, Item) else i, model, started)
+            for i, model in zip(items, models, strict=True)
         ]
 
     async def _within_deadline(
@@ -310,11 +318,11 @@ class Caller:
             "mean_coalesced_size": round(images / bundles, 2) if bundles else 0,
         }
 
-    def _finish(self, out: Answer, started: float) -> Answer:
+    def _finish(self, out: Answer, model: str, started: float) -> Answer:
         if isinstance(out, ItemError):
-            self._metrics.outcome(out.code)
+            self._metrics.outcome(out.code, model)
             return out
-        elapsed_ms = (time.perf_counter() - started) * 1e3
-        self._metrics.observe("total", elapsed_ms)
-        self._metrics.outcome("ok")
-        return replace(out, timings_ms={**out.timings_ms, "total": round(elapsed_ms, 3)})
+        elapsed_s = time.perf_counter() - started
+        self._metrics.observe("total", elapsed_s, model)
+        self._metrics.outcome("ok", model)
+        return replace(out, timings_ms={**out.timings_ms, "total": round(elapsed_s * 1e3, 3)})

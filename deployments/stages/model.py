@@ -32,7 +32,8 @@ _UNCONFIGURED = (
 
 @serve.deployment
 class Model:
-    def __init__(self, spec: ModelSpec, resolved: Resolved) -> None:
+    def __init__(self, spec: ModelSpec, resolved: Resolved, served_as: str) -> None:
+        """`served_as`: the model's name in the routes (`models:` in the Serve config)."""
         if spec.torch_threads is not None:
             torch.set_num_threads(spec.torch_threads)
         # Every forward pass (warm-up and health checks included) runs on this one thread, so
@@ -47,10 +48,10 @@ class Model:
         device = pick_device()
         started = time.perf_counter()
         self._resolved = resolved
-        self._metrics = ModelMetrics()
+        self._metrics = ModelMetrics(served_as)
         # Forward passes counted for the OIP statistics (`deployments.flow.stats`).
         context = serve.get_replica_context()
-        self._served = ""  # the served name its items carry: one deployment runs one model
+        self._served = served_as
         self._tally = Tally()
         replica = f"{context.deployment}#{context.replica_id.unique_id}"
         self._reporter = Reporter(self._tally, context.app_name, replica)
@@ -111,8 +112,6 @@ class Model:
         entered = time.perf_counter()
         self._reporter.start()
         samples = [s for s in bundle.items if isinstance(s, Sample)]
-        if samples and not self._served:
-            self._served = samples[0].meta.model
         ids = [s.item_id for s in samples]
         self._waiting.update(ids)
         self._metrics.queue_depth.set(len(self._waiting))
@@ -145,7 +144,7 @@ class Model:
         if isinstance(raw, ItemError):
             return raw
         waited_ms = max(0.0, (time.perf_counter() - entered) * 1000.0 - raw.inference_ms)
-        self._metrics.batch_wait.observe(waited_ms)
+        self._metrics.batch_wait.observe(waited_ms / 1000.0)
         return dataclasses.replace(raw, queue_ms=waited_ms)
 
     # max_batch_size and batch_wait_timeout_s are the user_config's (`reconfigure`).
@@ -180,9 +179,8 @@ class Model:
     def _record_batch(self, items: int, ms: float) -> None:
         self._last_forward = time.monotonic()
         self._metrics.batch_size.observe(items)
-        self._metrics.observe("inference", ms)
-        if self._served:
-            self._tally.executed(self._served, items, ms)
+        self._metrics.observe("inference", ms / 1000.0, self._metrics.model)
+        self._tally.executed(self._served, items, ms)
 
     async def check_health(self) -> None:
         """Healthy when the batch loop is alive and the model has run a forward pass lately.

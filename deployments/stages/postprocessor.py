@@ -152,10 +152,10 @@ class Postprocessor:
         )
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         per_item_ms = round(elapsed_ms / max(1, len(joined)), 3)
-        for out in joined:
-            if isinstance(out, Result):
+        for out, sample in zip(joined, bundle.items, strict=True):
+            if isinstance(out, Result) and isinstance(sample, Sample):
                 out.timings_ms["postprocess"] = per_item_ms
-                self._metrics.observe("postprocess", per_item_ms)
+                self._metrics.observe("postprocess", per_item_ms / 1000.0, sample.meta.model)
         return joined
 
     def _configured(self) -> dict[str, BaseModel]:

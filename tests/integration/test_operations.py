@@ -87,23 +87,28 @@ def test_custom_metrics_reach_the_metrics_endpoint() -> None:
             text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics", timeout=10).text
         except httpx.TransportError:
             return None
-        ready = model(text, "ray_vision_batch_wait_ms_count") == 12  # one per image
+        ready = model(text, "ray_vision_batch_wait_seconds_count") == 12  # one per image
         ready = ready and model(text, "ray_vision_batch_size_count") >= 1
         ready = ready and _sample(text, "ray_vision_items_total", outcome="corrupt_image") >= 1
         return text if ready and "ray_vision_model_queue_depth" in text else None
 
     text = wait_until(scraped, 90, "this test's Model metrics on Ray's endpoint", every_s=1.0)
-    # 12 images in passes of at most 4: at least 3 passes, none above the bucket at 4. (Ray
-    # exports a histogram's sum from its buckets' midpoints, so the sum is not the image count.)
+    # 12 images in passes of at most 4: at least 3 passes, none above the bucket up to 4.5 (Ray
+    # exports a histogram's sum from its buckets' midpoints, which the half-integer bounds make
+    # the batch sizes themselves: the sum is the image count).
     batches = model(text, "ray_vision_batch_size_count")
     assert batches >= 3
-    assert model(text, "ray_vision_batch_size_bucket", le="4.0") == batches
-    assert _sample(text, "ray_vision_items_total", outcome="ok") >= 12  # counted at the Ingress
+    assert model(text, "ray_vision_batch_size_bucket", le="4.5") == batches
+    assert model(text, "ray_vision_batch_size_sum") == 12
+    served = {"model": ONE_MODEL, "version": "1"}  # every request metric names its model
+    assert model(text, "ray_vision_batch_size_count", **served) == batches
+    assert _sample(text, "ray_vision_items_total", outcome="ok", **served) >= 12  # at the Ingress
+    assert _sample(text, "ray_vision_requests_total", **served) >= 13
     for stage in ("preprocess", "inference", "postprocess", "total"):
-        assert _sample(text, "ray_vision_stage_latency_ms_count", stage=stage) >= 1, stage
-    total_ms = _sample(text, "ray_vision_stage_latency_ms_sum", stage="total")
-    assert 0 < total_ms / _sample(text, "ray_vision_stage_latency_ms_count", stage="total") < 60_000
-    assert not math.isnan(_sample(text, "ray_vision_model_queue_depth")), "no queue depth gauge"
+        assert _sample(text, "ray_vision_stage_latency_seconds_count", stage=stage, **served) >= 1
+    total_s = _sample(text, "ray_vision_stage_latency_seconds_sum", stage="total")
+    assert 0 < total_s / _sample(text, "ray_vision_stage_latency_seconds_count", stage="total") < 60
+    assert not math.isnan(_sample(text, "ray_vision_model_queue_depth", **served)), "no queue depth"
 
 
 def test_log_lines_about_an_item_name_its_request_and_item() -> None:

@@ -21,8 +21,12 @@ from graph import AppArgs
 from tests.serving import ROOT, load_config
 from tools import render
 from tools.serve_env import read_env_file
+from vision_serve import serve_local
 
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+POD_MONITOR = ROOT / "kuberay" / "podmonitor.yaml"
+METRICS_PORT = 8080  # Ray's metrics-export-port on every pod (KubeRay's default)
+NAME_LABEL = "app.kubernetes.io/name"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
@@ -491,12 +495,57 @@ def test_network_policy_admits_only_the_serve_ports_from_outside(
         for source in sources:
             assert "ipBlock" not in source, "an ipBlock admits pods from outside"
             if "namespaceSelector" in source:
-                # The operator: a pod selector and a single port, never a whole namespace.
-                assert source["podSelector"]["matchLabels"], rule
-                assert [p["port"] for p in rule["ports"]] == [8265], rule
+                # The operator (the dashboard) or Prometheus (Ray's metrics): a pod selector and
+                # a single port each, never a whole namespace.
+                labels = source["podSelector"]["matchLabels"]
+                wanted = {"kuberay-operator": [8265], "prometheus": [METRICS_PORT]}
+                assert [p["port"] for p in rule["ports"]] == wanted[labels[NAME_LABEL]], rule
             else:
                 assert source["podSelector"] == spec["podSelector"], "Ray's ports: own pods only"
     assert open_ports == _serve_ports()
+
+
+def _groups(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    return [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+
+
+def test_every_pod_exports_ray_metrics_on_one_declared_port(cluster: dict[str, Any]) -> None:
+    # The port `make run` uses too (vision_serve/serve_local.py), so one scrape config fits both.
+    assert METRICS_PORT == serve_local.METRICS_EXPORT_PORT
+    for group in _groups(cluster):
+        name = group.get("groupName", "head")
+        assert group["rayStartParams"]["metrics-export-port"] == str(METRICS_PORT), name
+        (container,) = group["template"]["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["metrics"] == METRICS_PORT, name
+        annotations = group["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert annotations["prometheus.io/port"] == str(METRICS_PORT), name
+        assert annotations["prometheus.io/path"] == "/metrics", name
+
+
+def test_network_policy_admits_prometheus_to_the_metrics_port(
+    cluster: dict[str, Any], documents: list[dict[str, Any]]
+) -> None:
+    (policy,) = [d for d in documents if d["kind"] == "NetworkPolicy"]
+    (rule,) = [
+        r
+        for r in policy["spec"]["ingress"]
+        if any(p["port"] == METRICS_PORT for p in r.get("ports", []))
+    ]
+    (source,) = rule["from"]
+    assert source["podSelector"]["matchLabels"] == {NAME_LABEL: "prometheus"}
+
+
+def test_pod_monitor_scrapes_the_metrics_port_of_every_ray_pod(cluster: dict[str, Any]) -> None:
+    (monitor,) = [d for d in yaml.safe_load_all(POD_MONITOR.read_text()) if d is not None]
+    assert (monitor["apiVersion"], monitor["kind"]) == ("monitoring.coreos.com/v1", "PodMonitor")
+    spec = monitor["spec"]
+    for group in _groups(cluster):
+        labels = _pod_labels(cluster, None if group is cluster["headGroupSpec"] else group)
+        assert _selects(spec["selector"], labels), labels
+    (endpoint,) = spec["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint.get("path", "/metrics")) == ("metrics", "/metrics")
 
 
 def test_only_the_serve_ports_leave_the_cluster(

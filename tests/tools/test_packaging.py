@@ -150,7 +150,8 @@ def test_the_unpacked_wheel_runs_from_any_directory(service_wheel: Path, tmp_pat
         check=True,
     )
     *settings, command = dry_run.stdout.splitlines()
-    assert command.endswith(f" run --address local {site / 'vision_serve' / 'serve_config.yaml'}")
+    config = site / "vision_serve" / "serve_config.yaml"
+    assert command.endswith(f" -m vision_serve.serve_local --metrics-export-port=8080 {config}")
     assert f"RAY_SERVE_HAPROXY_BINARY_PATH={site / 'vision_serve' / 'haproxy-edge'}" in settings
     assert "RAY_SERVE_ENABLE_HA_PROXY=1" in settings
 

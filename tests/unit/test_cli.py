@@ -9,6 +9,7 @@ import pytest
 from vision_serve import cli
 from vision_serve.files import SERVE_CONFIG
 from vision_serve.serve_env import read_env_file
+from vision_serve.serve_local import METRICS_EXPORT_PORT
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,13 +32,27 @@ def test_run_serves_the_packaged_config_with_serve_env(
     monkeypatch.setenv("RAY_SERVE_HAPROXY_RETRIES", "1")  # a variable already set wins
     assert cli.main(["run", "--dry-run"]) == 0
     *lines, command = capsys.readouterr().out.splitlines()
-    assert command.split()[1:] == ["run", "--address", "local", str(SERVE_CONFIG.resolve())]
-    assert Path(command.split()[0]).name == "serve"
+    # A local Ray of its own, its metrics on the fixed port, then Serve's own `serve run`.
+    assert command.split()[1:] == [
+        *("-m", "vision_serve.serve_local", f"--metrics-export-port={METRICS_EXPORT_PORT}"),
+        str(SERVE_CONFIG.resolve()),
+    ]
     settings = dict(line.split("=", 1) for line in lines)
     expected = read_env_file()
     del expected["RAY_SERVE_HAPROXY_RETRIES"]
     assert expected.items() <= settings.items()
     assert "RAY_SERVE_HAPROXY_RETRIES" not in settings
+
+
+def test_run_on_a_running_cluster_is_serve_run_and_the_metrics_port_moves(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert cli.main(["run", "--address", "auto", "--dry-run"]) == 0
+    command = capsys.readouterr().out.splitlines()[-1].split()
+    assert Path(command[0]).name == "serve"
+    assert command[1:] == ["run", "--address", "auto", str(SERVE_CONFIG.resolve())]
+    assert cli.main(["run", "--metrics-port", "9191", "--dry-run"]) == 0
+    assert "--metrics-export-port=9191" in capsys.readouterr().out.splitlines()[-1].split()
 
 
 def test_run_refuses_a_config_that_is_not_there(tmp_path: Path) -> None:

@@ -85,8 +85,9 @@ def test_graph_app_binds_the_args_serve_config_gives(
         }
 
     assert init_args(graph_app) == init_args(config_app)
-    model_spec, _ = dict((d.name, d.init_args) for d in graph_app.deployments)["Model"]
-    assert model_spec == graph.AppArgs.model_validate(SERVED["args"]).model
+    model_spec, _, served_as = dict((d.name, d.init_args) for d in graph_app.deployments)["Model"]
+    args = graph.AppArgs.model_validate(SERVED["args"])
+    assert (model_spec, served_as) == (args.model, args.default_model)
 
 
 def test_the_stages_get_the_settings_objects_serve_config_gives(
