@@ -51,7 +51,6 @@ class Model:
         self._metrics = ModelMetrics(served_as)
         # Forward passes counted for the OIP statistics (`deployments.flow.stats`).
         context = serve.get_replica_context()
-        self._served = served_as
         self._tally = Tally()
         replica = f"{context.deployment}#{context.replica_id.unique_id}"
         self._reporter = Reporter(self._tally, context.app_name, replica)
@@ -180,7 +179,7 @@ class Model:
         self._last_forward = time.monotonic()
         self._metrics.batch_size.observe(items)
         self._metrics.observe("inference", ms / 1000.0, self._metrics.model)
-        self._tally.executed(self._served, items, ms)
+        self._tally.executed(self._metrics.model, items, ms)
 
     async def check_health(self) -> None:
         """Healthy when the batch loop is alive and the model has run a forward pass lately.
