@@ -3,10 +3,16 @@
 Serve's proxy calls the Ingress method named after the RPC (serve_config.yaml `grpc_options`); each
 delegates here. Errors are the gRPC status matching `/v1`'s HTTP status, the message as details
 and the error code as the trailing metadata `vision-error-code`.
+
+The RPC's own deadline (`grpc-timeout`, what a client sets with `timeout=`) bounds the request as
+`x-request-timeout-seconds` does on HTTP; Triton's `timeout` parameter can only tighten it. Serve's
+context carries it as `RPC_DEADLINE` (`oip_proto.proxy.keep_rpc_deadlines`); where it does not, the
+configured default applies.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +21,14 @@ from google.protobuf import json_format
 
 from deployments.errors import (
     BadRequest,
+    DeadlineExceeded,
     NotSupported,
     PayloadTooLarge,
     ServerError,
     VisionError,
 )
 from deployments.items import new_item_id
+from deployments.oip_proto.proxy import RPC_DEADLINE
 from deployments.settings import Limits
 from deployments.tracing import carrier
 from deployments.transports.http_io import Reservation
@@ -55,6 +63,24 @@ def pb() -> Any:
     from deployments.oip_proto import grpc_predict_v2_pb2
 
     return grpc_predict_v2_pb2
+
+
+# At most this much of the RPC's deadline is kept back for the answer's way out (rpc_timeout_s).
+RPC_ANSWER_MARGIN_S = 2.0
+
+
+def rpc_timeout_s(context: Any, now: float) -> float | None:
+    """The request's timeout from the RPC's deadline (None: it has none, or it was not seen); 504
+    when it has already passed. A quarter of what is left, up to `RPC_ANSWER_MARGIN_S`, is kept
+    back, so that the service's own DEADLINE_EXCEEDED, with its message, reaches the client
+    through the edge before the client's timer gives up on the call."""
+    deadline = getattr(context, RPC_DEADLINE, None)
+    if deadline is None:
+        return None
+    left = float(deadline) - now
+    if left <= 0:
+        raise DeadlineExceeded("the RPC's deadline passed before the request was read")
+    return left - min(RPC_ANSWER_MARGIN_S, 0.25 * left)
 
 
 GRPC_CODES = {
@@ -187,7 +213,7 @@ class OipGrpc(OipFlow):
             self._authorize(context)
             self._check_model(request.model_name, request.model_version)
             reservation.ensure(request.ByteSize())  # already in memory; counted as /v1 bodies are
-            deadline = self._front.deadline(None)
+            deadline = self._front.deadline(rpc_timeout_s(context, time.time()), "the RPC deadline")
             parsed = parse_grpc(request, self._limits)
             trace = carrier(dict(context.invocation_metadata()))
             tensors, parameters = await self._infer(
