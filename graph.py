@@ -30,6 +30,7 @@ from vision_serve.files import SERVE_CONFIG
 
 MODEL_DEPLOYMENT = "Model"
 MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+MODEL_VERSION_PATTERN = r"^[0-9A-Za-z]([0-9A-Za-z._-]{0,30}[0-9A-Za-z])?$"
 
 
 def model_deployment(name: str, default_model: str) -> str:
@@ -46,6 +47,13 @@ class ServedModel(BaseModel):
     name: str = Field(
         pattern=MODEL_NAME_PATTERN,
         description="routing name: /v1/models/{name}/predict, /v2/models/{name}/infer",
+    )
+    # The Open Inference Protocol's unversioned model is version "1"; a model left without one
+    # is served as that. Every answer names the version of the replica that produced it.
+    version: str = Field(
+        default="1",
+        pattern=MODEL_VERSION_PATTERN,
+        description="the version these weights are served as: /v2/models/{name}/versions/{v}",
     )
     model: ModelSpec
 
@@ -205,7 +213,8 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
     resize = {n: decode_settings(args, r, m.model)[0] for n, (m, r) in models.items()}
     answers = {n: ModelAnswers(r.name, r.task, r.labels) for n, (_, r) in models.items()}
     routes = {
-        n: ModelRoute(task=r.task, max_candidates=r.max_candidates) for n, (_, r) in models.items()
+        n: ModelRoute(task=r.task, version=m.version, max_candidates=r.max_candidates)
+        for n, (m, r) in models.items()
     }
     settings = IngressSettings(
         models=routes,
@@ -218,7 +227,8 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
         retry_after_s=args.retry_after_s,
     )
     model_handles = {
-        n: stages[args.deployment_of(n)].bind(m.model, r, n) for n, (m, r) in models.items()
+        n: stages[args.deployment_of(n)].bind(m.model, r, n, m.version)
+        for n, (m, r) in models.items()
     }
     return stages[ingress.name].bind(
         stages[pre.name].bind(resize, args.limits, args.decode_threads),

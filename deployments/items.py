@@ -158,6 +158,7 @@ class Item:
     deadline: float | None = None  # wall-clock seconds (time.time()); None = no deadline
     model: str = ""  # the served model it goes to; "" in a one-model graph's own tests
     trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
+    version: str = ""  # the version of `model` it is sent to (`models[].version`)
 
     def expired(self, now: float) -> bool:
         """Whether the item's deadline has passed at `now` (`time.time()`)."""
@@ -192,6 +193,7 @@ class RawOutput:
     batch_size: int
     inference_ms: float
     queue_ms: float = 0.0
+    model_version: str = ""  # the version the Model replica that ran it serves
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,12 +232,14 @@ class Result:
     batch_size: int
     timings_ms: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # the task's other fields (JSON-ready)
+    model_version: str = ""  # the version that produced it (its `RawOutput`'s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "request_id": self.request_id,
             "item_id": self.item_id,
             "model": self.model,
+            "model_version": self.model_version,
             "task": self.task,
             "image": self.image.to_dict(),
             "predictions": [p.to_dict() for p in self.predictions],
@@ -283,10 +287,12 @@ class ModelInfo:
     max_batch_size: int
     batch_wait_timeout_s: float
     replica: str = ""
+    version: str = ""  # the served version these weights are (`models[].version`)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "model": self.name,
+            "version": self.version,
             "task": self.task,
             "labels": list(self.labels),
             "input_size": {"width": self.input_width, "height": self.input_height},

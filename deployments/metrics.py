@@ -29,9 +29,6 @@ LATENCY_S = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2, 5, 10
 # Half-integer bounds: a bucket up to 8 holds one batch size, whose value is then exact in the
 # histogram's quantiles and sum (Ray exports the sum from bucket midpoints).
 BATCH_SIZES = [0.5, 1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5, 8.5, 16.5, 32.5, 64.5, 128.5, 256.5, 512.5]
-# Served models have no version yet: every one is "1". This is the one place that says so; a
-# version field on `models:` entries would be looked up here.
-MODEL_VERSION = "1"
 
 
 def _tag_keys(*keys: str) -> tuple[str]:
@@ -42,9 +39,9 @@ def _tag_keys(*keys: str) -> tuple[str]:
 MODEL_TAGS = _tag_keys("model", "version")
 
 
-def model_tags(model: str) -> dict[str, str]:
+def model_tags(model: str, version: str) -> dict[str, str]:
     """The tags that name a served model (by its routing name) and its version."""
-    return {"model": model, "version": MODEL_VERSION}
+    return {"model": model, "version": version}
 
 
 class StageMetrics:
@@ -61,11 +58,11 @@ class StageMetrics:
             tag_keys=_tag_keys("outcome", *MODEL_TAGS),
         )
 
-    def observe(self, stage: str, seconds: float, model: str) -> None:
-        self.latency.observe(seconds, tags={"stage": stage, **model_tags(model)})
+    def observe(self, stage: str, seconds: float, model: str, version: str) -> None:
+        self.latency.observe(seconds, tags={"stage": stage, **model_tags(model, version)})
 
-    def outcome(self, outcome: str, model: str) -> None:
-        self.items.inc(tags={"outcome": outcome, **model_tags(model)})
+    def outcome(self, outcome: str, model: str, version: str) -> None:
+        self.items.inc(tags={"outcome": outcome, **model_tags(model, version)})
 
 
 class IngressMetrics(StageMetrics):
@@ -77,17 +74,19 @@ class IngressMetrics(StageMetrics):
             tag_keys=MODEL_TAGS,
         )
 
-    def request(self, models: set[str]) -> None:
-        for model in models:
-            self.requests.inc(tags=model_tags(model))
+    def request(self, models: set[tuple[str, str]]) -> None:
+        """One request that names each (model, version) in `models`."""
+        for model, version in models:
+            self.requests.inc(tags=model_tags(model, version))
 
 
 class ModelMetrics(StageMetrics):
     """A Model replica's metrics: it serves one model, so every one is tagged with it."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, version: str) -> None:
         super().__init__()
         self.model = model
+        self.version = version
         self.batch_size = metrics.Histogram(
             "vision_batch_size",
             description="Items in each forward pass.",
@@ -106,4 +105,4 @@ class ModelMetrics(StageMetrics):
             tag_keys=MODEL_TAGS,
         )
         for metric in (self.batch_size, self.batch_wait, self.queue_depth):
-            metric.set_default_tags(model_tags(model))
+            metric.set_default_tags(model_tags(model, version))

@@ -10,11 +10,14 @@ requests with short deadlines; every good image has a colour no other image in t
 seeded killer SIGKILLs one replica process every 10-20 s, cycling through Ingress,
 Preprocessor, Model and Postprocessor, only while that stage has both replicas running. Two
 rolling deploys go to the running app meanwhile (what `serve deploy` does, through the
-dashboard's REST API), at 35 % and 65 % of the run: a hot change (the Model's `max_batch_size`,
+dashboard's REST API), at 25 % and 50 % of the run: a hot change (the Model's `max_batch_size`,
 a `user_config`) and a builder-arg change (`request_timeout_s`, which restarts every replica).
-Each fault is reported with the images lost, misjoined or answered unexpectedly by the requests
-in flight from it until it recovered (a killed stage running two replicas again; a deploy's app
-RUNNING with every deployment HEALTHY), and that recovery time.
+A third rolls out new weights, at 75 %: the echo model's checkpoint with another value, under
+the next model version. Every answer names the model version that produced it; a 200 whose
+images name two versions is judged "mixed" (the bar is 0). Each fault is reported with the
+images lost, misjoined or answered unexpectedly by the requests in flight from it until it
+recovered (a killed stage running two replicas again; a deploy's app RUNNING with every
+deployment HEALTHY), and that recovery time.
 
 Each image sent is judged:
 
@@ -30,6 +33,13 @@ Each image sent is judged:
 The bar is 0 lost, 0 missing and 0 misjoined; the exit status is 1 when it is missed. Lost items
 are also split by whether an Ingress kill happened while they were in flight. A JSON summary goes
 to artifacts/chaos.json.
+
+    .venv/bin/python -m scripts.chaos --deploys-only [--seconds 240] [--concurrency 16]
+
+kills nothing and sends only good images with the default deadline, 16 in flight, while each of
+the three rolling deploys goes in twice (at 12 % to 82 % of the run, each after the last one has
+settled). The bar: every image answered 200 with its own colour, none mixed
+(artifacts/chaos_deploys.json).
 
     .venv/bin/python -m scripts.chaos --client [--images 480] [--concurrency 16]
 
@@ -149,9 +159,10 @@ def bad_image(kind: str, rng: random.Random) -> bytes:
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str  # ok / clear / unexpected / lost / missing / misjoined
+    verdict: str  # ok / clear / unexpected / lost / missing / misjoined / mixed
     status: int | None  # the item's status (a multipart entry's own), None without an answer
     code: str  # the error code, "ok", "proxy" (a non-JSON error body) or the exception's name
+    version: str = ""  # a 200's: the model version its answer names
 
 
 def _error_code(body: Any) -> str:
@@ -172,7 +183,8 @@ def judge_item(colour: Colour | None, status: int, answer: Any, deadline: bool =
         named = colour_in(answer.get("predictions")) if isinstance(answer, dict) else None
         if named is None:
             return Verdict("missing", 200, "no_predictions")
-        return Verdict("ok" if named == colour else "misjoined", 200, "ok")
+        version = str(answer.get("model_version", ""))
+        return Verdict("ok" if named == colour else "misjoined", 200, "ok", version)
     code = _error_code(answer)
     # A bad image: a clear 4xx from us is the right answer.
     if colour is None and 400 <= status < 500 and code not in ("proxy", "poison_image"):
@@ -208,6 +220,12 @@ def judge(planned: Planned, status: int | None, body: Any, exc: str = "") -> lis
             out.append(judge_item(colour, 200, entry))
     if len(results) > n:  # answers for images never sent: a join gone wrong
         out.extend([Verdict("misjoined", 200, "extra_entry")] * (len(results) - n))
+    # One request, one model version: answers from two versions in one 200 are all "mixed".
+    if len({v.version for v in out if v.status == 200 and v.code == "ok"}) > 1:
+        out = [
+            Verdict("mixed", 200, "mixed_versions", v.version) if v.status == 200 else v
+            for v in out
+        ]
     return out
 
 
@@ -229,11 +247,31 @@ def plan_kills(
     return out
 
 
-DEPLOYS = ((0.35, "deploy user_config"), (0.65, "deploy args"))
+DEPLOYS = ((0.25, "deploy user_config"), (0.5, "deploy args"), (0.75, "deploy weights"))
+# `--deploys-only`: each kind twice, no kills, only good images without short deadlines.
+DEPLOYS_ONLY = tuple(
+    (round(0.12 + 0.14 * i, 2), change) for i, (_, change) in enumerate(DEPLOYS + DEPLOYS)
+)
 
 
-def deployed_config(config: dict[str, Any], change: str) -> dict[str, Any]:
-    """`config` with one rolling change: the Model's batch size (hot) or a builder arg."""
+def write_weights(folder: Path, version: str) -> Path:
+    """A checkpoint of the echo model whose one weight is `version` (a number): new weights."""
+    import torch
+
+    from tools.echo_model import echo
+
+    model = echo()
+    model.generation.fill_(float(version))
+    path = folder / f"echo-v{version}.pt"
+    torch.save(model.state_dict(), path)
+    return path.resolve()
+
+
+def deployed_config(
+    config: dict[str, Any], change: str, weights_dir: Path | None = None
+) -> dict[str, Any]:
+    """`config` with one rolling change: the Model's batch size (hot), a builder arg, or new
+    weights under the next model version (written to `weights_dir`)."""
     import copy
 
     changed = copy.deepcopy(config)
@@ -242,6 +280,11 @@ def deployed_config(config: dict[str, Any], change: str) -> dict[str, Any]:
         (model,) = [d for d in app["deployments"] if d["name"] == "Model"]
         batching = model.setdefault("user_config", {})
         batching["max_batch_size"] = 4 if batching.get("max_batch_size", 8) != 4 else 8
+    elif change == "deploy weights":
+        (served,) = app["args"]["models"]
+        served["version"] = str(int(served.get("version", "1")) + 1)
+        folder = weights_dir or ROOT / "artifacts"
+        served["model"]["weights"] = str(write_weights(folder, served["version"]))
     else:
         app["args"]["request_timeout_s"] = float(app["args"].get("request_timeout_s", 30)) + 1
     return changed
@@ -316,6 +359,7 @@ def summarise(
                 unexpected_by_cause[f"{v.status} {v.code}, {cause}"] += 1
     lost = verdicts["lost"] + verdicts["missing"]
     by_kind = Counter(r.planned.kind for r in records)
+    versions = Counter(v.version for v in items if v.status == 200 and v.code == "ok")
     return {
         "requests": len(records),
         "requests_by_kind": dict(by_kind),
@@ -330,11 +374,13 @@ def summarise(
         "lost_missing_in_200": verdicts["missing"],
         "lost_by_cause": dict(lost_by_cause),
         "misjoined": verdicts["misjoined"],
+        "mixed_versions": verdicts["mixed"],
+        "answers_by_version": dict(sorted(versions.items())),
         "unexpected_by_cause": dict(unexpected_by_cause),
         "kills": len(kills),
         "kills_by_stage": {s: sum(1 for k in kills if k["stage"] == s) for s in STAGES},
         "kills_skipped": len(skipped),
-        "passed": lost == 0 and verdicts["misjoined"] == 0,
+        "passed": lost == 0 and verdicts["misjoined"] == 0 and verdicts["mixed"] == 0,
     }
 
 
@@ -358,6 +404,8 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             else ""
         ),
         f"misjoined: {s['misjoined']}",
+        f"mixed versions: {s['mixed_versions']}; answers by model version: "
+        + ", ".join(f"{k}: {v}" for k, v in s["answers_by_version"].items()),
     ]
     if s["unexpected_by_cause"]:
         lines.append(
@@ -372,9 +420,8 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
             f"flight meanwhile: lost {f['lost']}, misjoined {f['misjoined']}, unexpected "
             f"{f['unexpected']}"
         )
-    lines.append(
-        "PASS: 0 lost, 0 misjoined" if s["passed"] else "MISS: the bar is 0 lost, 0 misjoined"
-    )
+    bar = "0 lost, 0 misjoined, 0 mixed" + (", every image 200" if s.get("all_200") else "")
+    lines.append(f"PASS: {bar}" if s["passed"] else f"MISS: the bar is {bar}")
     return lines
 
 
@@ -424,6 +471,8 @@ class Run:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     started: list[str] = field(default_factory=list)
     spared: set[int] = field(default_factory=set)  # replica pids the killer never picks
+    deploy_plan: Sequence[tuple[float, str]] = DEPLOYS  # (fraction of the run, change)
+    kill: bool = True  # False: no replica is killed (`--deploys-only`)
     t0: float = 0.0
 
     def now(self) -> float:
@@ -517,9 +566,9 @@ class Run:
             print("  no dashboard: rolling deploys skipped")
             return
         config = self.serve.config
-        for fraction, change in DEPLOYS:
+        for fraction, change in self.deploy_plan:
             await asyncio.sleep(max(0.0, fraction * self.seconds - self.now()))
-            config = deployed_config(config, change)
+            config = deployed_config(config, change, self.serve.workdir)
             url = f"{self.serve.dashboard}/api/serve/applications/"
             status, body = await asyncio.to_thread(http_json, "PUT", url, config, 30)
             at = self.now()
@@ -545,8 +594,12 @@ class Run:
 
     async def main(self) -> None:
         self.t0 = time.monotonic()
-        planner = Planner(self.seed)
-        plan = plan_kills(self.seed, self.seconds)
+        if self.kill:
+            planner = Planner(self.seed)
+            plan = plan_kills(self.seed, self.seconds)
+        else:  # every request one that must be answered 200: good images, the default deadline
+            planner = Planner(self.seed, p_bad=0.0, p_short_deadline=0.0)
+            plan = []
         await asyncio.gather(self.load(planner), self.killer(plan), self.deployer())
 
 
@@ -730,11 +783,21 @@ def client_report_lines(s: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=180.0, help="load duration (180)")
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="load duration (180; --deploys-only: 240)"
+    )
     parser.add_argument("--seed", type=int, default=9)
     parser.add_argument("--port", type=int, default=8200, help="HTTP port on 127.0.0.1 (8200)")
     parser.add_argument(
-        "--concurrency", type=int, default=None, help="requests in flight (8; --client: 16)"
+        "--concurrency",
+        type=int,
+        default=None,
+        help="requests in flight (8; --client and --deploys-only: 16)",
+    )
+    parser.add_argument(
+        "--deploys-only",
+        action="store_true",
+        help="no kills: each rolling deploy twice under good traffic; the bar is every image 200",
     )
     parser.add_argument("--timeout", type=float, default=60.0, help="client timeout, s (60)")
     parser.add_argument("--json", type=Path, default=None, help="artifacts/chaos[_client].json")
@@ -744,7 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         "--delay", type=float, default=1.0, help="--client: seconds per forward pass (1.0)"
     )
     args = parser.parse_args(argv)
-    args.concurrency = args.concurrency or (16 if args.client else 8)
+    args.concurrency = args.concurrency or (16 if args.client or args.deploys_only else 8)
+    args.seconds = args.seconds or (240.0 if args.deploys_only else 180.0)
 
     began = time.monotonic()
     model = {**ECHO, "kwargs": {"delay_s": args.delay}} if args.client else None
@@ -762,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if client_summary["passed"] else 1
     try:
         run = Run(serve.url, args.seed, args.seconds, args.concurrency, args.timeout, sid, serve)
+        if args.deploys_only:
+            run.deploy_plan, run.kill = DEPLOYS_ONLY, False
         print(f"load for {args.seconds:.0f} s, {args.concurrency} in flight, seed {args.seed}")
         asyncio.run(run.main())
         load_wall = run.now()
@@ -804,7 +870,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     if recovered is None or after_ok != 16:
         summary["passed"] = False
-    path = args.json or ROOT / "artifacts" / "chaos.json"
+    if args.deploys_only:  # nothing was killed: every image must be answered 200, its own
+        summary["all_200"] = True
+        every_200 = all(
+            v == Verdict("ok", 200, "ok", v.version) for r in run.records for v in r.verdicts
+        )
+        summary["passed"] = summary["passed"] and every_200
+    path = args.json or ROOT / "artifacts" / (
+        "chaos_deploys.json" if args.deploys_only else "chaos.json"
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(summary, indent=1))
     print("\n".join(report_lines(summary)))

@@ -48,6 +48,9 @@ class Echo(nn.Module):
         self.crash_log = crash_log
         self.control = control
         self._control: Any = None
+        # Its one weight, which the answers never read: `make chaos` rolls out new weights by
+        # writing a checkpoint with another value (scripts.chaos.write_weights).
+        self.register_buffer("generation", torch.zeros(()))
 
     def _behaviour(self) -> dict[str, Any]:
         """The `Control` actor's settings; none while it does not exist."""

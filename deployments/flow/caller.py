@@ -15,6 +15,10 @@ never come back through the caller.
   are answered. One whose solo retry dies too is quarantined by content hash (`poison`) and
   refused with 422 for a while; its request retries nothing more (the rest get 503), so a
   multipart of many such inputs cannot take two replicas each.
+- One request, one model version: while a rollout runs, the bundles of one request can meet old
+  and new Model replicas. The items answered by any version but the request's most common one
+  are sent again (at most `_VERSION_ROUNDS` times); those still on another version get 503, so
+  no answer ever mixes versions.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -47,6 +52,9 @@ _AT_CAPACITY = "the service is at capacity; retry shortly"
 Answer = Result | ItemError
 # Hashing releases the GIL; above this an image is hashed off the event loop.
 _HASH_INLINE_BYTES = 256 * 1024
+# How often a request's items answered by a minority model version are sent again.
+_VERSION_ROUNDS = 3
+_VERSION_CHANGED = "the model's version changed while this request ran; retry it"
 
 __all__ = ["Caller", "failure_kind"]
 
@@ -135,41 +143,54 @@ class Caller:
 
     async def _one(self, item: Item) -> Answer:
         started = time.perf_counter()
-        self._metrics.request({item.model})
+        self._metrics.request({(item.model, item.version)})
         refused = await self._refused(item)
         if refused is not None:
-            return self._finish(refused, item.model, started)
+            return self._finish(refused, item, started)
         coalescer = self._coalescers[item.model]
         out = await self._within_deadline(coalescer.submit(item), [item])
-        return self._finish(out[0], item.model, started)
+        return self._finish(out[0], item, started)
 
     async def _many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
         started = time.perf_counter()
         # An entry the transport already failed has no model of its own: it counts under the
-        # request's first ("" when the transport failed them all).
-        asked = [i.model for i in items if isinstance(i, Item)]
-        request_model = asked[0] if asked else ""
-        self._metrics.request(set(asked) or {request_model})
-        models = [i.model if isinstance(i, Item) else request_model for i in items]
+        # request's first item's (no model when the transport failed them all).
+        first = next((i for i in items if isinstance(i, Item)), None)
+        asked = {(i.model, i.version) for i in items if isinstance(i, Item)}
+        self._metrics.request(asked or {("", "")})
+        owners = [i if isinstance(i, Item) else first for i in items]
         items = [(await self._refused(i) or i) if isinstance(i, Item) else i for i in items]
+        to_send = [i for i in items if isinstance(i, Item)]
+        retries = Retries()  # one request: its retries stop at its first double failure
+        answers = await self._sent(to_send, retries)
+        for _ in range(_VERSION_ROUNDS):
+            again = _other_versions(to_send, answers)
+            if not again:
+                break
+            answers.update(await self._sent(again, retries))
+        for item in _other_versions(to_send, answers):
+            answers[item.item_id] = ItemError.from_exception(
+                item.item_id, Overloaded(_VERSION_CHANGED)
+            )
+        return [
+            self._finish(answers[i.item_id] if isinstance(i, Item) else i, owner, started)
+            for i, owner in zip(items, owners, strict=True)
+        ]
+
+    async def _sent(self, items: Sequence[Item], retries: Retries) -> dict[str, Answer]:
+        """`items` through the graph as bundles of one model each -> each one's answer by id."""
         by_model: dict[str, list[Item]] = {}
         for i in items:
-            if isinstance(i, Item):
-                by_model.setdefault(i.model, []).append(i)
+            by_model.setdefault(i.model, []).append(i)
         parts = [p for same in by_model.values() for p in chunks(same, self._bundles.max_items)]
-        retries = Retries()  # one request: its retries stop at its first double failure
         sent = await asyncio.gather(
             *(self._within_deadline(self._send(part, retries), part) for part in parts)
         )
-        answers = {
+        return {
             item.item_id: answer
             for part, out in zip(parts, sent, strict=True)
             for item, answer in zip(part, out, strict=True)
         }
-        return [
-            self._finish(answers[i.item_id] if isinstance(i, Item) else i, model, started)
-            for i, model in zip(items, models, strict=True)
-        ]
 
     async def _within_deadline(
         self, work: Awaitable[Answer | Sequence[Answer]], items: Sequence[Item]
@@ -318,11 +339,36 @@ class Caller:
             "mean_coalesced_size": round(images / bundles, 2) if bundles else 0,
         }
 
-    def _finish(self, out: Answer, model: str, started: float) -> Answer:
+    def _finish(self, out: Answer, item: Item | None, started: float) -> Answer:
+        """`out` with its total time, counted under its model and the version that answered (an
+        error: the version `item` was sent to)."""
+        model, version = ("", "") if item is None else (item.model, item.version)
         if isinstance(out, ItemError):
-            self._metrics.outcome(out.code, model)
+            self._metrics.outcome(out.code, model, version)
             return out
         elapsed_s = time.perf_counter() - started
-        self._metrics.observe("total", elapsed_s, model)
-        self._metrics.outcome("ok", model)
+        self._metrics.observe("total", elapsed_s, model, out.model_version)
+        self._metrics.outcome("ok", model, out.model_version)
         return replace(out, timings_ms={**out.timings_ms, "total": round(elapsed_s * 1e3, 3)})
+
+
+def _other_versions(items: Sequence[Item], answers: Mapping[str, Answer]) -> list[Item]:
+    """The items answered by another version of their model than that model's most common one
+    among `answers` (ties: the highest version string), in order."""
+    counts: dict[str, Counter[str]] = {}
+    for item in items:
+        answer = answers[item.item_id]
+        if isinstance(answer, Result):
+            counts.setdefault(item.model, Counter())[answer.model_version] += 1
+    keep = {m: _most_common(c) for m, c in counts.items() if len(c) > 1}
+    return [
+        i
+        for i in items
+        if i.model in keep
+        and isinstance(answer := answers[i.item_id], Result)
+        and answer.model_version != keep[i.model]
+    ]
+
+
+def _most_common(versions: Counter[str]) -> str:
+    return max(versions, key=lambda v: (versions[v], v))

@@ -32,8 +32,9 @@ _UNCONFIGURED = (
 
 @serve.deployment
 class Model:
-    def __init__(self, spec: ModelSpec, resolved: Resolved, served_as: str) -> None:
-        """`served_as`: the model's name in the routes (`models:` in the Serve config)."""
+    def __init__(self, spec: ModelSpec, resolved: Resolved, served_as: str, version: str) -> None:
+        """`served_as`: the model's name in the routes (`models:` in the Serve config);
+        `version`: the version these weights are served as, which every answer names."""
         if spec.torch_threads is not None:
             torch.set_num_threads(spec.torch_threads)
         # Every forward pass (warm-up and health checks included) runs on this one thread, so
@@ -48,7 +49,7 @@ class Model:
         device = pick_device()
         started = time.perf_counter()
         self._resolved = resolved
-        self._metrics = ModelMetrics(served_as)
+        self._metrics = ModelMetrics(served_as, version)
         # Forward passes counted for the OIP statistics (`deployments.flow.stats`).
         context = serve.get_replica_context()
         self._tally = Tally()
@@ -144,7 +145,7 @@ class Model:
             return raw
         waited_ms = max(0.0, (time.perf_counter() - entered) * 1000.0 - raw.inference_ms)
         self._metrics.batch_wait.observe(waited_ms / 1000.0)
-        return dataclasses.replace(raw, queue_ms=waited_ms)
+        return dataclasses.replace(raw, queue_ms=waited_ms, model_version=self._metrics.version)
 
     # max_batch_size and batch_wait_timeout_s are the user_config's (`reconfigure`).
     @serve.batch(batch_size_fn=lambda parts: sum(len(p) for p in parts))
@@ -178,7 +179,7 @@ class Model:
     def _record_batch(self, items: int, ms: float) -> None:
         self._last_forward = time.monotonic()
         self._metrics.batch_size.observe(items)
-        self._metrics.observe("inference", ms / 1000.0, self._metrics.model)
+        self._metrics.observe("inference", ms / 1000.0, self._metrics.model, self._metrics.version)
         self._tally.executed(self._metrics.model, items, ms)
 
     async def check_health(self) -> None:
@@ -212,6 +213,7 @@ class Model:
             max_batch_size=self._configured().max_batch_size,
             batch_wait_timeout_s=self._configured().batch_wait_timeout_s,
             replica=serve.get_replica_context().replica_id.unique_id,
+            version=self._metrics.version,
         )
 
     def ready(self) -> bool:

@@ -71,6 +71,7 @@ def join(
         image=meta.image,
         predictions=predictions,
         batch_size=raw.batch_size,
+        model_version=raw.model_version,
         timings_ms={
             "preprocess": round(meta.preprocess_ms, 3),
             "batch_wait": round(raw.queue_ms, 3),
@@ -155,7 +156,9 @@ class Postprocessor:
         for out, sample in zip(joined, bundle.items, strict=True):
             if isinstance(out, Result) and isinstance(sample, Sample):
                 out.timings_ms["postprocess"] = per_item_ms
-                self._metrics.observe("postprocess", per_item_ms / 1000.0, sample.meta.model)
+                self._metrics.observe(
+                    "postprocess", per_item_ms / 1000.0, sample.meta.model, out.model_version
+                )
         return joined
 
     def _configured(self) -> dict[str, BaseModel]:

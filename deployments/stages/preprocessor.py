@@ -62,7 +62,9 @@ class Preprocessor:
             )
             return ItemError.from_exception(item.item_id, exc)
         finally:
-            self._metrics.observe("preprocess", time.perf_counter() - start, item.model)
+            self._metrics.observe(
+                "preprocess", time.perf_counter() - start, item.model, item.version
+            )
         meta = Meta(
             item_id=item.item_id,
             request_id=item.request_id,

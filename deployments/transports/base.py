@@ -35,6 +35,7 @@ class ModelRoute:
     """What the Ingress knows of one served model: enough to validate a request for it."""
 
     task: str  # a name in deployments.tasks.REGISTRY: it validates the options
+    version: str  # the version served (`models[].version`): what requests may name
     model_name: str = ""  # the served model's name: the one /v2/models/{name} routes
     max_candidates: int = 100  # what the Model keeps per image (classification's max_top_k)
 
@@ -131,8 +132,9 @@ class Front:
         route = self.settings.models[model]
         return tasks.parse_options(given, self.tasks[model], route.max_candidates)
 
-    @staticmethod
-    def item(data: bytes, options: Options, request_id: str, deadline: float, model: str) -> Item:
+    def item(
+        self, data: bytes, options: Options, request_id: str, deadline: float, model: str
+    ) -> Item:
         return Item(
             item_id=new_item_id(),
             request_id=request_id,
@@ -140,7 +142,13 @@ class Front:
             options=options,
             deadline=deadline,
             model=model,
+            version=self.settings.models[model].version,
         )
+
+    @property
+    def versions(self) -> dict[str, str]:
+        """The version each served model is served as, by name."""
+        return {name: route.version for name, route in self.settings.models.items()}
 
     async def readiness(self) -> str | None:
         """None when every stage and model is ready, else why not."""

@@ -35,7 +35,6 @@ from deployments.transports.http_io import Reservation
 from deployments.transports.oip_repository import OipRepository
 from deployments.transports.oip_rest import version
 from deployments.transports.oip_tensors import (
-    VERSION,
     InferRequest,
     OipFlow,
     RequestedOutput,
@@ -151,7 +150,9 @@ class OipGrpc(OipFlow):
             self._check_model(request.name, request.version)
         except VisionError as exc:
             return self.error(context, exc, messages.ModelMetadataResponse())
-        meta = model_metadata(request.name, self._front.tasks[request.name])
+        meta = model_metadata(
+            request.name, self._front.versions[request.name], self._front.tasks[request.name]
+        )
         tensor = messages.ModelMetadataResponse.TensorMetadata
         return messages.ModelMetadataResponse(
             name=meta["name"],
@@ -216,10 +217,12 @@ class OipGrpc(OipFlow):
             deadline = self._front.deadline(rpc_timeout_s(context, time.time()), "the RPC deadline")
             parsed = parse_grpc(request, self._limits)
             trace = carrier(dict(context.invocation_metadata()))
-            tensors, parameters = await self._infer(
+            tensors, parameters, answered = await self._infer(
                 request.model_name, parsed, deadline, request_id, trace
             )
-            return grpc_response(messages, request.model_name, parsed, tensors, parameters)
+            return grpc_response(
+                messages, request.model_name, answered, parsed, tensors, parameters
+            )
 
         return await self._front.guarded(
             request_id,
@@ -307,13 +310,14 @@ def set_parameter(parameter: Any, value: bool | int | float | str) -> None:
 def grpc_response(
     pb: Any,
     model: str,
+    version: str,
     request: InferRequest,
     tensors: Sequence[Tensor],
     parameters: Mapping[str, Any],
 ) -> Any:
     """The `ModelInferResponse` (`pb` is the generated module): every output's data in
     `raw_output_contents`, as Triton answers and tritonclient reads."""
-    response = pb.ModelInferResponse(model_name=model, model_version=VERSION, id=request.id)
+    response = pb.ModelInferResponse(model_name=model, model_version=version, id=request.id)
     for key, value in parameters.items():
         set_parameter(response.parameters[key], value)
     for tensor in tensors:

@@ -26,7 +26,7 @@ from deployments.flow.health import ModelState
 from deployments.flow.tally import DURATIONS, Counts
 from deployments.items import ModelInfo
 from deployments.tasks import Task
-from deployments.transports.oip_tensors import VERSION, check_model, input_metadata, output_specs
+from deployments.transports.oip_tensors import check_model, input_metadata, output_specs
 
 if TYPE_CHECKING:
     from deployments.transports.base import Front
@@ -98,14 +98,14 @@ def _duration(count: int, ns: int) -> dict[str, int]:
     return {"count": count, "ns": ns}
 
 
-def model_statistics(name: str, counts: Counts | None) -> dict[str, Any]:
+def model_statistics(name: str, version: str, counts: Counts | None) -> dict[str, Any]:
     """One model's entry of `model_stats`: Triton's `ModelStatistics` as JSON."""
     counts = counts or Counts()
     inference = {d: _duration(*counts.duration(d)) for d in DURATIONS}
     inference.update(cache_hit=_duration(0, 0), cache_miss=_duration(0, 0))
     return {
         "name": name,
-        "version": VERSION,
+        "version": version,
         "last_inference": counts.last_inference_ms,
         "inference_count": counts.inference_count,
         "execution_count": counts.execution_count,
@@ -123,10 +123,10 @@ def model_statistics(name: str, counts: Counts | None) -> dict[str, Any]:
     }
 
 
-def index_entry(name: str, state: ModelState) -> dict[str, Any]:
+def index_entry(name: str, version: str, state: ModelState) -> dict[str, Any]:
     """One model in the repository index: READY (it can infer, or is at zero and wakes on
     its first request), else UNAVAILABLE, with the reason."""
-    entry: dict[str, Any] = {"name": name, "version": VERSION}
+    entry: dict[str, Any] = {"name": name, "version": version}
     if state.ready:
         entry["state"] = "READY"
         if state.state != "ready":
@@ -148,7 +148,7 @@ class OipRepository:
         self._totals = totals  # every replica's counts summed, by served model
 
     def _check(self, name: str, version: str | None) -> None:
-        check_model(name, version, tuple(self._front.settings.models))
+        check_model(name, version, self._front.versions)
 
     async def config(self, name: str, version: str | None) -> dict[str, Any]:
         self._check(name, version)
@@ -170,7 +170,8 @@ class OipRepository:
             raise ServerError(
                 f"the statistics could not be collected now ({exc!r}); retry"
             ) from exc
-        return {"model_stats": [model_statistics(n, totals.get(n)) for n in names]}
+        versions = self._front.versions
+        return {"model_stats": [model_statistics(n, versions[n], totals.get(n)) for n in names]}
 
     async def index(self, repository: str, ready_only: bool) -> list[dict[str, Any]]:
         """Every served model with its version and state (`ready_only`: the READY ones)."""
@@ -181,7 +182,7 @@ class OipRepository:
             )
         await self._front.readiness()  # a fresh check when none ran lately
         states = self._front.health.states()
-        entries = [index_entry(n, states[n]) for n in self._front.settings.models]
+        entries = [index_entry(n, v, states[n]) for n, v in self._front.versions.items()]
         return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 
     @staticmethod

@@ -39,7 +39,6 @@ from deployments.transports.oip_repository import OipRepository
 from deployments.transports.oip_tensors import (
     HEADER_LENGTH,
     MAX_JSON_BYTES,
-    VERSION,
     InferRequest,
     OipFlow,
     RequestedOutput,
@@ -103,7 +102,9 @@ class OipRest(OipFlow):
             self._check_model(name, version)
         except VisionError as exc:
             return self.error(exc)
-        return json_response(model_metadata(name, self._front.tasks[name]))
+        return json_response(
+            model_metadata(name, self._front.versions[name], self._front.tasks[name])
+        )
 
     async def model_ready(self, name: str, version: str | None) -> Response:
         try:
@@ -166,8 +167,10 @@ class OipRest(OipFlow):
             body = await within_deadline(read, deadline)
             parsed = parse_rest(body, request.headers.get(HEADER_LENGTH), self._limits)
             trace = carrier(request.headers)
-            tensors, parameters = await self._infer(name, parsed, deadline, request_id, trace)
-            content, headers = rest_response(name, parsed, tensors, parameters)
+            tensors, parameters, answered = await self._infer(
+                name, parsed, deadline, request_id, trace
+            )
+            content, headers = rest_response(name, answered, parsed, tensors, parameters)
             return Response(content=content, headers=headers)
 
         return await self._front.guarded(
@@ -312,6 +315,7 @@ def _binary(tensor: Tensor, request: InferRequest) -> bool:
 
 def rest_response(
     model: str,
+    version: str,
     request: InferRequest,
     tensors: Sequence[Tensor],
     parameters: Mapping[str, Any],
@@ -332,7 +336,7 @@ def rest_response(
         else:
             out["data"] = tensor.json_data()
         outputs.append(out)
-    body: dict[str, Any] = {"model_name": model, "model_version": VERSION}
+    body: dict[str, Any] = {"model_name": model, "model_version": version}
     if request.id:
         body["id"] = request.id
     body["parameters"] = dict(parameters)

@@ -50,7 +50,6 @@ from deployments.transports.http_io import valid_request_id
 if TYPE_CHECKING:
     from deployments.transports.base import Front
 IMAGE_INPUT = "image"
-VERSION = "1"  # models are not versioned; "1" (or no version) names the one there is
 SERVER_NAME = "vision-serve"
 # Triton's names; `model_repository` is left out: its index works, loading and unloading do not.
 EXTENSIONS = ("binary_tensor_data", "parameters", "model_configuration", "statistics")
@@ -88,18 +87,25 @@ class InferRequest:
     timeout_s: float | None = None  # Triton's `timeout` parameter (sent in microseconds)
 
 
-def check_model(name: str, version: str | None, served: Sequence[str]) -> None:
-    """404 (`UnknownModel`) unless `name` is served and `version` is empty or `VERSION`."""
+def check_model(name: str, version: str | None, served: Mapping[str, str]) -> None:
+    """404 (`UnknownModel`) unless `name` is served and `version` is empty or the version it is
+    served as (`served`: each model's version, by name)."""
     if name not in served:
         served_names = ", ".join(served) or "none"
         raise UnknownModel(
             f"model {name[:100]!r} is not served here; the models are: {served_names}"
         )
-    if version not in (None, "", VERSION):
+    if version not in (None, "", served[name]):
         raise UnknownModel(
             f"model {name[:100]!r} has no version {str(version)[:100]!r}; its one version is "
-            f"{VERSION!r} (or leave the version out)"
+            f"{served[name]!r} (or leave the version out)"
         )
+
+
+def answered_version(answers: Sequence[Result | ItemError], asked: str) -> str:
+    """The model version an infer response names: its results' (the `Caller` never mixes
+    them), or, when every image failed, the version the request was sent to."""
+    return next((a.model_version for a in answers if isinstance(a, Result)), asked)
 
 
 def collect_options(
@@ -283,11 +289,11 @@ def input_metadata() -> list[dict[str, Any]]:
     return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
 
 
-def model_metadata(name: str, task: Task) -> dict[str, Any]:
+def model_metadata(name: str, version: str, task: Task) -> dict[str, Any]:
     """`GET /v2/models/{name}` (and gRPC ModelMetadata): the model's inputs and outputs."""
     return {
         "name": name,
-        "versions": [VERSION],
+        "versions": [version],
         "platform": f"pytorch_{task.name}",
         "inputs": input_metadata(),
         "outputs": [
@@ -399,7 +405,7 @@ class OipFlow:
         self._limits = front.settings.limits
 
     def _check_model(self, name: str, version: str | None) -> None:
-        check_model(name, version, tuple(self._front.settings.models))
+        check_model(name, version, self._front.versions)
 
     async def _ready(self, name: str | None) -> bool:
         """The server (`name` None: every stage and model) or one model is ready."""
@@ -414,8 +420,9 @@ class OipFlow:
         deadline: float,
         request_id: str,
         trace: str | None,
-    ) -> tuple[list[Tensor], dict[str, Any]]:
-        """One parsed infer request through the graph -> its output tensors and parameters.
+    ) -> tuple[list[Tensor], dict[str, Any], str]:
+        """One parsed infer request through the graph -> its output tensors, its parameters and
+        the model version that answered.
 
         `trace`: the client's W3C trace context (`traceparent` header or gRPC metadata)."""
         front = self._front
@@ -431,4 +438,5 @@ class OipFlow:
             answers = [await front.caller.one(items[0], trace)]
         else:
             answers = await front.caller.many(items, trace)
-        return outputs_for(answers, task, request.outputs)
+        tensors, parameters = outputs_for(answers, task, request.outputs)
+        return tensors, parameters, answered_version(answers, items[0].version)

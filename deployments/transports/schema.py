@@ -28,6 +28,7 @@ class ResultOut(BaseModel):
     request_id: str
     item_id: str
     model: str
+    model_version: str = Field(description="the version of the model that produced it")
     task: str
     image: ImageOut
     predictions: list[PredictionOut]  # type: ignore[valid-type]

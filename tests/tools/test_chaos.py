@@ -32,8 +32,9 @@ RED: tuple[int, int, int] = (200, 10, 30)
 BLUE: tuple[int, int, int] = (5, 6, 250)
 
 
-def _answer(colour: tuple[int, int, int]) -> dict[str, Any]:
-    return {"predictions": [{"label": label, "score": 1.0} for label in labels_for(colour)]}
+def _answer(colour: tuple[int, int, int], version: str = "1") -> dict[str, Any]:
+    predictions = [{"label": label, "score": 1.0} for label in labels_for(colour)]
+    return {"predictions": predictions, "model_version": version}
 
 
 def _error(status: int, code: str) -> dict[str, Any]:
@@ -86,6 +87,17 @@ def test_multipart_entries_are_judged_in_order() -> None:
         "clear",
     ]
     assert _verdicts(judge(planned, None, None, "ConnectError")) == ["lost"] * 3
+
+
+def test_a_200_that_names_two_model_versions_is_mixed() -> None:
+    planned = Planned("multipart", (RED, None, BLUE), ("", "garbage", ""))
+    one = {"results": [_answer(RED, "2"), _error(415, "x"), _answer(BLUE, "2")]}
+    assert _verdicts(judge(planned, 200, one)) == ["ok", "ok", "ok"]
+    assert judge(planned, 200, one)[0].version == "2"
+    two = {"results": [_answer(RED, "1"), _error(415, "x"), _answer(BLUE, "2")]}
+    assert _verdicts(judge(planned, 200, two)) == ["mixed", "ok", "mixed"]
+    summary = summarise([Record(planned, 0, 1, 200, judge(planned, 200, two))], [], [])
+    assert summary["mixed_versions"] == 2 and not summary["passed"]
 
 
 def test_kill_plan_is_seeded_bounded_and_visits_every_stage() -> None:
@@ -179,6 +191,25 @@ def test_rolling_deploys_change_one_thing_each() -> None:
     }
     assert changed == {"request_timeout_s"}
     assert model(args) == model(hot)
+
+
+def test_new_weights_are_a_checkpoint_the_model_loads_under_the_next_version(
+    tmp_path: Any,
+) -> None:
+    from deployments.runtime.model_source import load, resolve
+    from deployments.runtime.spec import ModelSpec
+    from tools.serve_process import load_config
+
+    base = chaos_config(load_config(), 8200)
+    new = deployed_config(base, "deploy weights", tmp_path)
+    (before,) = base["applications"][0]["args"]["models"]
+    (after,) = new["applications"][0]["args"]["models"]
+    assert (before.get("version", "1"), after["version"]) == ("1", "2")
+    spec = ModelSpec.model_validate(after["model"])
+    module = load(spec, resolve(spec))
+    assert float(module.generation) == 2.0  # the new weights, read back by the service's loader
+    again = deployed_config(new, "deploy weights", tmp_path)
+    assert again["applications"][0]["args"]["models"][0]["version"] == "3"
 
 
 def test_each_fault_counts_what_was_in_flight_until_it_recovered() -> None:

@@ -85,9 +85,10 @@ def test_graph_app_binds_the_args_serve_config_gives(
         }
 
     assert init_args(graph_app) == init_args(config_app)
-    model_spec, _, served_as = dict((d.name, d.init_args) for d in graph_app.deployments)["Model"]
+    init = dict((d.name, d.init_args) for d in graph_app.deployments)["Model"]
+    model_spec, _, served_as, version = init
     args = graph.AppArgs.model_validate(SERVED["args"])
-    assert (model_spec, served_as) == (args.model, args.default_model)
+    assert (model_spec, served_as, version) == (args.model, args.default_model, "1")
 
 
 def test_the_stages_get_the_settings_objects_serve_config_gives(

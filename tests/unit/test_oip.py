@@ -233,13 +233,15 @@ def test_grpc_bad_requests_are_named() -> None:
 
 
 def test_model_and_version_are_checked() -> None:
-    oip_tensors.check_model("shapes", "", ["shapes", "echo"])
-    oip_tensors.check_model("shapes", "1", ["shapes"])
-    with pytest.raises(UnknownModel, match="the models are: shapes") as unknown:
-        oip_tensors.check_model("resnet", None, ["shapes"])
+    served = {"shapes": "3", "echo": "1"}
+    oip_tensors.check_model("shapes", "", served)
+    oip_tensors.check_model("shapes", None, served)
+    oip_tensors.check_model("shapes", "3", served)
+    with pytest.raises(UnknownModel, match="the models are: shapes, echo") as unknown:
+        oip_tensors.check_model("resnet", None, served)
     assert unknown.value.status == 404
-    with pytest.raises(UnknownModel, match="no version '2'"):
-        oip_tensors.check_model("shapes", "2", ["shapes"])
+    with pytest.raises(UnknownModel, match="no version '1'; its one version is '3'"):
+        oip_tensors.check_model("shapes", "1", served)
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -311,22 +313,23 @@ def test_rest_detection_response_reads_back_in_tritonclient(binary: bool) -> Non
     )
     tensors, parameters = oip_tensors.outputs_for(ANSWERS, DETECTION)
     assert [t.name for t in tensors] == ["boxes", "scores", "class_ids", "labels", "counts"]
-    body, headers = oip_rest.rest_response("shapes", request, tensors, parameters)
+    body, headers = oip_rest.rest_response("shapes", "3", request, tensors, parameters)
     read = _read_rest(body, headers)
     response = read.get_response()
     assert response["id"] == "req-9"
-    assert response["model_name"] == "shapes"
+    assert (response["model_name"], response["model_version"]) == ("shapes", "3")
     _check_detection_outputs(read, response["parameters"])
 
 
 def test_grpc_detection_response_reads_back_in_tritonclient() -> None:
     request = oip_tensors.InferRequest(id="g-9", images=(b"",) * 3, options=())
     tensors, parameters = oip_tensors.outputs_for(ANSWERS, DETECTION)
-    response = oip_grpc.grpc_response(triton_pb, "shapes", request, tensors, parameters)
+    response = oip_grpc.grpc_response(triton_pb, "shapes", "3", request, tensors, parameters)
     read = grpcclient.InferResult(
         triton_pb.ModelInferResponse.FromString(response.SerializeToString())
     )
     assert read.get_response().id == "g-9"
+    assert read.get_response().model_version == "3"
     params = {k: oip_grpc.parameter_value(v) for k, v in read.get_response().parameters.items()}
     _check_detection_outputs(read, params)
 
@@ -342,7 +345,7 @@ def test_requested_outputs_only_and_per_output_binary() -> None:
         ),
     )
     tensors, parameters = oip_tensors.outputs_for(ANSWERS, DETECTION, request.outputs)
-    body, headers = oip_rest.rest_response("shapes", request, tensors, parameters)
+    body, headers = oip_rest.rest_response("shapes", "3", request, tensors, parameters)
     read = _read_rest(body, headers)
     outputs = read.get_response()["outputs"]
     assert [o["name"] for o in outputs] == ["boxes", "counts"]
@@ -408,7 +411,8 @@ def test_classification_and_segmentation_outputs_follow_the_task() -> None:
 
 @pytest.mark.parametrize("name", sorted(tasks.REGISTRY))
 def test_model_metadata_lists_every_output_of_the_task(name: str) -> None:
-    meta = oip_tensors.model_metadata("m", tasks.get(name))
+    meta = oip_tensors.model_metadata("m", "3", tasks.get(name))
+    assert meta["versions"] == ["3"]
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     outputs = {o["name"]: o for o in meta["outputs"]}
     assert outputs["counts"]["datatype"] == "INT64"

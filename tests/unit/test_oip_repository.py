@@ -105,7 +105,7 @@ def test_the_ingress_and_model_counts_sum_into_tritons_statistics() -> None:
     model.executed("det", 1, 4.0)
     model.executed("det", 2, 6.0)
     totals = merged([ingress_a.snapshot(), ingress_b.snapshot(), model.snapshot()])
-    stats = model_statistics("det", totals["det"])
+    stats = model_statistics("det", "1", totals["det"])
     message = json_format.ParseDict(stats, triton_pb.ModelStatistics())
     assert (message.name, message.version, message.last_inference) == ("det", "1", 2000)
     assert (message.inference_count, message.execution_count) == (5, 3)
@@ -122,7 +122,7 @@ def test_the_ingress_and_model_counts_sum_into_tritons_statistics() -> None:
 
 
 def test_a_model_nothing_reached_has_zero_counts() -> None:
-    stats = model_statistics("seg", None)
+    stats = model_statistics("seg", "2", None)
     assert stats["inference_count"] == stats["execution_count"] == 0
     assert stats["inference_stats"]["success"] == {"count": 0, "ns": 0}
     assert stats["batch_stats"] == []
@@ -146,10 +146,10 @@ def test_a_tally_is_safe_from_two_threads() -> None:
 
 def test_index_entries_say_ready_or_unavailable_and_why() -> None:
     entries = [
-        index_entry("a", ModelState(ready=True, state="ready", replicas=2)),
-        index_entry("b", ModelState(ready=True, state="scaled_to_zero")),
-        index_entry("c", ModelState(ready=False, state="warming")),
-        index_entry("d", ModelState(ready=False, state="unavailable")),
+        index_entry("a", "1", ModelState(ready=True, state="ready", replicas=2)),
+        index_entry("b", "1", ModelState(ready=True, state="scaled_to_zero")),
+        index_entry("c", "1", ModelState(ready=False, state="warming")),
+        index_entry("d", "1", ModelState(ready=False, state="unavailable")),
     ]
     message = json_format.ParseDict({"models": entries}, triton_pb.RepositoryIndexResponse())
     states = {m.name: (m.version, m.state, m.reason) for m in message.models}
@@ -179,8 +179,8 @@ print(json.dumps({
 
 def test_our_messages_carry_the_same_json_to_tritonclient() -> None:
     config = model_config("det", DETECTION, _info("cuda:0", wait_s=0.01), replicas=2)
-    stats = {"model_stats": [model_statistics("det", _some_counts())]}
-    index = {"models": [index_entry("det", ModelState(ready=False, state="warming"))]}
+    stats = {"model_stats": [model_statistics("det", "1", _some_counts())]}
+    index = {"models": [index_entry("det", "1", ModelState(ready=False, state="warming"))]}
     asked: dict[str, Any] = {
         "ModelConfig": config,
         "ModelStatisticsResponse": stats,

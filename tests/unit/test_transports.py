@@ -16,7 +16,7 @@ from tests import settings
 
 ARGS = settings.served_app()["args"]
 SETTINGS = IngressSettings(
-    models={"m": ModelRoute(task="classification")},
+    models={"m": ModelRoute(task="classification", version="1")},
     default_model="m",
     limits=settings.limits(max_body_bytes=100, max_body_bytes_in_flight=100),
     request_timeout_s=ARGS["request_timeout_s"],
