@@ -3,10 +3,12 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+KSERVE_VENV := .venv-kserve
+KSERVE_STAMP := $(KSERVE_VENV)/.installed-$(shell sha1sum tests/kserve-sdk.txt | cut -c1-12)
 
 .PHONY: setup run test test-order lint bench bench-cold-start evaluate chaos soak proto
 
-setup: $(STAMP)
+setup: $(STAMP) $(KSERVE_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,6 +17,16 @@ $(STAMP): pyproject.toml
 	# --no-build-isolation: the editable install only adds a path; no build tools are fetched.
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[dev]'
 	rm -f $(VENV)/.installed-* && touch $@
+
+# KServe's Python SDK for one test (test_v2_oip.py runs it as a subprocess), in a venv of its own:
+# every kserve release asks for protobuf<7, and Ray's and grpcio-tools' are 7, so it cannot join
+# .venv; and its gRPC messages share tritonclient's `inference.*` names, so it cannot share a
+# process with them. tests/kserve-sdk.txt is what pip resolved for it, installed as pinned.
+$(KSERVE_STAMP): tests/kserve-sdk.txt | $(STAMP)
+	rm -rf $(KSERVE_VENV)
+	$(PY) -m venv --without-pip $(KSERVE_VENV)
+	$(PY) -m pip --python $(KSERVE_VENV)/bin/python install --quiet --no-deps -r tests/kserve-sdk.txt
+	touch $@
 
 # `vision-serve run` is `serve run --address local CONFIG` with serve.env, Ray Serve's
 # process-level settings (the HAProxy edge), and Ray's Prometheus metrics on a fixed port,

@@ -2,7 +2,8 @@
 detector: the same boxes as `/v1/predict`, several images in one infer, bad inputs answered in
 the protocol's form with `/v1`'s codes while their neighbours succeed, a segmenter's masks,
 readiness that stays false while a model warms up, and Triton's extensions: the model
-configuration as deployed, statistics that count what was sent, the repository index.
+configuration as deployed, statistics that count what was sent, the repository index. Then
+KServe's own client (its Python SDK's v2 REST client) for readiness and infer.
 
 One deploy for the module: serve_config.yaml's models, `colours` (a segmenter whose answer is
 known for every pixel: tests/fixtures/models.py) and `warming`, an echo model whose replica
@@ -12,6 +13,7 @@ finishes its constructor only once the test creates a file.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,11 @@ from tritonclient.utils import InferenceServerException
 
 from shapes.evaluate_offline import EVAL_SEED_BASE
 from shapes.generate import GeneratedImage, generate
-from tests.images import encode, truncated_jpeg
+from tests.images import encode, truncated_jpeg, two_rectangles
 from tests.serving import (
     BASE_URL,
     GRPC_ADDRESS,
+    ROOT,
     app_config,
     start,
     wait_running,
@@ -509,3 +512,86 @@ def test_extensions_answer_unknown_models_and_versions_in_the_protocols_shape(
         r = httpx.get(f"{BASE_URL}{path}", timeout=30)
         assert r.status_code == 404
         assert list(r.json()) == ["error"]
+
+
+# --- KServe's Python SDK ------------------------------------------------------------------------
+
+KSERVE_PYTHON = ROOT / ".venv-kserve" / "bin" / "python"  # `make setup` builds it
+# (width, height, red box, green box), boxes as (x0, y0, x1, y1) with exclusive ends: the first
+# scales by 0.6 into the model's 96 pixels and the second not at all, so every edge stays on a
+# pixel boundary and each mask's area and box are exact.
+SCENES = [
+    (160, 90, (10, 20, 60, 70), (100, 5, 150, 25)),
+    (96, 96, (8, 40, 40, 88), (50, 10, 90, 30)),
+]
+
+
+def _kserve_sdk(calls: list[dict[str, Any]]) -> list[Any]:
+    """What KServe's SDK answers to `calls` (tests/integration/kserve_sdk_calls.py, run in its
+    own venv: it cannot share a process with tritonclient's gRPC modules)."""
+    if not KSERVE_PYTHON.exists():
+        pytest.skip(f"{KSERVE_PYTHON} is missing: `make setup` builds it")
+    done = subprocess.run(
+        [str(KSERVE_PYTHON), str(Path(__file__).with_name("kserve_sdk_calls.py"))],
+        input=json.dumps({"base_url": BASE_URL, "calls": calls}),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    results: list[Any] = json.loads(done.stdout)
+    return results
+
+
+def test_kserves_sdk_client_reads_readiness_and_each_images_answer(
+    oip_app: None, tmp_path: Path
+) -> None:
+    paths = []
+    for k, (width, height, red, green) in enumerate(SCENES):
+        picture, _ = two_rectangles(width, height, red=red, green=green)
+        paths.append(tmp_path / f"scene-{k}.png")
+        paths[-1].write_bytes(encode(picture, "PNG"))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(truncated_jpeg())
+    scenes, one_broken = [str(p) for p in paths], [str(paths[0]), str(broken)]
+    live, ready, detector, colours, unknown, both, with_broken, alone = _kserve_sdk(
+        [
+            {"call": "is_server_live"},
+            {"call": "is_server_ready"},
+            {"call": "is_model_ready", "model": MODEL},
+            {"call": "is_model_ready", "model": COLOURS},
+            {"call": "is_model_ready", "model": "nope"},
+            {"call": "infer", "model": COLOURS, "images": scenes, "request_id": "kserve-1"},
+            # Binary outputs: the SDK splits the body at Inference-Header-Content-Length.
+            {
+                "call": "infer",
+                "model": COLOURS,
+                "images": one_broken,
+                "parameters": {"binary_data_output": True},
+            },
+            {"call": "infer", "model": COLOURS, "images": [str(broken)]},
+        ]
+    )
+    assert (live, ready, detector, colours, unknown) == (True, True, True, True, False)
+
+    assert (both["id"], both["model_name"]) == ("kserve-1", COLOURS)
+    outputs = {name: o["data"] for name, o in both["outputs"].items()}
+    assert outputs["counts"] == [2, 2]
+    assert outputs["labels"] == ["red", "green"] * 2
+    areas = [(x1 - x0) * (y1 - y0) for scene in SCENES for x0, y0, x1, y1 in scene[2:]]
+    assert outputs["areas"] == areas == [2500, 1000, 1536, 800]
+    boxes = [list(box) for scene in SCENES for box in scene[2:]]
+    np.testing.assert_allclose(outputs["boxes"], boxes)
+    items = json.loads(both["parameters"]["items"])
+    assert [(i["width"], i["height"]) for i in items] == [s[:2] for s in SCENES]
+
+    items = json.loads(with_broken["parameters"]["items"])
+    assert "error" not in items[0]
+    assert (items[1]["error"]["code"], items[1]["error"]["status"]) == ("corrupt_image", 422)
+    outputs = {name: o["data"] for name, o in with_broken["outputs"].items()}
+    assert outputs["counts"] == [2, 0]
+    assert outputs["labels"] == ["red", "green"]
+    assert outputs["areas"] == areas[:2]
+
+    assert alone["status"] == 422
+    assert "truncated" in alone["message"]
