@@ -167,6 +167,12 @@ class Caller:
             again = _other_versions(to_send, answers)
             if not again:
                 break
+            logger.info(
+                "request %s: %d image(s) answered by another model version than the rest; "
+                "sending them again",
+                again[0].request_id,
+                len(again),
+            )
             answers.update(await self._sent(again, retries))
         for item in _other_versions(to_send, answers):
             answers[item.item_id] = ItemError.from_exception(

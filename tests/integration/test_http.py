@@ -52,6 +52,7 @@ def test_single_image_returns_the_documented_result() -> None:
         "request_id",
         "item_id",
         "model",
+        "model_version",
         "task",
         "image",
         "predictions",
@@ -59,6 +60,7 @@ def test_single_image_returns_the_documented_result() -> None:
         "timings_ms",
     }
     assert (body["model"], body["task"]) == ("resnet18", "classification")
+    assert body["model_version"] == "1"  # a models: entry without a version is served as "1"
     assert body["image"] == {"width": 640, "height": 480, "format": "JPEG", "orientation": 1}
     assert len(body["predictions"]) == 3
     scores = [p["score"] for p in body["predictions"]]
@@ -264,7 +266,7 @@ def test_health_model_and_docs() -> None:
     )
     assert info["input_size"] == {"width": 224, "height": 224}
     assert info["batching"] == {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
-    assert info["device"] == "cpu"
+    assert info["device"] == "cpu" and info["version"] == "1"
     assert httpx.get(f"{BASE_URL}/docs").status_code == 200
     spec = httpx.get(f"{BASE_URL}/openapi.json").json()
     assert {"/v1/predict", "/v1/health", "/v1/model"} <= set(spec["paths"])
