@@ -43,6 +43,20 @@ def replica_names(deployment: str) -> set[str]:
     }
 
 
+def wait_replaced(deployment: str, victim: str, count: int, timeout_s: float = 120) -> None:
+    """Wait until Serve has replaced a killed replica (actor name `victim`): `count` live replicas
+    of `deployment`, the victim not among them, and the app running. A test that kills a replica
+    waits for this before it ends: Serve notices the death at its next health check, and a deploy
+    sent before then fails on it ("A replica's health check failed")."""
+
+    def replaced() -> bool:
+        names = replica_names(deployment)
+        return victim not in names and len(names) >= count
+
+    wait_until(replaced, timeout_s, f"Serve to replace the killed {deployment} replica")
+    wait_running(timeout_s)
+
+
 def app_config(
     base: dict[str, Any] | None = None,
     *,

@@ -29,6 +29,7 @@ from tests.serving import (
     fixed_replicas,
     post_many,
     replica_names,
+    wait_replaced,
     wait_until,
 )
 
@@ -142,6 +143,7 @@ def test_model_replica_killed_holding_a_batch_its_items_are_retried(
     after = ray.get(handle.seen.remote())
     again = {(r, g, b) for replica, batch in after if replica != victim for r, g, b in batch}
     assert held_colours <= again, (held_colours, again)
+    wait_replaced("Model", victim, 2)
 
 
 def test_preprocessor_replica_killed_under_load() -> None:
@@ -169,10 +171,11 @@ def test_preprocessor_replica_killed_under_load() -> None:
             assert _correct(response, colour), (response.status_code, response.text)
             ok += 1
     assert ok >= len(colours) - 2, f"only {ok} of {len(colours)} succeeded"
+    wait_replaced("Preprocessor", names[0], 2)
 
 
-def _ingress_replicas() -> list[Any]:
-    return [ray.get_actor(n, namespace="serve") for n in sorted(replica_names("Ingress"))]
+def _ingress_replicas() -> list[tuple[str, Any]]:
+    return [(n, ray.get_actor(n, namespace="serve")) for n in sorted(replica_names("Ingress"))]
 
 
 def test_an_ingress_replica_sigkilled_holding_requests_and_calls_loses_none(
@@ -194,7 +197,7 @@ def test_an_ingress_replica_sigkilled_holding_requests_and_calls_loses_none(
     assert len(ingresses) == 2
 
     def holding() -> list[int]:
-        return ray.get([r.get_num_ongoing_requests.remote() for r in ingresses])
+        return ray.get([r.get_num_ongoing_requests.remote() for _, r in ingresses])
 
     colours = images.distinct_colours(22, seed=5)
     app = serve.get_app_handle("vision")
@@ -219,7 +222,7 @@ def test_an_ingress_replica_sigkilled_holding_requests_and_calls_loses_none(
         # replica yet, and send them all to one) ...
         before = wait_until(all_calls_held, 60, "the Ingress replicas to hold the calls", 0.05)
         v = 0 if before[0] >= before[1] else 1
-        victim = ingresses[v]
+        victim_name, victim = ingresses[v]
         held = Background([images.solid_png(c) for c in colours[6:14]])
 
         def victim_holds_requests_too() -> bool:
@@ -244,6 +247,7 @@ def test_an_ingress_replica_sigkilled_holding_requests_and_calls_loses_none(
         if not _correct(r, c)
     ]
     assert not wrong, wrong
+    wait_replaced("Ingress", victim_name, 2)
 
 
 def test_stopping_a_replica_drains_the_batch_it_holds(
