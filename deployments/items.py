@@ -110,6 +110,7 @@ class Meta:
     preprocess_ms: float = 0.0
     model: str = ""  # the served model's name (`models:` in serve_config.yaml)
     trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
+    version: str = ""  # the version of `model` its item was sent to (`Item.version`)
 
     def expired(self, now: float) -> bool:
         """Whether the item's deadline has passed at `now` (`time.time()`)."""
@@ -159,6 +160,9 @@ class Item:
     model: str = ""  # the served model it goes to; "" in a one-model graph's own tests
     trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
     version: str = ""  # the version of `model` it is sent to (`models[].version`)
+    # The client named `version`: an answer by any other (a replica mid-rollout) is not its
+    # answer. Otherwise `version` is the latest, and whichever its deployment runs may answer.
+    pinned: bool = False
 
     def expired(self, now: float) -> bool:
         """Whether the item's deadline has passed at `now` (`time.time()`)."""
