@@ -152,6 +152,12 @@ class Caller:
         for _ in range(_VERSION_ROUNDS):  # a version the client named, only it may answer
             if not _other_versions([item], {item.item_id: out[0]}):
                 break
+            logger.info(
+                "request %s item %s: answered by another model version than the one named; "
+                "sending it again",
+                item.request_id,
+                item.item_id,
+            )
             out = await self._within_deadline(coalescer.submit(item), [item])
         if _other_versions([item], {item.item_id: out[0]}):
             out = [ItemError.from_exception(item.item_id, Overloaded(_VERSION_CHANGED))]
@@ -174,8 +180,8 @@ class Caller:
             if not again:
                 break
             logger.info(
-                "request %s: %d image(s) answered by another model version than the rest; "
-                "sending them again",
+                "request %s: %d image(s) answered by another model version than the rest (or "
+                "than the one the client named); sending them again",
                 again[0].request_id,
                 len(again),
             )
