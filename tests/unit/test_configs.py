@@ -51,7 +51,9 @@ def test_every_stage_gets_a_user_config_it_accepts(path: Path) -> None:
     deployments = {d["name"]: d for d in app["deployments"]}
     options = deployments["Postprocessor"]["user_config"]
     for served in args.models:
-        Batching.model_validate(deployments[args.deployment_of(served.name, served.version)]["user_config"])
+        Batching.model_validate(
+            deployments[args.deployment_of(served.name, served.version)]["user_config"]
+        )
         tasks.defaults_for(tasks.get(resolve(served.model).task), options)
 
 
