@@ -9,7 +9,7 @@ serve run vision_serve.graph:app    # the same, installed (vision_serve/graph.py
 rendered configs/*.yaml, the RayService) sets them all; `app` applies serve_config.yaml's.
 """
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
+from deployments.items import latest_version
 from deployments.pixels.imaging import ResizeSpec
 from deployments.runtime.model_source import resolve
 from deployments.runtime.spec import ModelSpec, Resolved
@@ -40,14 +41,6 @@ def model_deployment(name: str, default_model: str, version: str | None = None) 
     `<that name>-v<version>`."""
     base = MODEL_DEPLOYMENT if name == default_model else f"{MODEL_DEPLOYMENT}-{name}"
     return base if version is None else f"{base}-v{version}"
-
-
-def latest_version(versions: Sequence[str]) -> str:
-    """The latest of one model's versions, as listed: the numerically highest when every one is
-    all digits ("10" after "9"), else the one listed last."""
-    if all(v.isdigit() for v in versions):
-        return max(versions, key=int)
-    return versions[-1]
 
 
 class ServedModel(BaseModel):

@@ -17,7 +17,7 @@ from ray import serve
 
 from deployments import tasks
 from deployments.errors import JoinMismatch
-from deployments.items import Bundle, ItemError, Meta, RawOutput, Result, Sample
+from deployments.items import Bundle, ItemError, Meta, RawOutput, Result, Sample, of_version
 from deployments.metrics import StageMetrics
 from deployments.tasks import Task
 from deployments.tracing import OFF, Tracing
@@ -123,7 +123,7 @@ def _answers_for(
     models: Mapping[tuple[str, str], ModelAnswers], meta: Meta, raw: RawOutput | ItemError
 ) -> ModelAnswers:
     produced = raw.model_version if isinstance(raw, RawOutput) else ""
-    return models.get((meta.model, produced)) or models[(meta.model, meta.version)]
+    return models.get((meta.model, produced)) or of_version(models, meta.model, meta.version)
 
 
 @serve.deployment

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from deployments.errors import DeadlineExceeded, VisionError
-from deployments.items import Bundle, Item, ItemError, Meta, Sample
+from deployments.items import Bundle, Item, ItemError, Meta, Sample, of_version
 from deployments.metrics import StageMetrics
 from deployments.pixels.imaging import Deferred, ResizeSpec, prepare
 from deployments.settings import Limits
@@ -60,7 +60,7 @@ class Preprocessor:
                 self._pool,
                 prepare,
                 item.data,
-                self._resize[(item.model, item.version)],
+                of_version(self._resize, item.model, item.version),
                 self._limits,
             )
         except VisionError as exc:  # the client's input, or a fault that is this item's alone

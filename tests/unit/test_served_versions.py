@@ -18,7 +18,7 @@ from deployments.errors import UnknownModel
 from deployments.flow.caller import Caller
 from deployments.flow.health import ModelState
 from deployments.flow.tally import Counts
-from deployments.items import Item, ItemError, Options, Result
+from deployments.items import Item, ItemError, Options, Result, latest_version, of_version
 from deployments.transports import oip_tensors
 from deployments.transports.base import Front, IngressSettings, ModelRoute
 from deployments.transports.oip_repository import OipRepository
@@ -100,7 +100,7 @@ def test_a_name_that_would_share_another_versions_deployment_is_refused() -> Non
     ],
 )
 def test_the_latest_version(versions: list[str], latest: str) -> None:
-    assert graph.latest_version(versions) == latest
+    assert latest_version(versions) == latest
 
 
 def test_the_latest_version_keeps_the_models_deployment_and_others_get_v_suffixes() -> None:
@@ -333,3 +333,17 @@ def test_a_named_version_is_answered_by_it_alone() -> None:
     assert _versions([one]) == ["overloaded"]
     latest = asyncio.run(_caller({("m", "1"): VersionedModel("2")}).many(_items(2, "1", False)))
     assert _versions(latest) == ["2"] * 2
+
+
+def test_a_stage_built_for_the_new_version_serves_the_old_ones_items_mid_rollout() -> None:
+    # New weights under version 2, rolled out in place: new Preprocessor and Postprocessor
+    # replicas know only ("m", "2"), yet old Ingress replicas still send items for "1", and old
+    # Model replicas still answer as "1".
+    table = {("m", "2"): "v2 settings", ("other", "1"): "other settings"}
+    assert of_version(table, "m", "2") == "v2 settings"
+    assert of_version(table, "m", "1") == "v2 settings"
+    both = {("m", "1"): "v1", ("m", "10"): "v10", ("m", "9"): "v9"}
+    assert of_version(both, "m", "1") == "v1"
+    assert of_version(both, "m", "3") == "v10"  # the latest it has, numerically
+    with pytest.raises(KeyError, match="'gone' is not served"):
+        of_version(table, "gone", "1")
