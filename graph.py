@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
+from deployments.items import latest_version
 from deployments.pixels.imaging import ResizeSpec
 from deployments.runtime.model_source import resolve
 from deployments.runtime.spec import ModelSpec, Resolved
@@ -33,10 +34,13 @@ MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
 MODEL_VERSION_PATTERN = r"^[0-9A-Za-z]([0-9A-Za-z._-]{0,30}[0-9A-Za-z])?$"
 
 
-def model_deployment(name: str, default_model: str) -> str:
+def model_deployment(name: str, default_model: str, version: str | None = None) -> str:
     """The Serve deployment that runs the model `name`: `Model` for the default model (so a
-    one-model config and its overrides name it as before), `Model-<name>` for each other one."""
-    return MODEL_DEPLOYMENT if name == default_model else f"{MODEL_DEPLOYMENT}-{name}"
+    one-model config and its overrides name it as before), `Model-<name>` for each other one.
+    That is its latest version's (`version` None); another version live beside it runs as
+    `<that name>-v<version>`."""
+    base = MODEL_DEPLOYMENT if name == default_model else f"{MODEL_DEPLOYMENT}-{name}"
+    return base if version is None else f"{base}-v{version}"
 
 
 class ServedModel(BaseModel):
@@ -49,7 +53,8 @@ class ServedModel(BaseModel):
         description="routing name: /v1/models/{name}/predict, /v2/models/{name}/infer",
     )
     # The Open Inference Protocol's unversioned model is version "1"; a model left without one
-    # is served as that. Every answer names the version of the replica that produced it.
+    # is served as that. Every answer names the version of the replica that produced it. One
+    # name may be listed once per version, each with its own weights (`latest_version`).
     version: str = Field(
         default="1",
         pattern=MODEL_VERSION_PATTERN,
@@ -97,23 +102,61 @@ class AppArgs(BaseModel):
         return self
 
     @model_validator(mode="after")
-    def _models_named_once(self) -> "AppArgs":
-        names = [m.name for m in self.models]
-        twice = sorted({n for n in names if names.count(n) > 1})
+    def _models_named_once_per_version(self) -> "AppArgs":
+        pairs = [(m.name, m.version) for m in self.models]
+        twice = sorted({f"{n} version {v}" for n, v in pairs if pairs.count((n, v)) > 1})
         if twice:
-            raise ValueError(f"models: each name must be used once; repeated: {twice}")
+            raise ValueError(
+                f"models: each name and version must be listed once; repeated: {twice}"
+            )
+        names = list(dict.fromkeys(n for n, _ in pairs))
         if self.default_model not in names:
             raise ValueError(f"default_model {self.default_model!r} is not in models: {names}")
+        deployments = [self.deployment_of(n, v) for n, v in pairs]
+        clash = sorted({d for d in deployments if deployments.count(d) > 1})
+        if clash:
+            raise ValueError(
+                f"models: two entries would run as the same deployment {clash}: a model named "
+                "`<name>-v<version>` meets another version of `<name>`; rename one"
+            )
+        for name in names:  # a task given in the spec; `check_tasks` sees the resolved ones
+            check_tasks(name, {m.version: m.model.task for m in self.models if m.name == name})
         return self
+
+    def versions(self, name: str) -> tuple[str, ...]:
+        """Every version of the model `name`, as listed."""
+        return tuple(m.version for m in self.models if m.name == name)
+
+    def latest(self, name: str) -> str:
+        """The version a request that names none gets (`latest_version`)."""
+        return latest_version(self.versions(name))
 
     @property
     def model(self) -> ModelSpec:
-        """The default model's spec (what /v1/predict serves; the benchmark's peers load it)."""
-        return next(m.model for m in self.models if m.name == self.default_model)
+        """The default model's spec, its latest version's (what /v1/predict serves; the
+        benchmark's peers load it)."""
+        return self.served(self.default_model).model
 
-    def deployment_of(self, name: str) -> str:
-        """The Serve deployment that runs the model `name`."""
-        return model_deployment(name, self.default_model)
+    def served(self, name: str, version: str | None = None) -> ServedModel:
+        """The entry of `models:` for `name` at `version` (None: the latest)."""
+        version = self.latest(name) if version is None else version
+        return next(m for m in self.models if (m.name, m.version) == (name, version))
+
+    def deployment_of(self, name: str, version: str | None = None) -> str:
+        """The Serve deployment that runs `version` of the model `name` (None: the latest)."""
+        if version is None or version == self.latest(name):
+            return model_deployment(name, self.default_model)
+        return model_deployment(name, self.default_model, version)
+
+
+def check_tasks(name: str, tasks_by_version: Mapping[str, str | None]) -> None:
+    """Every version of one model serves one task (a version's None: not known yet)."""
+    known = {v: t for v, t in tasks_by_version.items() if t is not None}
+    if len(set(known.values())) > 1:
+        raise ValueError(
+            f"models: every version of {name!r} must serve one task; its versions' tasks are "
+            f"{known}"
+        )
 
 
 APP_NAME = "vision"
@@ -188,12 +231,16 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
     pre, model_class, post, ingress = (
         cast(Deployment, c) for c in (Preprocessor, Model, Postprocessor, Ingress)
     )
-    models = {m.name: (m, resolve(m.model)) for m in args.models}
+    # Every version of every model, by (name, version): each its own Model deployment.
+    models = {(m.name, m.version): (m, resolve(m.model)) for m in args.models}
+    for name in dict.fromkeys(n for n, _ in models):
+        check_tasks(name, {v: r.task for (n, v), (_, r) in models.items() if n == name})
+    deployment_of = {key: args.deployment_of(*key) for key in models}
     stages: dict[str, Deployment] = {
         ingress.name: ingress,
         pre.name: pre,
         post.name: post,
-        **{args.deployment_of(n): model_class.options(name=args.deployment_of(n)) for n in models},
+        **{d: model_class.options(name=d) for d in deployment_of.values()},
     }
     unknown = sorted(set(options) - set(stages))
     if unknown:
@@ -208,16 +255,22 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
     )
     for name, stage_options in options.items():
         stages[name] = stages[name].options(**stage_options)
-    # One Preprocessor and one Postprocessor serve every model, each item by its model's
-    # preprocessing and task; each model has its own Model deployment (batching, scaling).
-    resize = {n: decode_settings(args, r, m.model)[0] for n, (m, r) in models.items()}
-    answers = {n: ModelAnswers(r.name, r.task, r.labels) for n, (_, r) in models.items()}
+    # One Preprocessor and one Postprocessor serve every model, each item by its model's and
+    # version's preprocessing and task (versions may differ in input size or labels); each
+    # version has its own Model deployment (batching, scaling).
+    resize = {k: decode_settings(args, r, m.model)[0] for k, (m, r) in models.items()}
+    answers = {k: ModelAnswers(r.name, r.task, r.labels) for k, (_, r) in models.items()}
     routes = {
-        n: ModelRoute(task=r.task, version=m.version, max_candidates=r.max_candidates)
-        for n, (m, r) in models.items()
+        n: tuple(
+            ModelRoute(task=r.task, version=v, max_candidates=r.max_candidates)
+            for (name, v), (_, r) in models.items()
+            if name == n
+        )
+        for n in dict.fromkeys(n for n, _ in models)
     }
     settings = IngressSettings(
-        models=routes,
+        models={n: next(r for r in rs if r.version == args.latest(n)) for n, rs in routes.items()},
+        versions=routes,
         default_model=args.default_model,
         limits=args.limits,
         request_timeout_s=args.request_timeout_s,
@@ -227,8 +280,8 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
         retry_after_s=args.retry_after_s,
     )
     model_handles = {
-        n: stages[args.deployment_of(n)].bind(m.model, r, n, m.version)
-        for n, (m, r) in models.items()
+        (n, v): stages[deployment_of[(n, v)]].bind(m.model, r, n, v)
+        for (n, v), (m, r) in models.items()
     }
     return stages[ingress.name].bind(
         stages[pre.name].bind(resize, args.limits, args.decode_threads),

@@ -17,8 +17,9 @@ Errors are items too: an `ItemError` flows through the later stages untouched, i
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -26,6 +27,33 @@ import numpy.typing as npt
 from deployments.errors import VisionError, error_for_code
 
 ResizeMode = Literal["letterbox", "resize_crop", "stretch"]
+
+
+T = TypeVar("T")
+
+
+def latest_version(versions: Sequence[str]) -> str:
+    """The latest of one model's versions, as listed: the numerically highest when every one is
+    all digits ("10" after "9"), else the one listed last."""
+    if all(v.isdigit() for v in versions):
+        return max(versions, key=int)
+    return versions[-1]
+
+
+def of_version(table: Mapping[tuple[str, str], T], model: str, version: str) -> T:
+    """`table`'s entry for `version` of `model`, else for the latest version of `model` it has.
+
+    A rollout that replaces a version in place (new weights under a new version, one deployment)
+    runs old and new replicas of every stage side by side, so a stage built with the new version
+    meets items sent to, and outputs produced by, the old one: they get the new one's settings.
+    """
+    found = table.get((model, version))
+    if found is not None:
+        return found
+    known = [v for m, v in table if m == model]
+    if not known:
+        raise KeyError(f"model {model!r} is not served by this replica")
+    return table[(model, latest_version(known))]
 
 
 def new_item_id() -> str:
@@ -110,6 +138,7 @@ class Meta:
     preprocess_ms: float = 0.0
     model: str = ""  # the served model's name (`models:` in serve_config.yaml)
     trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
+    version: str = ""  # the version of `model` its item was sent to (`Item.version`)
 
     def expired(self, now: float) -> bool:
         """Whether the item's deadline has passed at `now` (`time.time()`)."""
@@ -159,6 +188,9 @@ class Item:
     model: str = ""  # the served model it goes to; "" in a one-model graph's own tests
     trace: str | None = None  # its request's W3C trace context (`deployments.tracing`)
     version: str = ""  # the version of `model` it is sent to (`models[].version`)
+    # The client named `version`: an answer by any other (a replica mid-rollout) is not its
+    # answer. Otherwise `version` is the latest, and whichever its deployment runs may answer.
+    pinned: bool = False
 
     def expired(self, now: float) -> bool:
         """Whether the item's deadline has passed at `now` (`time.time()`)."""

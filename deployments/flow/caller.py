@@ -83,7 +83,7 @@ class Caller:
     def __init__(
         self,
         preprocessor: DeploymentHandle[Any],
-        models: Mapping[str, DeploymentHandle[Any]],
+        models: Mapping[tuple[str, str], DeploymentHandle[Any]],
         postprocessor: DeploymentHandle[Any],
         bundles: Bundles,
         poison: Poison,
@@ -93,18 +93,18 @@ class Caller:
         # Postprocessor as an object reference, so pixels never come back through here (Serve's
         # by-value mode, if switched on, would route every response through the caller).
         self._pre = preprocessor.options(_by_reference=True)
+        # By model name and version: each version is its own deployment.
         self._models = {
-            name: handle.options(method_name="predict", _by_reference=True)
-            for name, handle in models.items()
+            key: handle.options(method_name="predict", _by_reference=True)
+            for key, handle in models.items()
         }
         self._post = postprocessor.options(_by_reference=True)
         self._bundles = bundles
-        # A bundle goes to one Model deployment, so single images wait for company by model.
-        self._coalescers: dict[str, Coalescer[Item, Answer]] = {
-            name: Coalescer(
-                self._send, bundles.max_items, bundles.max_in_flight, bundles.max_wait_s
-            )
-            for name in models
+        # A bundle goes to one Model deployment, so single images wait for company by model and
+        # version.
+        self._coalescers: dict[tuple[str, str], Coalescer[Item, Answer]] = {
+            key: Coalescer(self._send, bundles.max_items, bundles.max_in_flight, bundles.max_wait_s)
+            for key in models
         }
         self._metrics = IngressMetrics()
         self._quarantine = Quarantine(poison.quarantine_ttl_s, poison.max_quarantined)
@@ -147,8 +147,20 @@ class Caller:
         refused = await self._refused(item)
         if refused is not None:
             return self._finish(refused, item, started)
-        coalescer = self._coalescers[item.model]
+        coalescer = self._coalescers[(item.model, item.version)]
         out = await self._within_deadline(coalescer.submit(item), [item])
+        for _ in range(_VERSION_ROUNDS):  # a version the client named, only it may answer
+            if not _other_versions([item], {item.item_id: out[0]}):
+                break
+            logger.info(
+                "request %s item %s: answered by another model version than the one named; "
+                "sending it again",
+                item.request_id,
+                item.item_id,
+            )
+            out = await self._within_deadline(coalescer.submit(item), [item])
+        if _other_versions([item], {item.item_id: out[0]}):
+            out = [ItemError.from_exception(item.item_id, Overloaded(_VERSION_CHANGED))]
         return self._finish(out[0], item, started)
 
     async def _many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
@@ -168,8 +180,8 @@ class Caller:
             if not again:
                 break
             logger.info(
-                "request %s: %d image(s) answered by another model version than the rest; "
-                "sending them again",
+                "request %s: %d image(s) answered by another model version than the rest (or "
+                "than the one the client named); sending them again",
                 again[0].request_id,
                 len(again),
             )
@@ -184,10 +196,11 @@ class Caller:
         ]
 
     async def _sent(self, items: Sequence[Item], retries: Retries) -> dict[str, Answer]:
-        """`items` through the graph as bundles of one model each -> each one's answer by id."""
-        by_model: dict[str, list[Item]] = {}
+        """`items` through the graph as bundles of one model version each -> each one's answer
+        by id."""
+        by_model: dict[tuple[str, str], list[Item]] = {}
         for i in items:
-            by_model.setdefault(i.model, []).append(i)
+            by_model.setdefault((i.model, i.version), []).append(i)
         parts = [p for same in by_model.values() for p in chunks(same, self._bundles.max_items)]
         sent = await asyncio.gather(
             *(self._within_deadline(self._send(part, retries), part) for part in parts)
@@ -322,7 +335,8 @@ class Caller:
             # handed to two calls is resolved by each, and the second spins on the event loop
             # until the Preprocessor has finished (bench/README.md: the Ingress's busiest code).
             bundle = await pre._to_object_ref()
-            outputs = self._models[items[0].model].remote(bundle)  # a bundle is one model's
+            # A bundle is one model version's.
+            outputs = self._models[(items[0].model, items[0].version)].remote(bundle)
             post = self._post.remote(outputs, bundle)
             answers: tuple[Answer, ...] = await post
         except asyncio.CancelledError:
@@ -359,21 +373,23 @@ class Caller:
 
 
 def _other_versions(items: Sequence[Item], answers: Mapping[str, Answer]) -> list[Item]:
-    """The items answered by another version of their model than that model's most common one
-    among `answers` (ties: the highest version string), in order."""
+    """The items answered by another version than the one they must have, in order: a pinned
+    item's own (`Item.pinned`), else its model's most common one among `answers` (ties: the
+    highest version string)."""
     counts: dict[str, Counter[str]] = {}
     for item in items:
         answer = answers[item.item_id]
-        if isinstance(answer, Result):
+        if isinstance(answer, Result) and not item.pinned:
             counts.setdefault(item.model, Counter())[answer.model_version] += 1
     keep = {m: _most_common(c) for m, c in counts.items() if len(c) > 1}
-    return [
-        i
-        for i in items
-        if i.model in keep
-        and isinstance(answer := answers[i.item_id], Result)
-        and answer.model_version != keep[i.model]
-    ]
+    wrong = []
+    for item in items:
+        answer = answers[item.item_id]
+        if isinstance(answer, Result):
+            want = item.version if item.pinned else keep.get(item.model, answer.model_version)
+            if answer.model_version != want:
+                wrong.append(item)
+    return wrong
 
 
 def _most_common(versions: Counter[str]) -> str:

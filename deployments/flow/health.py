@@ -62,17 +62,23 @@ def _name(value: Any) -> str:
     return str(getattr(value, "value", value))
 
 
+ModelKey = tuple[str, str]  # a served model's name and version
+
+
 class Readiness:
-    """Each model's `ModelState`, refreshed from one `serve.status()` call."""
+    """Each model version's `ModelState`, refreshed from one `serve.status()` call."""
 
-    def __init__(self, app: str, deployments: Mapping[str, str], status: Callable[[], Any]) -> None:
+    def __init__(
+        self, app: str, deployments: Mapping[ModelKey, str], status: Callable[[], Any]
+    ) -> None:
         self._app = app
-        self._deployments = dict(deployments)  # served model name -> its Serve deployment
+        self._deployments = dict(deployments)  # (served name, version) -> its Serve deployment
         self._status = status
-        self._states: dict[str, ModelState] = dict.fromkeys(self._deployments, UNKNOWN)
+        self._states: dict[ModelKey, ModelState] = dict.fromkeys(self._deployments, UNKNOWN)
 
-    async def refresh(self) -> dict[str, ModelState]:
-        """Ask the controller once (off the event loop: the call blocks); every model's state."""
+    async def refresh(self) -> dict[ModelKey, ModelState]:
+        """Ask the controller once (off the event loop: the call blocks); every model version's
+        state."""
         status = await asyncio.to_thread(self._status)
         app = status.applications.get(self._app)
         found = app.deployments if app is not None else {}
@@ -87,7 +93,7 @@ class Readiness:
         self._states = states
         return states
 
-    def states(self) -> dict[str, ModelState]:
+    def states(self) -> dict[ModelKey, ModelState]:
         """The latest refresh's states (`unknown` before the first)."""
         return dict(self._states)
 
@@ -117,8 +123,8 @@ class StageWatch:
             problem = await self.check()  # no recent check: the probe waits for one
         return problem
 
-    def states(self) -> dict[str, ModelState]:
-        """Every model's state at the latest check."""
+    def states(self) -> dict[ModelKey, ModelState]:
+        """Every model version's state at the latest check."""
         return self._readiness.states()
 
     async def _watch(self) -> None:
@@ -134,7 +140,7 @@ class StageWatch:
         try:
             await asyncio.wait_for(asyncio.gather(*checks), timeout=HEALTH_TIMEOUT_S)
             states = await asyncio.wait_for(self._readiness.refresh(), timeout=HEALTH_TIMEOUT_S)
-            waiting = {n: s.state for n, s in states.items() if not s.ready}
+            waiting = {f"{n} v{v}": s.state for (n, v), s in states.items() if not s.ready}
             if waiting:
                 problem = f"models not ready: {waiting}"
         except Exception as exc:  # noqa: BLE001 - any failure means not ready

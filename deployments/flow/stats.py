@@ -25,7 +25,7 @@ from typing import Any
 import ray
 
 from deployments.flow.caller import Caller
-from deployments.flow.tally import Counts, Tally, merged
+from deployments.flow.tally import Counts, ModelKey, Tally, merged
 from deployments.items import Item, ItemError, Result
 
 logger = logging.getLogger("ray.serve")
@@ -40,14 +40,14 @@ class StatsBoard:
     """Every replica's latest tally; the sums on request."""
 
     def __init__(self) -> None:
-        self._snapshots: dict[str, dict[str, dict[str, Any]]] = {}
+        self._snapshots: dict[str, dict[ModelKey, dict[str, Any]]] = {}
 
-    def report(self, replica: str, snapshot: dict[str, dict[str, Any]]) -> None:
+    def report(self, replica: str, snapshot: dict[ModelKey, dict[str, Any]]) -> None:
         self._snapshots[replica] = snapshot
 
-    def totals(self) -> dict[str, dict[str, Any]]:
-        """By served model, the sum over every replica that reported."""
-        return {name: c.as_data() for name, c in merged(self._snapshots.values()).items()}
+    def totals(self) -> dict[ModelKey, dict[str, Any]]:
+        """By served model and version, the sum over every replica that reported."""
+        return {key: c.as_data() for key, c in merged(self._snapshots.values()).items()}
 
 
 _BoardActor: Any = ray.remote(StatsBoard)
@@ -93,15 +93,16 @@ class Reporter:
         await board.report.remote(self._replica, self._tally.snapshot())
         self._sent = version
 
-    async def totals(self) -> dict[str, Counts]:
-        """Every replica's counts summed, by served model (this replica's sent first)."""
+    async def totals(self) -> dict[ModelKey, Counts]:
+        """Every replica's counts summed, by served model and version (this replica's sent
+        first)."""
         try:
             await self.push()
             data = await (await self._found()).totals.remote()
         except Exception:
             self._board = None
             raise
-        return {name: Counts.from_data(d) for name, d in data.items()}
+        return {key: Counts.from_data(d) for key, d in data.items()}
 
     async def _found(self) -> Any:
         if self._board is None:
@@ -136,7 +137,7 @@ class CountedCaller(Caller):
     async def one(self, item: Item, trace: str | None = None) -> Result | ItemError:
         started = time.perf_counter()
         answer = await super().one(item, trace)
-        self._count(item.model, [answer], started)
+        self._count(item, [answer], started)
         return answer
 
     async def many(
@@ -144,14 +145,16 @@ class CountedCaller(Caller):
     ) -> list[Result | ItemError]:
         started = time.perf_counter()
         answers = await super().many(items, trace)
-        model = next((i.model for i in items if isinstance(i, Item)), None)
-        if model is not None:  # one request is one model's
-            self._count(model, answers, started)
+        first = next((i for i in items if isinstance(i, Item)), None)
+        if first is not None:  # one request is one model version's
+            self._count(first, answers, started)
         return answers
 
-    def _count(self, model: str, answers: Sequence[Result | ItemError], started: float) -> None:
-        if not model:
+    def _count(self, item: Item, answers: Sequence[Result | ItemError], started: float) -> None:
+        """Counted under the version the request was sent to."""
+        if not item.model:
             return  # a one-model graph's own tests send items of no name
-        self._tally.answered(model, answers, (time.perf_counter() - started) * 1e3)
+        elapsed_ms = (time.perf_counter() - started) * 1e3
+        self._tally.answered((item.model, item.version), answers, elapsed_ms)
         if self._reporter is not None:
             self._reporter.start()

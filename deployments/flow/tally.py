@@ -8,9 +8,9 @@ lock and a few additions:
   postprocess; the whole request's time as `success`);
 - a Model replica, per forward pass (`executed`): one execution of that many images, its time.
 
-A snapshot is plain data (`Counts.as_data`) keyed by the served model's name (`models:` in
-serve_config.yaml); `merged` sums the snapshots of every replica (`deployments.flow.stats`
-collects them).
+A snapshot is plain data (`Counts.as_data`) keyed by the served model's name and version
+(`models:` in serve_config.yaml; `ModelKey`); `merged` sums the snapshots of every replica
+(`deployments.flow.stats` collects them).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ STAGE_TIMINGS = {
 }
 DURATIONS = ("success", "fail", *STAGE_TIMINGS)
 
-__all__ = ["DURATIONS", "Counts", "Tally", "merged"]
+__all__ = ["DURATIONS", "Counts", "ModelKey", "Tally", "merged"]
+
+ModelKey = tuple[str, str]  # a served model's name and version: each version counts apart
 
 
 def _ns(ms: float) -> int:
@@ -91,19 +93,19 @@ class Counts:
 
 
 class Tally:
-    """One replica's counts by served model; safe to record from any thread."""
+    """One replica's counts by served model and version; safe to record from any thread."""
 
     def __init__(self, now_ms: Callable[[], int] | None = None) -> None:
-        self._counts: dict[str, Counts] = {}
+        self._counts: dict[ModelKey, Counts] = {}
         self._lock = threading.Lock()
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.version = 0  # bumps on every record: a reporter sends only what changed
 
     def answered(
-        self, model: str, answers: Sequence[Result | ItemError], elapsed_ms: float
+        self, model: ModelKey, answers: Sequence[Result | ItemError], elapsed_ms: float
     ) -> None:
-        """The Ingress answered these images of one request to `model`, after `elapsed_ms` (a
-        failed image's time in `fail`)."""
+        """The Ingress answered these images of one request to `model` (name, version), after
+        `elapsed_ms` (a failed image's time in `fail`)."""
         with self._lock:
             counts = self._counts.setdefault(model, Counts())
             for answer in answers:
@@ -117,8 +119,9 @@ class Tally:
             counts.last_inference_ms = max(counts.last_inference_ms, self._now_ms())
             self.version += 1
 
-    def executed(self, model: str, images: int, ms: float) -> None:
-        """A Model replica of `model` ran one forward pass over `images` in `ms`."""
+    def executed(self, model: ModelKey, images: int, ms: float) -> None:
+        """A Model replica of `model` (name, version) ran one forward pass over `images` in
+        `ms`."""
         with self._lock:
             counts = self._counts.setdefault(model, Counts())
             counts.execution_count += 1
@@ -129,16 +132,18 @@ class Tally:
             counts.last_inference_ms = max(counts.last_inference_ms, self._now_ms())
             self.version += 1
 
-    def snapshot(self) -> dict[str, dict[str, Any]]:
-        """Every model's counts so far, as plain data."""
+    def snapshot(self) -> dict[ModelKey, dict[str, Any]]:
+        """Every model version's counts so far, as plain data."""
         with self._lock:
             return {name: c.as_data() for name, c in self._counts.items()}
 
 
-def merged(snapshots: Iterable[Mapping[str, Mapping[str, Any]]]) -> dict[str, Counts]:
-    """The sum, by served model, of several replicas' snapshots."""
-    out: dict[str, Counts] = {}
+def merged(
+    snapshots: Iterable[Mapping[ModelKey, Mapping[str, Any]]],
+) -> dict[ModelKey, Counts]:
+    """The sum, by served model and version, of several replicas' snapshots."""
+    out: dict[ModelKey, Counts] = {}
     for snapshot in snapshots:
-        for name, data in snapshot.items():
-            out.setdefault(name, Counts()).add(Counts.from_data(data))
+        for key, data in snapshot.items():
+            out.setdefault(key, Counts()).add(Counts.from_data(data))
     return out

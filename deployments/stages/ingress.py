@@ -52,11 +52,13 @@ class Ingress:
     def __init__(
         self,
         preprocessor: DeploymentHandle[Any],
-        models: dict[str, DeploymentHandle[Any]],
+        models: dict[tuple[str, str], DeploymentHandle[Any]],
         postprocessor: DeploymentHandle[Any],
         settings: IngressSettings,
     ) -> None:
-        deployments = {n: h.deployment_name for n, h in models.items()}
+        # `models`: every version of every served model, by (name, version): each its own
+        # deployment (graph.model_deployment).
+        deployments = {key: h.deployment_name for key, h in models.items()}
         # Every image answered is counted for the OIP statistics (`deployments.flow.stats`).
         context = serve.get_replica_context()
         tally = Tally()
@@ -73,7 +75,7 @@ class Ingress:
         )
         readiness = Readiness(preprocessor.app_name, deployments, serve.status)
         stages = [h.options(method_name="ready").remote for h in (preprocessor, postprocessor)]
-        describers = {n: h.options(method_name="describe").remote for n, h in models.items()}
+        describers = {k: h.options(method_name="describe").remote for k, h in models.items()}
         # Read once; the key itself is never logged or echoed. Unusable key settings raise
         # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
         api_key = auth.load_api_key(os.environ)
@@ -93,6 +95,7 @@ class Ingress:
         image: bytes,
         *,
         model: str | None = None,
+        version: str | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
@@ -100,11 +103,12 @@ class Ingress:
     ) -> Result:
         """One image -> its `Result`; a bad image raises the typed `VisionError` subclass.
 
-        `model` is a served model's name (the default model when None); `options` are its
-        task's (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...); `traceparent`
-        (W3C) makes the request's spans part of the caller's trace.
+        `model` is a served model's name (the default model when None), `version` one of its
+        versions (the latest when None; only that version answers); `options` are its task's
+        (`top_k=3`, `score_threshold=0.4`, `mask_format="png"`, ...); `traceparent` (W3C)
+        makes the request's spans part of the caller's trace.
         """
-        args = (model, request_id, timeout_s, traceparent, options)
+        args = (model, version, request_id, timeout_s, traceparent, options)
         return await self._handle.predict(image, *args)
 
     async def predict_many(
@@ -112,26 +116,29 @@ class Ingress:
         images: list[bytes],
         *,
         model: str | None = None,
+        version: str | None = None,
         request_id: str | None = None,
         timeout_s: float | None = None,
         traceparent: str | None = None,
         **options: int | float | str | None,
     ) -> list[Result | ItemError]:
         """Several images -> one `Result` or `ItemError` each, in input order."""
-        args = (model, request_id, timeout_s, traceparent, options)
+        args = (model, version, request_id, timeout_s, traceparent, options)
         return await self._handle.predict_many(images, *args)
 
     async def readiness(self) -> str | None:
         """None when the service is ready, else why not (from the latest background check)."""
         return await self._front.readiness()
 
-    async def model_state(self, name: str) -> ModelState:
-        """One model's latest readiness (`UnknownModel` for a name not served)."""
-        return await self._front.model_state(name)
+    async def model_state(self, name: str, version: str | None = None) -> ModelState:
+        """One model version's latest readiness (None: the latest; `UnknownModel` for a name or
+        version not served)."""
+        return await self._front.model_state(name, version)
 
-    async def describe(self, model: str | None = None) -> ModelInfo:
-        """What the named model's replica reports about itself (it starts one if at zero)."""
-        return await self._front.describe(model)
+    async def describe(self, model: str | None = None, version: str | None = None) -> ModelInfo:
+        """What the named model version's replica reports about itself (it starts one if at
+        zero)."""
+        return await self._front.describe(model, version)
 
     # --- HTTP /v1 (transports.v1) ------------------------------------------------------------
 
@@ -150,6 +157,14 @@ class Ingress:
     )
     async def predict_model_http(self, name: str, request: Request) -> Response:
         return await self._v1.predict(request, name)
+
+    @app.post(
+        "/v1/models/{name}/versions/{version}/predict",
+        **PREDICT_DOCS,
+        summary="The same, by one version of the named model (only that version answers)",
+    )
+    async def predict_version_http(self, name: str, version: str, request: Request) -> Response:
+        return await self._v1.predict(request, name, version)
 
     @app.get("/v1/health/live", summary="200 while this Ingress answers; asks no other stage")
     async def live(self) -> Response:

@@ -180,7 +180,7 @@ class Model:
         self._last_forward = time.monotonic()
         self._metrics.batch_size.observe(items)
         self._metrics.observe("inference", ms / 1000.0, self._metrics.model, self._metrics.version)
-        self._tally.executed(self._metrics.model, items, ms)
+        self._tally.executed((self._metrics.model, self._metrics.version), items, ms)
 
     async def check_health(self) -> None:
         """Healthy when the batch loop is alive and the model has run a forward pass lately.

@@ -17,7 +17,7 @@ from ray import serve
 
 from deployments import tasks
 from deployments.errors import JoinMismatch
-from deployments.items import Bundle, ItemError, Meta, RawOutput, Result, Sample
+from deployments.items import Bundle, ItemError, Meta, RawOutput, Result, Sample, of_version
 from deployments.metrics import StageMetrics
 from deployments.tasks import Task
 from deployments.tracing import OFF, Tracing
@@ -85,12 +85,13 @@ def join_bundle(
     outputs: Sequence[RawOutput | ItemError],
     bundle: Bundle,
     *,
-    models: Mapping[str, ModelAnswers],
+    models: Mapping[tuple[str, str], ModelAnswers],
     defaults: Mapping[str, BaseModel],
     tracing: Tracing = OFF,
 ) -> tuple[Result | ItemError, ...]:
-    """`join` for every item of a bundle, in its order, each by its own model (`Meta.model`);
-    a count or id mismatch raises."""
+    """`join` for every item of a bundle, in its order, each by its own model and version
+    (`models`: by name and version): the version that produced its output, else the one it was
+    sent to (`Meta.version`). A count or id mismatch raises."""
     if len(outputs) != len(bundle.items):
         raise JoinMismatch(
             f"{len(outputs)} model outputs met a bundle of {len(bundle.items)} items; "
@@ -99,7 +100,7 @@ def join_bundle(
     joined: list[Result | ItemError] = []
     for raw, sample in zip(outputs, bundle.items, strict=True):
         if isinstance(sample, Sample):
-            served = models[sample.meta.model]
+            served = _answers_for(models, sample.meta, raw)
             task = tasks.get(served.task)
             with tracing.join(raw, sample):
                 joined.append(
@@ -118,9 +119,16 @@ def join_bundle(
     return tuple(joined)
 
 
+def _answers_for(
+    models: Mapping[tuple[str, str], ModelAnswers], meta: Meta, raw: RawOutput | ItemError
+) -> ModelAnswers:
+    produced = raw.model_version if isinstance(raw, RawOutput) else ""
+    return models.get((meta.model, produced)) or of_version(models, meta.model, meta.version)
+
+
 @serve.deployment
 class Postprocessor:
-    def __init__(self, models: Mapping[str, ModelAnswers]) -> None:
+    def __init__(self, models: Mapping[tuple[str, str], ModelAnswers]) -> None:
         self._models = dict(models)
         self._tasks = {tasks.get(m.task) for m in self._models.values()}
         # The option defaults come from the user_config, which Serve applies (`reconfigure`)

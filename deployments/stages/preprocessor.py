@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from ray import serve
 
 from deployments.errors import DeadlineExceeded, VisionError
-from deployments.items import Bundle, Item, ItemError, Meta, Sample
+from deployments.items import Bundle, Item, ItemError, Meta, Sample, of_version
 from deployments.metrics import StageMetrics
 from deployments.pixels.imaging import Deferred, ResizeSpec, prepare
 from deployments.settings import Limits
@@ -28,8 +28,11 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class Preprocessor:
-    def __init__(self, resize: Mapping[str, ResizeSpec], limits: Limits, threads: int) -> None:
-        self._resize = dict(resize)  # by served model name: each model's own input
+    def __init__(
+        self, resize: Mapping[tuple[str, str], ResizeSpec], limits: Limits, threads: int
+    ) -> None:
+        # By served model name and version: each version's own input (they may differ).
+        self._resize = dict(resize)
         self._limits = limits
         # Pillow releases the GIL while decoding and resizing, so threads use every core.
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
@@ -54,7 +57,11 @@ class Preprocessor:
         loop = asyncio.get_running_loop()
         try:
             done = await loop.run_in_executor(
-                self._pool, prepare, item.data, self._resize[item.model], self._limits
+                self._pool,
+                prepare,
+                item.data,
+                of_version(self._resize, item.model, item.version),
+                self._limits,
             )
         except VisionError as exc:  # the client's input, or a fault that is this item's alone
             logger.info(
@@ -75,6 +82,7 @@ class Preprocessor:
             preprocess_ms=(time.perf_counter() - start) * 1000.0,
             model=item.model,
             trace=item.trace,
+            version=item.version,
         )
         return Sample(meta=meta, pixels=done.jpeg if isinstance(done, Deferred) else done.pixels)
 

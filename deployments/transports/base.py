@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from starlette.requests import ClientDisconnect
@@ -32,7 +32,7 @@ R = TypeVar("R")
 
 @dataclass(frozen=True, slots=True)
 class ModelRoute:
-    """What the Ingress knows of one served model: enough to validate a request for it."""
+    """What the Ingress knows of one served model version: enough to validate a request for it."""
 
     task: str  # a name in deployments.tasks.REGISTRY: it validates the options
     version: str  # the version served (`models[].version`): what requests may name
@@ -44,7 +44,7 @@ class ModelRoute:
 class IngressSettings:
     """What the Ingress is built with: its routes, and serve_config.yaml's settings as-is."""
 
-    models: dict[str, ModelRoute]  # by served name (`models:` in serve_config.yaml)
+    models: dict[str, ModelRoute]  # by served name: its latest version (`models:`)
     default_model: str  # what /v1/predict and the handle API run when no model is named
     limits: Limits  # `limits:`: bodies, images and parts per request, bodies held at once
     request_timeout_s: float  # default deadline when a request states none
@@ -52,6 +52,13 @@ class IngressSettings:
     bundles: Bundles
     poison: Poison
     retry_after_s: int  # the Retry-After of the Ingress's own 503s
+    # Every version of each model, as listed (one served in several versions); a name left out
+    # is served in its one version, `models[name]`.
+    versions: dict[str, tuple[ModelRoute, ...]] = field(default_factory=dict)
+
+    def routes(self, name: str) -> dict[str, ModelRoute]:
+        """Every version of the served model `name`, by version, as listed."""
+        return {r.version: r for r in self.versions.get(name, (self.models[name],))}
 
 
 class Front:
@@ -62,7 +69,7 @@ class Front:
         caller: Caller,
         settings: IngressSettings,
         health: StageWatch,
-        describers: Mapping[str, Callable[[], Awaitable[ModelInfo]]],
+        describers: Mapping[tuple[str, str], Callable[[], Awaitable[ModelInfo]]],
         api_key: str | None,
     ) -> None:
         self.caller = caller
@@ -113,6 +120,20 @@ class Front:
             raise UnknownModel(f"no model is served as {name[:100]!r}; served: {served}")
         return name
 
+    def version_named(self, name: str, version: str | None) -> str:
+        """The served version of `name` a request names (None or "": the latest); `UnknownModel`
+        (404), naming the versions there are, for any other."""
+        if not version:
+            return self.settings.models[name].version
+        versions = self.versions[name]
+        if version not in versions:
+            raise UnknownModel(
+                f"model {name[:100]!r} has no version {version[:100]!r}; its versions are "
+                f"{', '.join(versions)} (or leave the version out for the latest, "
+                f"{self.settings.models[name].version})"
+            )
+        return version
+
     def deadline(self, timeout_s: str | float | None, name: str = "timeout_s") -> float:
         """The deadline for a timeout a caller sent as `name` (None: the configured default)."""
         settings = self.settings
@@ -128,13 +149,23 @@ class Front:
         self,
         model: str,
         given: Mapping[str, int | float | str | None] | Sequence[tuple[str, str | int | float]],
+        version: str | None = None,
     ) -> Options:
-        route = self.settings.models[model]
+        """`given` validated by the model's task, for `version` (None: the latest)."""
+        route = self.settings.routes(model)[self.version_named(model, version)]
         return tasks.parse_options(given, self.tasks[model], route.max_candidates)
 
     def item(
-        self, data: bytes, options: Options, request_id: str, deadline: float, model: str
+        self,
+        data: bytes,
+        options: Options,
+        request_id: str,
+        deadline: float,
+        model: str,
+        version: str | None = None,
     ) -> Item:
+        """One image for `model` at `version`: one the client named (only it may answer), or,
+        for None, the latest (whichever version its deployment runs answers)."""
         return Item(
             item_id=new_item_id(),
             request_id=request_id,
@@ -142,24 +173,29 @@ class Front:
             options=options,
             deadline=deadline,
             model=model,
-            version=self.settings.models[model].version,
+            version=self.version_named(model, version),
+            pinned=bool(version),
         )
 
     @property
-    def versions(self) -> dict[str, str]:
-        """The version each served model is served as, by name."""
-        return {name: route.version for name, route in self.settings.models.items()}
+    def versions(self) -> dict[str, tuple[str, ...]]:
+        """Every version each served model is served as, by name, as listed."""
+        return {name: tuple(self.settings.routes(name)) for name in self.settings.models}
 
     async def readiness(self) -> str | None:
         """None when every stage and model is ready, else why not."""
         return await self.health.problem()
 
-    async def model_state(self, name: str) -> ModelState:
-        """One model's latest readiness (`UnknownModel` for a name not served)."""
+    async def model_state(self, name: str, version: str | None = None) -> ModelState:
+        """One model version's latest readiness (None: the latest; `UnknownModel` for a name or
+        version not served)."""
         name = self.model_named(name)
+        version = self.version_named(name, version)
         await self.health.problem()  # a fresh check when none ran lately
-        return self.health.states()[name]
+        return self.health.states()[(name, version)]
 
-    async def describe(self, model: str | None = None) -> ModelInfo:
-        """What the named model's replica reports about itself (it starts one if at zero)."""
-        return await self._describers[self.model_named(model)]()
+    async def describe(self, model: str | None = None, version: str | None = None) -> ModelInfo:
+        """What the named model version's replica reports about itself (it starts one if at
+        zero; None: the default model, the latest version)."""
+        name = self.model_named(model)
+        return await self._describers[(name, self.version_named(name, version))]()

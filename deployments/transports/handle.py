@@ -16,6 +16,7 @@ class HandleApi:
         self,
         image: bytes,
         model: str | None,
+        version: str | None,
         request_id: str | None,
         timeout_s: float | None,
         traceparent: str | None,
@@ -24,9 +25,9 @@ class HandleApi:
         """One image -> its `Result`; a bad image raises the typed `VisionError` subclass."""
         front = self._front
         name = front.model_named(model)
-        parsed = front.options(name, options)
+        parsed = front.options(name, options, version)
         rid = request_id or new_item_id()
-        item = front.item(image, parsed, rid, front.deadline(timeout_s), name)
+        item = front.item(image, parsed, rid, front.deadline(timeout_s), name, version)
         out = await front.caller.one(item, traceparent)
         if isinstance(out, ItemError):
             raise out.to_exception()
@@ -36,6 +37,7 @@ class HandleApi:
         self,
         images: list[bytes],
         model: str | None,
+        version: str | None,
         request_id: str | None,
         timeout_s: float | None,
         traceparent: str | None,
@@ -44,8 +46,8 @@ class HandleApi:
         """Several images -> one `Result` or `ItemError` each, in input order."""
         front = self._front
         name = front.model_named(model)
-        parsed = front.options(name, options)
+        parsed = front.options(name, options, version)
         rid = request_id or new_item_id()
         deadline = front.deadline(timeout_s)
-        items = [front.item(i, parsed, rid, deadline, name) for i in images]
+        items = [front.item(i, parsed, rid, deadline, name, version) for i in images]
         return await front.caller.many(items, traceparent)

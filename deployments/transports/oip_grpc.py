@@ -134,7 +134,7 @@ class OipGrpc(OipFlow):
             self._check_model(request.name, request.version)
         except VisionError as exc:
             return self.error(context, exc, pb().ModelReadyResponse())
-        return pb().ModelReadyResponse(ready=await self._ready(request.name))
+        return pb().ModelReadyResponse(ready=await self._ready(request.name, request.version))
 
     async def server_metadata(self, context: Any) -> Any:
         try:
@@ -218,7 +218,7 @@ class OipGrpc(OipFlow):
             parsed = parse_grpc(request, self._limits)
             trace = carrier(dict(context.invocation_metadata()))
             tensors, parameters, answered = await self._infer(
-                request.model_name, parsed, deadline, request_id, trace
+                request.model_name, request.model_version, parsed, deadline, request_id, trace
             )
             return grpc_response(
                 messages, request.model_name, answered, parsed, tensors, parameters

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from deployments.errors import NotSupported, ServerError, UnknownModel
 from deployments.flow.health import ModelState
-from deployments.flow.tally import DURATIONS, Counts
+from deployments.flow.tally import DURATIONS, Counts, ModelKey
 from deployments.items import ModelInfo
 from deployments.tasks import Task
 from deployments.transports.oip_tensors import check_model, input_metadata, output_specs
@@ -60,8 +60,11 @@ def _tensor(name: str, datatype: str, shape: Sequence[int]) -> dict[str, Any]:
     return out
 
 
-def model_config(name: str, task: Task, info: ModelInfo, replicas: int) -> dict[str, Any]:
-    """`GET /v2/models/{name}/config` (gRPC ModelConfig): Triton's `ModelConfig` as JSON."""
+def model_config(
+    name: str, task: Task, info: ModelInfo, replicas: int, versions: int = 1
+) -> dict[str, Any]:
+    """`GET /v2/models/{name}/config` (gRPC ModelConfig): Triton's `ModelConfig` as JSON, of the
+    version `info` describes (one of `versions` served)."""
     batching: dict[str, Any] = {
         "max_queue_delay_microseconds": round(info.batch_wait_timeout_s * 1e6),
     }
@@ -78,7 +81,8 @@ def model_config(name: str, task: Task, info: ModelInfo, replicas: int) -> dict[
         "name": name,
         "platform": f"pytorch_{task.name}",
         "backend": "pytorch",
-        "version_policy": {"latest": {"num_versions": 1}},
+        # Triton's policy for what this server does: one version, or every one listed.
+        "version_policy": {"all": {}} if versions > 1 else {"latest": {"num_versions": 1}},
         "max_batch_size": info.max_batch_size,
         "input": [_tensor(t["name"], t["datatype"], t["shape"]) for t in input_metadata()],
         "output": [_tensor(s.name, s.datatype, s.shape) for s in output_specs(task)],
@@ -143,26 +147,33 @@ def index_entry(name: str, version: str, state: ModelState) -> dict[str, Any]:
 class OipRepository:
     """What the REST and gRPC transports answer for the extensions, as Triton's JSON."""
 
-    def __init__(self, front: Front, totals: Callable[[], Awaitable[Mapping[str, Counts]]]) -> None:
+    def __init__(
+        self, front: Front, totals: Callable[[], Awaitable[Mapping[ModelKey, Counts]]]
+    ) -> None:
         self._front = front
-        self._totals = totals  # every replica's counts summed, by served model
+        self._totals = totals  # every replica's counts summed, by served model and version
 
     def _check(self, name: str, version: str | None) -> None:
         check_model(name, version, self._front.versions)
 
     async def config(self, name: str, version: str | None) -> dict[str, Any]:
+        """One model version's configuration (None or "": the latest)."""
         self._check(name, version)
-        info = await self._front.describe(name)  # a model at zero starts a replica, as /v1 does
-        state = await self._front.model_state(name)
-        return model_config(name, self._front.tasks[name], info, max(state.replicas, 1))
+        # A version at zero starts a replica, as /v1 does.
+        info = await self._front.describe(name, version or None)
+        state = await self._front.model_state(name, version or None)
+        task, served = self._front.tasks[name], len(self._front.versions[name])
+        return model_config(name, task, info, max(state.replicas, 1), served)
 
     async def statistics(self, name: str | None, version: str | None) -> dict[str, Any]:
-        """`model_stats` for one model, or (`name` empty) every served one."""
+        """`model_stats` for one model version, or every version of one model (`version`
+        empty), or (`name` empty) of every served one: one entry per version, as Triton's."""
+        versions = self._front.versions
         if name:
             self._check(name, version)
-            names = [name]
+            keys = [(name, v) for v in ([version] if version else versions[name])]
         else:
-            names = list(self._front.settings.models)
+            keys = [(n, v) for n, vs in versions.items() for v in vs]
         try:
             totals = await self._totals()
         except Exception as exc:
@@ -170,11 +181,11 @@ class OipRepository:
             raise ServerError(
                 f"the statistics could not be collected now ({exc!r}); retry"
             ) from exc
-        versions = self._front.versions
-        return {"model_stats": [model_statistics(n, versions[n], totals.get(n)) for n in names]}
+        return {"model_stats": [model_statistics(n, v, totals.get((n, v))) for n, v in keys]}
 
     async def index(self, repository: str, ready_only: bool) -> list[dict[str, Any]]:
-        """Every served model with its version and state (`ready_only`: the READY ones)."""
+        """Every served model version with its state, one entry each (`ready_only`: the READY
+        ones)."""
         if repository:
             raise UnknownModel(
                 f"no model repository {repository[:100]!r}: this server has one; leave the "
@@ -182,7 +193,11 @@ class OipRepository:
             )
         await self._front.readiness()  # a fresh check when none ran lately
         states = self._front.health.states()
-        entries = [index_entry(n, v, states[n]) for n, v in self._front.versions.items()]
+        entries = [
+            index_entry(n, v, states[(n, v)])
+            for n, versions in self._front.versions.items()
+            for v in versions
+        ]
         return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 
     @staticmethod

@@ -111,7 +111,7 @@ class OipRest(OipFlow):
             self._check_model(name, version)
         except VisionError as exc:
             return self.error(exc)
-        ready = await self._ready(name)
+        ready = await self._ready(name, version)
         return json_response({"name": name, "ready": ready}, status=200 if ready else 503)
 
     # --- Triton's extensions (`oip_repository`) ---------------------------------------------
@@ -168,7 +168,7 @@ class OipRest(OipFlow):
             parsed = parse_rest(body, request.headers.get(HEADER_LENGTH), self._limits)
             trace = carrier(request.headers)
             tensors, parameters, answered = await self._infer(
-                name, parsed, deadline, request_id, trace
+                name, version, parsed, deadline, request_id, trace
             )
             content, headers = rest_response(name, answered, parsed, tensors, parameters)
             return Response(content=content, headers=headers)

@@ -87,18 +87,18 @@ class InferRequest:
     timeout_s: float | None = None  # Triton's `timeout` parameter (sent in microseconds)
 
 
-def check_model(name: str, version: str | None, served: Mapping[str, str]) -> None:
-    """404 (`UnknownModel`) unless `name` is served and `version` is empty or the version it is
-    served as (`served`: each model's version, by name)."""
+def check_model(name: str, version: str | None, served: Mapping[str, Sequence[str]]) -> None:
+    """404 (`UnknownModel`) unless `name` is served and `version` is empty (the latest) or one
+    of the versions it is served as (`served`: each model's versions, by name)."""
     if name not in served:
         served_names = ", ".join(served) or "none"
         raise UnknownModel(
             f"model {name[:100]!r} is not served here; the models are: {served_names}"
         )
-    if version not in (None, "", served[name]):
+    if version and version not in served[name]:
         raise UnknownModel(
-            f"model {name[:100]!r} has no version {str(version)[:100]!r}; its one version is "
-            f"{served[name]!r} (or leave the version out)"
+            f"model {name[:100]!r} has no version {str(version)[:100]!r}; its versions are "
+            f"{', '.join(served[name])} (or leave the version out for the latest)"
         )
 
 
@@ -289,11 +289,12 @@ def input_metadata() -> list[dict[str, Any]]:
     return [{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]}]
 
 
-def model_metadata(name: str, version: str, task: Task) -> dict[str, Any]:
-    """`GET /v2/models/{name}` (and gRPC ModelMetadata): the model's inputs and outputs."""
+def model_metadata(name: str, versions: Sequence[str], task: Task) -> dict[str, Any]:
+    """`GET /v2/models/{name}` (and gRPC ModelMetadata): the model's inputs and outputs, and
+    every version it is served in (every version serves one task, so one set of tensors)."""
     return {
         "name": name,
-        "versions": [version],
+        "versions": list(versions),
         "platform": f"pytorch_{task.name}",
         "inputs": input_metadata(),
         "outputs": [
@@ -407,33 +408,38 @@ class OipFlow:
     def _check_model(self, name: str, version: str | None) -> None:
         check_model(name, version, self._front.versions)
 
-    async def _ready(self, name: str | None) -> bool:
-        """The server (`name` None: every stage and model) or one model is ready."""
+    async def _ready(self, name: str | None, version: str | None = None) -> bool:
+        """The server (`name` None: every stage and model) or one model version (None or "":
+        the latest) is ready."""
         if name is None:
             return await self._front.readiness() is None
-        return (await self._front.model_state(name)).ready
+        return (await self._front.model_state(name, version or None)).ready
 
     async def _infer(
         self,
         name: str,
+        version: str | None,
         request: InferRequest,
         deadline: float,
         request_id: str,
         trace: str | None,
     ) -> tuple[list[Tensor], dict[str, Any], str]:
-        """One parsed infer request through the graph -> its output tensors, its parameters and
-        the model version that answered.
+        """One parsed infer request to `version` of `name` (None or "": the latest) through the
+        graph -> its output tensors, its parameters and the model version that answered.
 
         `trace`: the client's W3C trace context (`traceparent` header or gRPC metadata)."""
         front = self._front
         task = front.tasks[name]
-        options = front.options(name, request.options)
+        version = version or None
+        options = front.options(name, request.options, version)
         check_outputs(request.outputs, task)
         if request.timeout_s is not None:  # Triton's `timeout`: the tighter deadline wins
             deadline = min(deadline, front.deadline(request.timeout_s, "parameter 'timeout'"))
         if request.id and valid_request_id(request.id):
             request_id = request.id
-        items = [front.item(i, options, request_id, deadline, name) for i in request.images]
+        items = [
+            front.item(i, options, request_id, deadline, name, version) for i in request.images
+        ]
         if len(items) == 1:
             answers = [await front.caller.one(items[0], trace)]
         else:

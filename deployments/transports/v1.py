@@ -63,12 +63,14 @@ class V1Http:
             error_body(exc, request_id), status=exc.status, headers=headers or None
         )
 
-    async def predict(self, request: Request, model: str | None) -> Response:
+    async def predict(
+        self, request: Request, model: str | None, version: str | None = None
+    ) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id") or new_item_id()
 
         async def work(reservation: Reservation) -> Response:
-            return await self._predict(request, model, request_id, reservation)
+            return await self._predict(request, model, version, request_id, reservation)
 
         response = await self._front.guarded(
             request_id,
@@ -81,15 +83,21 @@ class V1Http:
         return response
 
     async def _predict(
-        self, request: Request, model: str | None, request_id: str, reservation: Reservation
+        self,
+        request: Request,
+        model: str | None,
+        version: str | None,
+        request_id: str,
+        reservation: Reservation,
     ) -> Response:
         front = self._front
         if not valid_request_id(request_id):
             raise BadRequest("x-request-id must be 1-200 printable ASCII characters")
         front.authorize(request.headers.get("authorization"))
         name = front.model_named(model)
+        front.version_named(name, version)  # 404 before the body is read
         deadline = front.deadline(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
-        options = front.options(name, request.query_params.multi_items())
+        options = front.options(name, request.query_params.multi_items(), version)
         kind, params = media_type(request.headers.get("content-type"))
         if kind != "multipart/form-data" and not is_image_type(kind):
             raise UnsupportedMediaType(
@@ -106,7 +114,9 @@ class V1Http:
             parts = image_parts(
                 await within_deadline(read, deadline), limits.max_images_per_request
             )
-            items = [self._part_item(p, options, request_id, deadline, name) for p in parts]
+            items = [
+                self._part_item(p, options, request_id, deadline, name, version) for p in parts
+            ]
             results = await front.caller.many(items, carrier(request.headers))
             return json_response(
                 {"request_id": request_id, "results": [r.to_dict() for r in results]}
@@ -114,18 +124,24 @@ class V1Http:
         body = await within_deadline(
             read_body(request, limits.max_body_bytes, reservation), deadline
         )
-        item = front.item(body, options, request_id, deadline, name)
+        item = front.item(body, options, request_id, deadline, name, version)
         out = await front.caller.one(item, carrier(request.headers))
         if isinstance(out, ItemError):
             return self.error(out.to_exception(), request_id)
         return json_response(out.to_dict())
 
     def _part_item(
-        self, part: Part, options: Options, request_id: str, deadline: float, model: str
+        self,
+        part: Part,
+        options: Options,
+        request_id: str,
+        deadline: float,
+        model: str,
+        version: str | None,
     ) -> Item | ItemError:
         kind, _ = media_type(part.content_type)
         if is_image_type(kind):
-            return self._front.item(part.data, options, request_id, deadline, model)
+            return self._front.item(part.data, options, request_id, deadline, model, version)
         return ItemError.from_exception(
             new_item_id(),
             UnsupportedMediaType(
@@ -145,7 +161,7 @@ class V1Http:
     async def ready(self) -> Response:
         front = self._front
         problem = await front.readiness()
-        models = {n: s.to_dict() for n, s in front.health.states().items()}
+        models = _model_states(front)
         if problem is not None:
             body = {"status": "unavailable", "detail": problem, "models": models}
             return json_response(body, status=503)
@@ -159,12 +175,12 @@ class V1Http:
         except Unauthorized as exc:
             return self.error(exc, request.headers.get("x-request-id", ""))
         await front.readiness()  # a fresh check when none ran lately
-        states = front.health.states()
+        states = _model_states(front)
         return json_response(
             {
                 "default_model": front.settings.default_model,
                 "models": [
-                    {"name": n, "task": r.task, **states[n].to_dict()}
+                    {"name": n, "task": r.task, **states[n]}
                     for n, r in front.settings.models.items()
                 ],
             }
@@ -187,3 +203,16 @@ class V1Http:
         except UnknownModel as exc:
             return self.error(exc, "")
         return json_response({"name": name, **state.to_dict()}, status=200 if state.ready else 503)
+
+
+def _model_states(front: Front) -> dict[str, dict[str, Any]]:
+    """Each model's state, by name: its latest version's, with `version` naming it, and with
+    `versions` (every version's state) for a model served in several."""
+    states = front.health.states()
+    out: dict[str, dict[str, Any]] = {}
+    for name, route in front.settings.models.items():
+        out[name] = {"version": route.version, **states[(name, route.version)].to_dict()}
+        versions = front.versions[name]
+        if len(versions) > 1:
+            out[name]["versions"] = {v: states[(name, v)].to_dict() for v in versions}
+    return out

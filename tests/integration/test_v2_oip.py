@@ -6,8 +6,11 @@ configuration as deployed, statistics that count what was sent, the repository i
 KServe's own client (its Python SDK's v2 REST client) for readiness and infer.
 
 One deploy for the module: serve_config.yaml's models, `colours` (a segmenter whose answer is
-known for every pixel: tests/fixtures/models.py) and `warming`, an echo model whose replica
-finishes its constructor only once the test creates a file.
+known for every pixel: tests/fixtures/models.py) in two versions, and `warming`, an echo model
+whose replica finishes its constructor only once the test creates a file. Version "2" of
+`colours` is the latest (what a request without a version gets); version "1" beside it is
+`SwappedColours`, whose class ids for red and green are the other way round, so each answer shows
+which version produced it.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ SIZES = [(437, 273), (640, 480), (300, 900), (1024, 256)]
 MAX_IMAGES = 4  # the deploy's max_images_per_request, so "one too many" is cheap to send
 # Not serve_config.yaml's, so the model configuration shows it reads the deployed user_config.
 COLOURS_BATCHING = {"max_batch_size": 4, "batch_wait_timeout_s": 0.002}
+# The older version's own deployment (`Model-colours-v1`) and its own batching.
+OLDER_BATCHING = {"max_batch_size": 2, "batch_wait_timeout_s": 0.0}
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +63,17 @@ def started(gate: Path) -> None:
     models = config["applications"][0]["args"]["models"]
     warming = {"name": "tests.fixtures.models:warming_echo", "weights": "none"}
     models.append({"name": WARMING, "model": {**warming, "kwargs": {"gate_file": str(gate)}}})
-    models.append({"name": COLOURS, "model": {"name": "tests.fixtures.models:colours"}})
+    colours = {"name": "tests.fixtures.models:colours"}
+    models.append(
+        {"name": COLOURS, "version": "1", "model": {**colours, "kwargs": {"swapped": True}}}
+    )
+    models.append({"name": COLOURS, "version": "2", "model": colours})
     deployments = config["applications"][0]["deployments"]
     batching = next(d for d in deployments if d["name"] == "Model")["user_config"]
     deployments += [
         {"name": f"Model-{WARMING}", "user_config": batching},
         {"name": f"Model-{COLOURS}", "user_config": COLOURS_BATCHING},
+        {"name": f"Model-{COLOURS}-v1", "user_config": OLDER_BATCHING},
     ]
     start(config)
 
@@ -379,16 +389,87 @@ def test_segmenter_masks_are_v1s_over_both_transports(
     assert labels == [p["label"] for p in png["predictions"]] == ["red", "green"]
 
 
+# --- several versions of one model -----------------------------------------------------------
+
+# The class id of red in each version's answer: "2" (the latest) is `Colours`, "1" is
+# `SwappedColours`; a request that names no version gets the latest.
+RED_CLASS = {"1": 2, "2": 1, "": 1}
+
+
+def _red_green() -> bytes:
+    picture = Image.new("RGB", (160, 90), "white")
+    picture.paste((255, 0, 0), (10, 20, 60, 70))
+    picture.paste((0, 255, 0), (100, 5, 150, 25))
+    return encode(picture, "PNG")
+
+
+def _oip_answer(client: Any, module: Any, data: bytes, version: str) -> tuple[str, dict[str, int]]:
+    """The version an infer names, and each label's class id."""
+    result = client.infer(COLOURS, [_input(module, [data])], model_version=version)
+    response = result.get_response()
+    named = response["model_version"] if isinstance(response, dict) else response.model_version
+    labels = [v.decode() for v in result.as_numpy("labels")]
+    return named, dict(zip(labels, result.as_numpy("class_ids").tolist(), strict=True))
+
+
+@pytest.mark.parametrize("version", ["1", "2", ""])
+def test_two_versions_of_one_model_each_answer_their_own_requests(
+    version: str,
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    oip_app: None,
+) -> None:
+    data = _red_green()
+    want = {"red": RED_CLASS[version], "green": 3 - RED_CLASS[version]}
+    answered = version or "2"  # none named: the latest
+    for client, module in ((http, httpclient), (grpc, grpcclient)):
+        assert _oip_answer(client, module, data, version) == (answered, want)
+        assert client.is_model_ready(COLOURS, version)
+    path = f"/v1/models/{COLOURS}" + (f"/versions/{version}" if version else "") + "/predict"
+    r = httpx.post(
+        f"{BASE_URL}{path}", content=data, headers={"content-type": "image/png"}, timeout=60
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["model_version"] == answered
+    assert {p["label"]: p["class_id"] for p in body["predictions"]} == want
+
+
+def test_versions_are_listed_configured_apart_and_an_unknown_one_is_404(
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    oip_app: None,
+) -> None:
+    assert http.get_model_metadata(COLOURS)["versions"] == ["1", "2"]
+    older, latest = _config(http, COLOURS, "1"), _config(http, COLOURS)
+    assert int(older["max_batch_size"]) == OLDER_BATCHING["max_batch_size"]
+    assert int(latest["max_batch_size"]) == COLOURS_BATCHING["max_batch_size"]
+    assert older["parameters"]["input_size"]["string_value"] == "64x64"  # its own input
+    assert latest["parameters"]["input_size"]["string_value"] == "96x96"
+    data = _red_green()
+    for path in (
+        f"/v2/models/{COLOURS}/versions/3/infer",
+        f"/v1/models/{COLOURS}/versions/3/predict",
+    ):
+        r = httpx.post(f"{BASE_URL}{path}", content=data, timeout=30)
+        assert r.status_code == 404, r.text
+        assert "its versions are 1, 2" in r.text
+    inputs = [_input(grpcclient, [data])]
+    status, message = _status(lambda: grpc.infer(COLOURS, inputs, model_version="3"))
+    assert status == "StatusCode.NOT_FOUND" and "its versions are 1, 2" in message
+
+
 # --- Triton's extensions ------------------------------------------------------------------------
 
 
 def _index(client: Any) -> dict[str, dict[str, Any]]:
-    """The repository index by model name, as either client returns it."""
+    """The repository index by model name and version ("name" for version "1", "name/v" for
+    any other), as either client returns it."""
     if isinstance(client, httpclient.InferenceServerClient):
         models = client.get_model_repository_index()
     else:
         models = client.get_model_repository_index(as_json=True)["models"]
-    return {m["name"]: m for m in models}
+    return {m["name"] + ("" if m["version"] == "1" else f"/{m['version']}"): m for m in models}
 
 
 def _config(client: Any, name: str, version: str = "") -> dict[str, Any]:
@@ -495,9 +576,8 @@ def test_repository_index_lists_every_model_and_loading_is_refused(
 ) -> None:
     client, _ = _clients(transport, http, grpc)
     index = _index(client)
-    assert set(index) == {MODEL, "shapes-segmenter", WARMING, COLOURS}
+    assert set(index) == {MODEL, "shapes-segmenter", WARMING, COLOURS, f"{COLOURS}/2"}
     assert {m["state"] for m in index.values()} == {"READY"}
-    assert {m["version"] for m in index.values()} == {"1"}
     expected = "501" if transport == "http" else "StatusCode.UNIMPLEMENTED"
     for call in (client.load_model, client.unload_model):
         status, message = _status(lambda c=call: c(MODEL))

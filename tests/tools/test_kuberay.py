@@ -162,7 +162,7 @@ def test_serve_config_v2_differs_from_serve_config_only_in_model_gpus_and_ingres
 def _model_deployments(config: dict[str, Any]) -> list[str]:
     """The Model deployment of every served model, as graph.py names them."""
     args = AppArgs.model_validate(config["applications"][0]["args"])
-    return [args.deployment_of(m.name) for m in args.models]
+    return [args.deployment_of(m.name, m.version) for m in args.models]
 
 
 def test_gpu_override_sets_only_the_model_gpus() -> None:

@@ -38,7 +38,7 @@ def test_config_validates_and_resolves(path: Path) -> None:
     resolved = resolve(args.model)
     assert resolved.labels, "labels must be known before any weight is loaded"
     names = [d.name for d in app.deployments]
-    models = [args.deployment_of(m.name) for m in args.models]
+    models = [args.deployment_of(m.name, m.version) for m in args.models]
     assert names == ["Ingress", "Preprocessor", *models, "Postprocessor"]
     assert models[0] == "Model", "the default model's deployment keeps the one-model name"
 
@@ -51,7 +51,9 @@ def test_every_stage_gets_a_user_config_it_accepts(path: Path) -> None:
     deployments = {d["name"]: d for d in app["deployments"]}
     options = deployments["Postprocessor"]["user_config"]
     for served in args.models:
-        Batching.model_validate(deployments[args.deployment_of(served.name)]["user_config"])
+        Batching.model_validate(
+            deployments[args.deployment_of(served.name, served.version)]["user_config"]
+        )
         tasks.defaults_for(tasks.get(resolve(served.model).task), options)
 
 

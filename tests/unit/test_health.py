@@ -44,16 +44,21 @@ def test_readiness_maps_each_model_to_its_deployment() -> None:
             "Model-seg": ("UPDATING", {"STARTING": 1}),
         }
     )
-    readiness = Readiness(
-        "vision", {"det": "Model", "seg": "Model-seg", "gone": "X"}, lambda: status
-    )
+    deployments = {
+        ("det", "2"): "Model",
+        ("det", "1"): "Model-v1",  # another version live beside the latest
+        ("seg", "1"): "Model-seg",
+        ("gone", "1"): "X",
+    }
+    readiness = Readiness("vision", deployments, lambda: status)
     assert {n: s.state for n, s in readiness.states().items()} == dict.fromkeys(
-        ("det", "seg", "gone"), "unknown"
+        deployments, "unknown"
     )
     states = asyncio.run(readiness.refresh())
     assert {n: (s.ready, s.state, s.replicas) for n, s in states.items()} == {
-        "det": (True, "ready", 1),
-        "seg": (False, "warming", 0),
-        "gone": (False, "unavailable", 0),
+        ("det", "2"): (True, "ready", 1),
+        ("det", "1"): (False, "unavailable", 0),
+        ("seg", "1"): (False, "warming", 0),
+        ("gone", "1"): (False, "unavailable", 0),
     }
     assert readiness.states() == states

@@ -163,7 +163,7 @@ def _bundle_join(outputs: list[RawOutput | ItemError], bundle: Bundle) -> tuple[
     return join_bundle(
         outputs,
         bundle,
-        models={"": ModelAnswers("m", "classification", LABELS)},
+        models={("", ""): ModelAnswers("m", "classification", LABELS)},
         defaults={"classification": settings.task_defaults(CLASSIFICATION)},
     )
 

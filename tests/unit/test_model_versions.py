@@ -39,7 +39,7 @@ class RollingGraph:
 def _run(graph: RollingGraph, images: int) -> list[Result | ItemError]:
     caller = Caller(
         graph,  # type: ignore[arg-type]
-        {"": graph},  # type: ignore[dict-item]
+        {("", ""): graph},  # type: ignore[dict-item]
         graph,  # type: ignore[arg-type]
         settings.bundles(max_items=4),
         settings.poison(quarantine_ttl_s=600, max_quarantined=100),

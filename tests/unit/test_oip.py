@@ -233,14 +233,14 @@ def test_grpc_bad_requests_are_named() -> None:
 
 
 def test_model_and_version_are_checked() -> None:
-    served = {"shapes": "3", "echo": "1"}
+    served = {"shapes": ("3",), "echo": ("1",)}
     oip_tensors.check_model("shapes", "", served)
     oip_tensors.check_model("shapes", None, served)
     oip_tensors.check_model("shapes", "3", served)
     with pytest.raises(UnknownModel, match="the models are: shapes, echo") as unknown:
         oip_tensors.check_model("resnet", None, served)
     assert unknown.value.status == 404
-    with pytest.raises(UnknownModel, match="no version '1'; its one version is '3'"):
+    with pytest.raises(UnknownModel, match="no version '1'; its versions are 3 "):
         oip_tensors.check_model("shapes", "1", served)
 
 
@@ -411,7 +411,7 @@ def test_classification_and_segmentation_outputs_follow_the_task() -> None:
 
 @pytest.mark.parametrize("name", sorted(tasks.REGISTRY))
 def test_model_metadata_lists_every_output_of_the_task(name: str) -> None:
-    meta = oip_tensors.model_metadata("m", "3", tasks.get(name))
+    meta = oip_tensors.model_metadata("m", ("3",), tasks.get(name))
     assert meta["versions"] == ["3"]
     assert meta["inputs"] == [{"name": "image", "datatype": "BYTES", "shape": [-1]}]
     outputs = {o["name"]: o for o in meta["outputs"]}

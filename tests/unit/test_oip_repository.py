@@ -99,13 +99,13 @@ def test_a_work_conserving_cpu_model_has_no_preferred_size() -> None:
 def test_the_ingress_and_model_counts_sum_into_tritons_statistics() -> None:
     ingress_a, ingress_b, model = Tally(lambda: 1000), Tally(lambda: 2000), Tally(lambda: 1500)
     ok = _result("a", total=10.0, batch_wait=1.0, preprocess=2.0, inference=5.0, postprocess=0.5)
-    ingress_a.answered("det", [ok, ok], 12.0)
-    ingress_b.answered("det", [ItemError("b", "corrupt_image", "bad", 422)], 3.0)
-    model.executed("det", 2, 5.0)
-    model.executed("det", 1, 4.0)
-    model.executed("det", 2, 6.0)
+    ingress_a.answered(("det", "1"), [ok, ok], 12.0)
+    ingress_b.answered(("det", "1"), [ItemError("b", "corrupt_image", "bad", 422)], 3.0)
+    model.executed(("det", "1"), 2, 5.0)
+    model.executed(("det", "1"), 1, 4.0)
+    model.executed(("det", "1"), 2, 6.0)
     totals = merged([ingress_a.snapshot(), ingress_b.snapshot(), model.snapshot()])
-    stats = model_statistics("det", "1", totals["det"])
+    stats = model_statistics("det", "1", totals[("det", "1")])
     message = json_format.ParseDict(stats, triton_pb.ModelStatistics())
     assert (message.name, message.version, message.last_inference) == ("det", "1", 2000)
     assert (message.inference_count, message.execution_count) == (5, 3)
@@ -133,14 +133,14 @@ def test_a_tally_is_safe_from_two_threads() -> None:
 
     def run() -> None:
         for _ in range(2000):
-            tally.executed("det", 2, 1.0)
+            tally.executed(("det", "1"), 2, 1.0)
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    counts = Counts.from_data(tally.snapshot()["det"])
+    counts = Counts.from_data(tally.snapshot()[("det", "1")])
     assert (counts.execution_count, counts.inference_count) == (4000, 8000)
 
 
@@ -206,9 +206,9 @@ def test_our_messages_carry_the_same_json_to_tritonclient() -> None:
 
 def _some_counts() -> Counts:
     tally = Tally(lambda: 123)
-    tally.answered("det", [_result("a", total=3.0, inference=1.0)], 3.0)
-    tally.executed("det", 1, 1.0)
-    return Counts.from_data(tally.snapshot()["det"])
+    tally.answered(("det", "1"), [_result("a", total=3.0, inference=1.0)], 3.0)
+    tally.executed(("det", "1"), 1, 1.0)
+    return Counts.from_data(tally.snapshot()[("det", "1")])
 
 
 # --- several replicas, one board ------------------------------------------------------------
@@ -238,18 +238,29 @@ def test_the_statistics_are_every_replicas_and_a_resend_counts_once(
     model_reporter = Reporter(model, "vision", "Model#0")
 
     async def run() -> dict[str, Counts]:
-        ingresses[0].answered("det", [_result("a", total=1.0)] * 3, 1.0)
-        ingresses[1].answered("det", [ItemError("b", "corrupt_image", "bad", 422)], 1.0)
-        model.executed("det", 3, 2.0)
+        ingresses[0].answered(("det", "1"), [_result("a", total=1.0)] * 3, 1.0)
+        ingresses[1].answered(("det", "1"), [ItemError("b", "corrupt_image", "bad", 422)], 1.0)
+        model.executed(("det", "1"), 3, 2.0)
         await reporters[1].push()
         await reporters[1].push()  # nothing new: sent once
         await model_reporter.push()
-        ingresses[1].answered("det", [_result("c", total=1.0)], 1.0)
+        ingresses[1].answered(("det", "1"), [_result("c", total=1.0)], 1.0)
         await reporters[1].push()  # the whole tally again, not added to the last one
         # The replica answering the stats request sends its own counts first.
         return await reporters[0].totals()
 
-    counts = asyncio.run(run())["det"]
+    counts = asyncio.run(run())[("det", "1")]
     assert counts.duration("success")[0] == 4  # 3 from one Ingress replica, 1 from the other
     assert counts.duration("fail")[0] == 1
     assert (counts.inference_count, counts.execution_count) == (3, 1)
+
+
+def test_each_version_of_a_model_is_counted_apart() -> None:
+    tally = Tally()
+    tally.executed(("det", "1"), 2, 1.0)
+    tally.executed(("det", "2"), 3, 1.0)
+    totals = merged([tally.snapshot()])
+    assert {key: c.inference_count for key, c in totals.items()} == {
+        ("det", "1"): 2,
+        ("det", "2"): 3,
+    }

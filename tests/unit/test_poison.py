@@ -136,7 +136,7 @@ def _items(names: list[str]) -> list[Item]:
 def _caller(graph: FakeGraph, bundles: Bundles | None = None) -> Caller:
     return Caller(
         graph,  # type: ignore[arg-type]
-        {"": graph},  # type: ignore[dict-item]
+        {("", ""): graph},  # type: ignore[dict-item]
         graph,  # type: ignore[arg-type]
         bundles or settings.bundles(),
         settings.poison(quarantine_ttl_s=600, max_quarantined=100),

@@ -213,7 +213,7 @@ def test_a_request_is_one_trace_under_the_clients_span(
             answers = join_bundle(
                 outputs,
                 Bundle(tuple(samples)),
-                models={"": ModelAnswers("tiny", task.name, ())},
+                models={("", ""): ModelAnswers("tiny", task.name, ())},
                 defaults={task.name: settings.task_defaults(task)},
                 tracing=tracing,
             )
