@@ -33,6 +33,10 @@ from tests.serving import (
     wait_until,
 )
 
+# For a stage whose replica a test kills: Serve notices the death at its next health check and
+# only then replaces the replica (`wait_replaced`); a change of period reconfigures, no restart.
+NOTICED_AT_ONCE = {"health_check_period_s": 1}
+
 
 def _correct(response: httpx.Response, colour: tuple[int, int, int]) -> bool:
     """A 200 whose answer names `colour`: every image sent in one test has its own colour."""
@@ -114,7 +118,7 @@ def test_model_replica_killed_holding_a_batch_its_items_are_retried(
     deploy(
         app_config(
             model=CONTROLLED_ECHO,
-            options={"Model": fixed_replicas(2)},
+            options={"Model": {**fixed_replicas(2), **NOTICED_AT_ONCE}},
             user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
         )
     )
@@ -147,7 +151,12 @@ def test_model_replica_killed_holding_a_batch_its_items_are_retried(
 
 
 def test_preprocessor_replica_killed_under_load() -> None:
-    deploy(app_config(model=CONTROLLED_ECHO, options={"Preprocessor": fixed_replicas(2)}))
+    deploy(
+        app_config(
+            model=CONTROLLED_ECHO,
+            options={"Preprocessor": {**fixed_replicas(2), **NOTICED_AT_ONCE}},
+        )
+    )
     colours = images.distinct_colours(48, seed=3)
     bodies = [images.solid_png(c, 1600, 1200) for c in colours]  # big enough to keep decoders busy
     load = Background(bodies)
@@ -188,7 +197,7 @@ def test_an_ingress_replica_sigkilled_holding_requests_and_calls_loses_none(
     deploy(
         app_config(
             model=CONTROLLED_ECHO,
-            options={"Ingress": fixed_replicas(2)},
+            options={"Ingress": {**fixed_replicas(2), **NOTICED_AT_ONCE}},
             user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}},
         )
     )
