@@ -27,7 +27,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -148,20 +148,15 @@ class Caller:
         if refused is not None:
             return self._finish(refused, item, started)
         coalescer = self._coalescers[(item.model, item.version)]
-        out = await self._within_deadline(coalescer.submit(item), [item])
-        for _ in range(_VERSION_ROUNDS):  # a version the client named, only it may answer
-            if not _other_versions([item], {item.item_id: out[0]}):
-                break
-            logger.info(
-                "request %s item %s: answered by another model version than the one named; "
-                "sending it again",
-                item.request_id,
-                item.item_id,
-            )
+
+        async def through(_: Sequence[Item]) -> dict[str, Answer]:
             out = await self._within_deadline(coalescer.submit(item), [item])
-        if _other_versions([item], {item.item_id: out[0]}):
-            out = [ItemError.from_exception(item.item_id, Overloaded(_VERSION_CHANGED))]
-        return self._finish(out[0], item, started)
+            return {item.item_id: out[0]}
+
+        answers = await through([item])
+        if item.pinned:  # one image agrees with itself unless the client named its version
+            answers = await self._one_version([item], answers, through)
+        return self._finish(answers[item.item_id], item, started)
 
     async def _many(self, items: Sequence[Item | ItemError]) -> list[Answer]:
         started = time.perf_counter()
@@ -174,26 +169,40 @@ class Caller:
         items = [(await self._refused(i) or i) if isinstance(i, Item) else i for i in items]
         to_send = [i for i in items if isinstance(i, Item)]
         retries = Retries()  # one request: its retries stop at its first double failure
-        answers = await self._sent(to_send, retries)
+        answers = await self._one_version(
+            to_send,
+            await self._sent(to_send, retries),
+            lambda again: self._sent(again, retries),
+        )
+        return [
+            self._finish(answers[i.item_id] if isinstance(i, Item) else i, owner, started)
+            for i, owner in zip(items, owners, strict=True)
+        ]
+
+    @staticmethod
+    async def _one_version(
+        items: Sequence[Item],
+        answers: dict[str, Answer],
+        send: Callable[[Sequence[Item]], Awaitable[dict[str, Answer]]],
+    ) -> dict[str, Answer]:
+        """`answers` with every item answered by the version it must have (`_other_versions`):
+        the others go through `send` again, at most `_VERSION_ROUNDS` times, then get 503."""
         for _ in range(_VERSION_ROUNDS):
-            again = _other_versions(to_send, answers)
+            again = _other_versions(items, answers)
             if not again:
-                break
+                return answers
             logger.info(
                 "request %s: %d image(s) answered by another model version than the rest (or "
                 "than the one the client named); sending them again",
                 again[0].request_id,
                 len(again),
             )
-            answers.update(await self._sent(again, retries))
-        for item in _other_versions(to_send, answers):
+            answers.update(await send(again))
+        for item in _other_versions(items, answers):
             answers[item.item_id] = ItemError.from_exception(
                 item.item_id, Overloaded(_VERSION_CHANGED)
             )
-        return [
-            self._finish(answers[i.item_id] if isinstance(i, Item) else i, owner, started)
-            for i, owner in zip(items, owners, strict=True)
-        ]
+        return answers
 
     async def _sent(self, items: Sequence[Item], retries: Retries) -> dict[str, Answer]:
         """`items` through the graph as bundles of one model version each -> each one's answer

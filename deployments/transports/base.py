@@ -77,6 +77,10 @@ class Front:
         self.health = health
         self.budget = BodyBudget(settings.limits.max_body_bytes_in_flight)
         self.tasks = {n: tasks.get(r.task) for n, r in settings.models.items()}
+        # Every version of each served model, by name then version, as listed: fixed for the
+        # replica's life, so looked up per request, never rebuilt.
+        self._routes = {name: settings.routes(name) for name in settings.models}
+        self.versions = {name: tuple(routes) for name, routes in self._routes.items()}
         self._describers = dict(describers)
         self._api_key = api_key  # never logged or echoed
 
@@ -152,7 +156,7 @@ class Front:
         version: str | None = None,
     ) -> Options:
         """`given` validated by the model's task, for `version` (None: the latest)."""
-        route = self.settings.routes(model)[self.version_named(model, version)]
+        route = self._routes[model][self.version_named(model, version)]
         return tasks.parse_options(given, self.tasks[model], route.max_candidates)
 
     def item(
@@ -176,11 +180,6 @@ class Front:
             version=self.version_named(model, version),
             pinned=bool(version),
         )
-
-    @property
-    def versions(self) -> dict[str, tuple[str, ...]]:
-        """Every version each served model is served as, by name, as listed."""
-        return {name: tuple(self.settings.routes(name)) for name in self.settings.models}
 
     async def readiness(self) -> str | None:
         """None when every stage and model is ready, else why not."""
