@@ -27,7 +27,9 @@ def test_example_config_starts_offline_with_weights_none(name: str, task: str, l
         "allow_download": False,
         **CHEAPER.get(name, {}),
     }
-    deploy(app_config(base, model=model))
+    # One image per pass: a replica warms its max_batch_size up at start, and a pass of 8 is
+    # most of this test's time on CPU; batching is test_batching's.
+    deploy(app_config(base, model=model, user_configs={"Model": {"max_batch_size": 1}}))
     r = post_image(images.jpeg(640, 480, seed=1))
     assert r.status_code == 200, r.text
     body = r.json()

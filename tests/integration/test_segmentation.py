@@ -124,7 +124,9 @@ def test_mask_rcnn_instances_over_http_in_displayed_pixels() -> None:
                 "weights": "none",
                 "input_size": 160,
                 "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 3},
-            }
+            },
+            # One image per pass: the start-up warm-up of a pass of 8 is the costliest part.
+            user_configs={"Model": {"max_batch_size": 1}},
         )
     )
     data, truth = _scene(0, 6)  # 800 x 200 displayed, stored rotated
