@@ -13,10 +13,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+import ray
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
+from deployments.flow.catalogue import ModelCard, args_digest, publish_card
 from deployments.items import latest_version
 from deployments.pixels.imaging import ResizeSpec
 from deployments.runtime.model_source import resolve
@@ -24,9 +26,9 @@ from deployments.runtime.spec import ModelSpec, Resolved
 from deployments.settings import Bundles, Limits, Poison
 from deployments.stages.ingress import Ingress
 from deployments.stages.model import Model
-from deployments.stages.postprocessor import ModelAnswers, Postprocessor
+from deployments.stages.postprocessor import Postprocessor
 from deployments.stages.preprocessor import Preprocessor
-from deployments.transports.base import IngressSettings, ModelRoute
+from deployments.transports.base import IngressSettings
 from vision_serve.files import SERVE_CONFIG
 
 MODEL_DEPLOYMENT = "Model"
@@ -72,8 +74,13 @@ class AppArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    models: tuple[ServedModel, ...] = Field(min_length=1, max_length=32)
-    default_model: str = Field(description="the model /v1/predict (no name in the path) runs")
+    # Models bound into this application: fixed for its replicas' lives (a change restarts
+    # them). Models that come and go alone are applications of their own (`ModelAppArgs`).
+    models: tuple[ServedModel, ...] = Field(max_length=32)
+    default_model: str = Field(
+        description="the model /v1/predict (no name in the path) runs: bound, or a model "
+        "application's"
+    )
     limits: Limits
     decode_threads: int = Field(ge=1, description="decoder threads per Preprocessor replica")
     request_timeout_s: float = Field(
@@ -110,8 +117,6 @@ class AppArgs(BaseModel):
                 f"models: each name and version must be listed once; repeated: {twice}"
             )
         names = list(dict.fromkeys(n for n, _ in pairs))
-        if self.default_model not in names:
-            raise ValueError(f"default_model {self.default_model!r} is not in models: {names}")
         deployments = [self.deployment_of(n, v) for n, v in pairs]
         clash = sorted({d for d in deployments if deployments.count(d) > 1})
         if clash:
@@ -147,6 +152,21 @@ class AppArgs(BaseModel):
         if version is None or version == self.latest(name):
             return model_deployment(name, self.default_model)
         return model_deployment(name, self.default_model, version)
+
+
+class ModelAppArgs(BaseModel):
+    """Builder args of a model application (`import_path: vision_serve.graph:build_model`): one
+    version of one model, its own Serve application with one deployment, `Model`. It starts,
+    changes and stops alone: no other model's replicas and no stage of the front restart."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    front: str = Field(
+        min_length=1, description="the application whose Ingress routes it (`vision`)"
+    )
+    name: str = Field(pattern=MODEL_NAME_PATTERN, description="the name requests route by")
+    version: str = Field(default="1", pattern=MODEL_VERSION_PATTERN)
+    model: ModelSpec
 
 
 def check_tasks(name: str, tasks_by_version: Mapping[str, str | None]) -> None:
@@ -226,12 +246,34 @@ def build_configured_app(app_config: Mapping[str, Any]) -> Application:
     return _bind(AppArgs.model_validate(app_config["args"]), options)
 
 
+def model_card(served: ServedModel | ModelAppArgs, resolved: Resolved) -> ModelCard:
+    """What the Ingress, the Preprocessor and the Postprocessor need of one model version."""
+    spec = served.model
+    resize = ResizeSpec(
+        mode=resolved.resize,
+        input_width=resolved.input_width,
+        input_height=resolved.input_height,
+        resize_size=resolved.resize_size,
+        pad_value=spec.pad_value,
+        gpu_decode=spec.gpu_decode,  # the Preprocessor leaves JPEGs to the Model's device
+    )
+    return ModelCard(
+        name=served.name,
+        version=served.version,
+        task=resolved.task,
+        source=resolved.name,
+        labels=tuple(resolved.labels),
+        max_candidates=resolved.max_candidates,
+        resize=resize,
+    )
+
+
 def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Application:
     # `@serve.deployment` turns each class into a Deployment; its typing does not say so.
     pre, model_class, post, ingress = (
         cast(Deployment, c) for c in (Preprocessor, Model, Postprocessor, Ingress)
     )
-    # Every version of every model, by (name, version): each its own Model deployment.
+    # Every version of every bound model, by (name, version): each its own Model deployment.
     models = {(m.name, m.version): (m, resolve(m.model)) for m in args.models}
     for name in dict.fromkeys(n for n, _ in models):
         check_tasks(name, {v: r.task for (n, v), (_, r) in models.items() if n == name})
@@ -255,22 +297,11 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
     )
     for name, stage_options in options.items():
         stages[name] = stages[name].options(**stage_options)
-    # One Preprocessor and one Postprocessor serve every model, each item by its model's and
-    # version's preprocessing and task (versions may differ in input size or labels); each
-    # version has its own Model deployment (batching, scaling).
-    resize = {k: decode_settings(args, r, m.model)[0] for k, (m, r) in models.items()}
-    answers = {k: ModelAnswers(r.name, r.task, r.labels) for k, (_, r) in models.items()}
-    routes = {
-        n: tuple(
-            ModelRoute(task=r.task, version=v, max_candidates=r.max_candidates)
-            for (name, v), (_, r) in models.items()
-            if name == n
-        )
-        for n in dict.fromkeys(n for n, _ in models)
-    }
+    # One Preprocessor and one Postprocessor serve every model: what each version needs of
+    # them (input geometry, task, labels) travels with its images from the Ingress, which
+    # knows it from these cards (bound models) or from a model application's own builder.
     settings = IngressSettings(
-        models={n: next(r for r in rs if r.version == args.latest(n)) for n, rs in routes.items()},
-        versions=routes,
+        cards=tuple(model_card(m, r) for m, r in models.values()),
         default_model=args.default_model,
         limits=args.limits,
         request_timeout_s=args.request_timeout_s,
@@ -284,11 +315,29 @@ def _bind(args: AppArgs, options: Mapping[str, Mapping[str, Any]]) -> Applicatio
         for (n, v), (m, r) in models.items()
     }
     return stages[ingress.name].bind(
-        stages[pre.name].bind(resize, args.limits, args.decode_threads),
+        stages[pre.name].bind(args.limits, args.decode_threads, args.jpeg_draft),
         model_handles,
-        stages[post.name].bind(answers),
+        stages[post.name].bind(),
         settings,
     )
+
+
+def build_model(args: dict[str, Any]) -> Application:
+    """Build a model application: its Model deployment, without options.
+
+    Args:
+        args: `ModelAppArgs` as the config has them (a plain dict: its digest keys the card).
+
+    Returns:
+        The bound Model. The model's card (task, input geometry, labels) is published for the
+        front's Ingress, which routes the model once it finds the card.
+    """
+    parsed = ModelAppArgs.model_validate(args)
+    resolved = resolve(parsed.model)
+    if ray.is_initialized():  # always, when Serve builds it; not in a unit test's call
+        publish_card(args_digest(args), model_card(parsed, resolved))
+    model = cast(Deployment, Model)
+    return model.bind(parsed.model, resolved, parsed.name, parsed.version, parsed.front)
 
 
 def __getattr__(name: str) -> Application:

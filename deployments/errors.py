@@ -64,6 +64,11 @@ class Unauthorized(ClientError):
     code = "unauthorized"
 
 
+class Forbidden(ClientError):
+    status = 403
+    code = "forbidden"
+
+
 class UnknownModel(ClientError):
     status = 404
     code = "unknown_model"

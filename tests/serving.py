@@ -87,6 +87,29 @@ def app_config(
     return config
 
 
+def model_app(
+    name: str, version: str, model: dict[str, Any], user_config: dict[str, Any]
+) -> dict[str, Any]:
+    """A model application of the app: one version of one model, started and stopped alone
+    (`graph.build_model`)."""
+    return {
+        "name": f"{name}-v{version}",
+        "route_prefix": None,
+        "import_path": "vision_serve.graph:build_model",
+        "args": {"front": APP, "name": name, "version": version, "model": model},
+        # One replica, stopped without the default 2 s waits: the tests unload and load them.
+        "deployments": [
+            {
+                "name": "Model",
+                "user_config": user_config,
+                "num_replicas": 1,
+                "graceful_shutdown_wait_loop_s": 0.2,
+                "graceful_shutdown_timeout_s": 1,
+            }
+        ],
+    }
+
+
 SEGMENTER_DEPLOYMENT = "Model-shapes-segmenter"
 # The classifier modules' limits (test_http checks them; test_batching deploys the same args so
 # that it reuses test_http's replicas).

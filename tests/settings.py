@@ -7,10 +7,13 @@ about (`limits(max_image_bytes=4096)`). Ray-free: it reads the file, nothing els
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel
 
+from deployments.flow.catalogue import Catalogue, ModelCard, Served
+from deployments.pixels.imaging import ResizeSpec
 from deployments.settings import Batching, Bundles, Limits, Poison
 from deployments.tasks import Task
 from tools.serve_process import APP, load_config, named_item
@@ -52,3 +55,19 @@ def task_defaults(task: Task, **changes: Any) -> BaseModel:
     """`task`'s section of the Postprocessor's `user_config` in serve_config.yaml, with
     `changes`: the options a request gets when it sends none."""
     return task.defaults.model_validate({**user_config("Postprocessor")[task.name], **changes})
+
+
+def card(name: str, version: str, task: str = "classification") -> ModelCard:
+    """A model version's card for tests that route without a model: any input, no labels."""
+    resize = ResizeSpec(mode="stretch", input_width=8, input_height=8)
+    return ModelCard(name, version, task, "fake", (), 100, resize)
+
+
+def catalogue(models: Mapping[tuple[str, str], Any], tasks: Mapping[str, str] = {}) -> Catalogue:
+    """A catalogue of bound model versions (`models`: each one's stand-in handle), each of the
+    task `tasks` names for its model (classification when left out)."""
+    bound = {
+        key: Served(card(*key, tasks.get(key[0], "classification")), handle, APP, "Model")
+        for key, handle in models.items()
+    }
+    return Catalogue(APP, bound)

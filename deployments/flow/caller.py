@@ -35,8 +35,9 @@ from ray.exceptions import ObjectLostError, RayActorError, WorkerCrashedError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage
+from deployments.errors import DeadlineExceeded, Overloaded, PoisonImage, UnknownModel
 from deployments.flow.batching import Coalescer, chunks
+from deployments.flow.catalogue import Catalogue, ModelCard
 from deployments.flow.poison import Quarantine, Retries, content_hash
 from deployments.items import Item, ItemError, Result
 from deployments.metrics import IngressMetrics
@@ -83,7 +84,7 @@ class Caller:
     def __init__(
         self,
         preprocessor: DeploymentHandle[Any],
-        models: Mapping[tuple[str, str], DeploymentHandle[Any]],
+        catalogue: Catalogue,
         postprocessor: DeploymentHandle[Any],
         bundles: Bundles,
         poison: Poison,
@@ -93,19 +94,15 @@ class Caller:
         # Postprocessor as an object reference, so pixels never come back through here (Serve's
         # by-value mode, if switched on, would route every response through the caller).
         self._pre = preprocessor.options(_by_reference=True)
-        # By model name and version: each version is its own deployment.
-        self._models = {
-            key: handle.options(method_name="predict", _by_reference=True)
-            for key, handle in models.items()
-        }
+        # Each model version is its own deployment, bound or its own application; the catalogue
+        # says which, and what the other stages need of it.
+        self.catalogue = catalogue
+        self._predict: dict[tuple[str, str], tuple[Any, Any]] = {}  # key -> (handle, predict)
         self._post = postprocessor.options(_by_reference=True)
         self._bundles = bundles
         # A bundle goes to one Model deployment, so single images wait for company by model and
         # version.
-        self._coalescers: dict[tuple[str, str], Coalescer[Item, Answer]] = {
-            key: Coalescer(self._send, bundles.max_items, bundles.max_in_flight, bundles.max_wait_s)
-            for key in models
-        }
+        self._coalescers: dict[tuple[str, str], Coalescer[Item, Answer]] = {}
         self._metrics = IngressMetrics()
         self._quarantine = Quarantine(poison.quarantine_ttl_s, poison.max_quarantined)
         # Solo retries go one at a time, so a retry that kills its replica takes no other
@@ -147,7 +144,11 @@ class Caller:
         refused = await self._refused(item)
         if refused is not None:
             return self._finish(refused, item, started)
-        coalescer = self._coalescers[(item.model, item.version)]
+        coalescer = self._coalescers.get((item.model, item.version))
+        if coalescer is None:
+            b = self._bundles
+            coalescer = Coalescer(self._send, b.max_items, b.max_in_flight, b.max_wait_s)
+            self._coalescers[(item.model, item.version)] = coalescer
 
         async def through(_: Sequence[Item]) -> dict[str, Answer]:
             out = await self._within_deadline(coalescer.submit(item), [item])
@@ -266,6 +267,8 @@ class Caller:
         """
         try:
             return list(await self._through(items))
+        except UnknownModel as exc:  # unloaded since these were admitted
+            return [ItemError.from_exception(i.item_id, exc) for i in items]
         except Exception as exc:
             kind = failure_kind(exc)
             if kind == "overloaded":
@@ -335,8 +338,23 @@ class Caller:
         )
         return ItemError.from_exception(item.item_id, failed)
 
+    def _model(self, key: tuple[str, str]) -> tuple[ModelCard, Any]:
+        """A model version's card and its Model's `predict` (a version unloaded since its
+        request was admitted: `UnknownModel`)."""
+        served = self.catalogue.view.served.get(key)
+        if served is None:
+            raise UnknownModel(f"model {key[0]!r} version {key[1]!r} is no longer served")
+        cached = self._predict.get(key)
+        if cached is None or cached[0] is not served.handle:
+            predict = served.handle.options(method_name="predict", _by_reference=True)
+            cached = self._predict[key] = (served.handle, predict)
+        return served.card, cached[1]
+
     async def _through(self, items: list[Item]) -> tuple[Answer, ...]:
-        pre: Any = self._pre.remote(tuple(items))
+        # A bundle is one model version's; what the other stages need of it travels with it.
+        card, predict = self._model((items[0].model, items[0].version))
+        answers_of = self.catalogue.view.answers(card.name)
+        pre: Any = self._pre.remote(tuple(items), card.resize)
         outputs: Any = None
         post: Any = None
         try:
@@ -344,9 +362,8 @@ class Caller:
             # handed to two calls is resolved by each, and the second spins on the event loop
             # until the Preprocessor has finished (bench/README.md: the Ingress's busiest code).
             bundle = await pre._to_object_ref()
-            # A bundle is one model version's.
-            outputs = self._models[(items[0].model, items[0].version)].remote(bundle)
-            post = self._post.remote(outputs, bundle)
+            outputs = predict.remote(bundle)
+            post = self._post.remote(outputs, bundle, answers_of)
             answers: tuple[Answer, ...] = await post
         except asyncio.CancelledError:
             for response in (post, outputs, pre):  # frees batch slots not yet run

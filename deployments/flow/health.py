@@ -19,15 +19,20 @@ and the first one waits for the cold start (README: "Several models").
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from deployments.flow.catalogue import Catalogue
 
 STAGES = ("preprocessor", "postprocessor")  # asked directly; models through Serve
 HEALTH_EVERY_S = 1.0  # how often the Ingress asks every stage whether it answers
 HEALTH_STALE_S = 5.0  # older than this, a probe asks the stages itself
 HEALTH_TIMEOUT_S = 10.0
+FIND_EVERY_S = 0.2  # the most often a request naming an unknown model refreshes the catalogue
 _AT_ZERO = {"HEALTHY": "scaled_to_zero", "UPSCALING": "waking", "DOWNSCALING": "scaled_to_zero"}
 
 
@@ -57,45 +62,82 @@ def model_state(deployment_status: str | None, running: int) -> ModelState:
     return ModelState(ready=False, state="unavailable")
 
 
+def _stamp(status: Any) -> tuple[tuple[str, float, str], ...]:
+    """What `serve.status()` says of every application that a config change would change."""
+    return tuple(
+        sorted(
+            (name, float(app.last_deployed_time_s), _name(app.status))
+            for name, app in status.applications.items()
+        )
+    )
+
+
 def _name(value: Any) -> str:
     """A Serve status enum member's value ("RUNNING"), or the plain string it already is."""
     return str(getattr(value, "value", value))
 
 
-ModelKey = tuple[str, str]  # a served model's name and version
+ModelKey = tuple[str, str]  # a served model's name and version (`catalogue.ModelKey`)
+
+
+SERVE_API_LOCK = threading.Lock()
+
+
+def serve_status() -> Any:
+    """`serve.status()`, one call at a time per process: building its answer registers and
+    unregisters a module with cloudpickle, which two threads at once break (ValueError)."""
+    from ray import serve
+
+    with SERVE_API_LOCK:
+        return serve.status()
 
 
 class Readiness:
-    """Each model version's `ModelState`, refreshed from one `serve.status()` call."""
+    """Each model version's `ModelState`, refreshed from one `serve.status()` call; first the
+    catalogue, so a model application that came or went is routed, or no longer, within a
+    second (`Catalogue`)."""
 
-    def __init__(
-        self, app: str, deployments: Mapping[ModelKey, str], status: Callable[[], Any]
-    ) -> None:
-        self._app = app
-        self._deployments = dict(deployments)  # (served name, version) -> its Serve deployment
+    def __init__(self, catalogue: Catalogue, status: Callable[[], Any]) -> None:
+        self.catalogue = catalogue
         self._status = status
-        self._states: dict[ModelKey, ModelState] = dict.fromkeys(self._deployments, UNKNOWN)
+        self._states: dict[ModelKey, ModelState] = {}
+        self._asking: asyncio.Task[bool] | None = None  # a refresh for requests, shared
+        self._asked = 0.0  # when it started (monotonic)
 
     async def refresh(self) -> dict[ModelKey, ModelState]:
-        """Ask the controller once (off the event loop: the call blocks); every model version's
+        """Ask the controller (off the event loop: the calls block); every model version's
         state."""
         status = await asyncio.to_thread(self._status)
-        app = status.applications.get(self._app)
-        found = app.deployments if app is not None else {}
+        await asyncio.to_thread(self.catalogue.refresh, _stamp(status))
         states = {}
-        for model, deployment in self._deployments.items():
-            overview = found.get(deployment)
+        for key, served in self.catalogue.view.served.items():
+            app = status.applications.get(served.app)
+            overview = app.deployments.get(served.deployment) if app is not None else None
             if overview is None:
-                states[model] = ModelState(ready=False, state="unavailable")
+                states[key] = ModelState(ready=False, state="unavailable")
                 continue
             replicas = {_name(k): int(v) for k, v in overview.replica_states.items()}
-            states[model] = model_state(_name(overview.status), replicas.get("RUNNING", 0))
+            states[key] = model_state(_name(overview.status), replicas.get("RUNNING", 0))
         self._states = states
         return states
 
+    async def refresh_catalogue(self) -> None:
+        """The catalogue again, for a request that names a model not routed. Requests that
+        arrive together share one refresh, and one starts at most every `FIND_EVERY_S`: a
+        client sending unknown names cannot keep the controller busy."""
+        task = self._asking
+        if task is None or (task.done() and time.monotonic() - self._asked >= FIND_EVERY_S):
+            self._asked = time.monotonic()
+            task = self._asking = asyncio.get_running_loop().create_task(self._find())
+        await asyncio.shield(task)
+
+    async def _find(self) -> bool:
+        status = await asyncio.to_thread(self._status)
+        return await asyncio.to_thread(self.catalogue.refresh, _stamp(status))
+
     def states(self) -> dict[ModelKey, ModelState]:
-        """The latest refresh's states (`unknown` before the first)."""
-        return dict(self._states)
+        """The latest refresh's states (`unknown` for a version found since)."""
+        return {key: self._states.get(key, UNKNOWN) for key in self.catalogue.view.served}
 
 
 class StageWatch:
@@ -126,6 +168,13 @@ class StageWatch:
     def states(self) -> dict[ModelKey, ModelState]:
         """Every model version's state at the latest check."""
         return self._readiness.states()
+
+    def state(self, key: ModelKey) -> ModelState:
+        """One model version's state at the latest check (`unknown` before one)."""
+        return self._readiness.states().get(key, UNKNOWN)
+
+    async def refresh_catalogue(self) -> None:
+        await self._readiness.refresh_catalogue()
 
     async def _watch(self) -> None:
         while True:

@@ -18,13 +18,15 @@ from ray.serve.grpc_util import RayServegRPCContext
 from ray.serve.handle import DeploymentHandle
 from starlette.exceptions import HTTPException
 
-from deployments.flow.health import ModelState, Readiness, StageWatch
+from deployments.flow.catalogue import Catalogue, Served
+from deployments.flow.health import ModelState, Readiness, StageWatch, serve_status
+from deployments.flow.repository import Repository, app_configs, model_handle, serve_client
 from deployments.flow.stats import CountedCaller, Reporter
 from deployments.flow.tally import Tally
 from deployments.items import ItemError, ModelInfo, Result
 from deployments.tracing import Tracing
 from deployments.transports import auth
-from deployments.transports.base import Front, IngressSettings, ModelRoute
+from deployments.transports.base import Front, IngressSettings
 from deployments.transports.handle import HandleApi
 from deployments.transports.oip_grpc import OipGrpc
 from deployments.transports.oip_repository import OipRepository
@@ -32,7 +34,7 @@ from deployments.transports.oip_rest import OipRest
 from deployments.transports.routes import unknown_route
 from deployments.transports.v1 import PREDICT_DOCS, V1Http
 
-__all__ = ["Ingress", "IngressSettings", "ModelRoute"]
+__all__ = ["Ingress", "IngressSettings"]
 logger = logging.getLogger("ray.serve")
 
 # `/docs` and `/redoc` load Swagger UI and ReDoc from the installed `fastapi_offline` package,
@@ -56,16 +58,21 @@ class Ingress:
         postprocessor: DeploymentHandle[Any],
         settings: IngressSettings,
     ) -> None:
-        # `models`: every version of every served model, by (name, version): each its own
-        # deployment (graph.model_deployment).
-        deployments = {key: h.deployment_name for key, h in models.items()}
-        # Every image answered is counted for the OIP statistics (`deployments.flow.stats`).
+        # `models`: every version of every bound model, by (name, version), each its own
+        # deployment (graph.model_deployment); model applications are found as they come.
         context = serve.get_replica_context()
+        cards = {(c.name, c.version): c for c in settings.cards}
+        bound = {
+            key: Served(cards[key], h, context.app_name, h.deployment_name)
+            for key, h in models.items()
+        }
+        catalogue = Catalogue(context.app_name, bound, app_configs=app_configs, handle=model_handle)
+        # Every image answered is counted for the OIP statistics (`deployments.flow.stats`).
         tally = Tally()
         reporter = Reporter(tally, context.app_name, f"Ingress#{context.replica_id.unique_id}")
         caller = CountedCaller(
             preprocessor,
-            models,
+            catalogue,
             postprocessor,
             settings.bundles,
             settings.poison,
@@ -73,18 +80,24 @@ class Ingress:
             tally=tally,
             reporter=reporter,
         )
-        readiness = Readiness(preprocessor.app_name, deployments, serve.status)
+        readiness = Readiness(catalogue, serve_status)
         stages = [h.options(method_name="ready").remote for h in (preprocessor, postprocessor)]
-        describers = {k: h.options(method_name="describe").remote for k, h in models.items()}
-        # Read once; the key itself is never logged or echoed. Unusable key settings raise
+        # Read once; the keys themselves are never logged or echoed. Unusable key settings raise
         # `ApiKeyError` here, so the replica fails to start instead of serving without auth.
         api_key = auth.load_api_key(os.environ)
-        logger.info("API key %s", auth.describe(api_key))
-        front = Front(caller, settings, StageWatch(stages, readiness), describers, api_key)
+        management_key = auth.load_management_key(os.environ, api_key)
+        logger.info(
+            "API key %s; management key %s",
+            auth.describe(api_key),
+            auth.describe(management_key),
+        )
+        front = Front(caller, settings, StageWatch(stages, readiness), catalogue, api_key)
         self._front = front
         self._handle = HandleApi(front)
         self._v1 = V1Http(front)
-        repository = OipRepository(front, reporter.totals)
+        repository = OipRepository(
+            front, reporter.totals, Repository(catalogue, management_key, serve_client)
+        )
         self._rest = OipRest(front, repository)
         self._grpc = OipGrpc(front, repository)
 
@@ -235,13 +248,20 @@ class Ingress:
     async def oip_repository_index(self, request: Request) -> Response:
         return await self._rest.index(request)
 
-    @app.post("/v2/repository/models/{name}/load", summary="Not supported: 501")
+    @app.post(
+        "/v2/repository/models/{name}/load",
+        summary="Triton load: serve a model of the repository, or add one with "
+        "`parameters.config` (management key; README: Models while serving)",
+    )
     async def oip_load(self, request: Request, name: str) -> Response:
-        return await self._rest.not_supported(request, "loading")
+        return await self._rest.load(request, name)
 
-    @app.post("/v2/repository/models/{name}/unload", summary="Not supported: 501")
+    @app.post(
+        "/v2/repository/models/{name}/unload",
+        summary="Triton unload: stop serving a model application (management key)",
+    )
     async def oip_unload(self, request: Request, name: str) -> Response:
-        return await self._rest.not_supported(request, "unloading")
+        return await self._rest.unload(request, name)
 
     @app.get("/v2/models/{name}", summary="OIP model metadata: inputs and outputs")
     @app.get("/v2/models/{name}/versions/{version}", summary="OIP model metadata")
@@ -294,11 +314,7 @@ class Ingress:
         return await self._grpc.index(request, grpc_context)
 
     async def RepositoryModelLoad(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
-        return await self._grpc.not_supported(
-            grpc_context, "loading", "RepositoryModelLoadResponse"
-        )
+        return await self._grpc.load(request, grpc_context)
 
     async def RepositoryModelUnload(self, request: Any, grpc_context: RayServegRPCContext) -> Any:
-        return await self._grpc.not_supported(
-            grpc_context, "unloading", "RepositoryModelUnloadResponse"
-        )
+        return await self._grpc.unload(request, grpc_context)

@@ -32,9 +32,18 @@ _UNCONFIGURED = (
 
 @serve.deployment
 class Model:
-    def __init__(self, spec: ModelSpec, resolved: Resolved, served_as: str, version: str) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        resolved: Resolved,
+        served_as: str,
+        version: str,
+        front: str | None = None,
+    ) -> None:
         """`served_as`: the model's name in the routes (`models:` in the Serve config);
-        `version`: the version these weights are served as, which every answer names."""
+        `version`: the version these weights are served as, which every answer names;
+        `front`: the application whose Ingress routes it, for a model application (its
+        statistics are counted there), None when bound into that application."""
         if spec.torch_threads is not None:
             torch.set_num_threads(spec.torch_threads)
         # Every forward pass (warm-up and health checks included) runs on this one thread, so
@@ -53,8 +62,8 @@ class Model:
         # Forward passes counted for the OIP statistics (`deployments.flow.stats`).
         context = serve.get_replica_context()
         self._tally = Tally()
-        replica = f"{context.deployment}#{context.replica_id.unique_id}"
-        self._reporter = Reporter(self._tally, context.app_name, replica)
+        replica = f"{context.app_name}#{context.deployment}#{context.replica_id.unique_id}"
+        self._reporter = Reporter(self._tally, front or context.app_name, replica)
         self._tracing = Tracing.from_env("Model")
         self._runner = Runner.for_model(
             spec, resolved, device, on_batch=self._record_batch, tracing=self._tracing

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
@@ -17,6 +16,7 @@ from ray import serve
 
 from deployments import tasks
 from deployments.errors import JoinMismatch
+from deployments.flow.catalogue import ModelAnswers
 from deployments.items import Bundle, ItemError, Meta, RawOutput, Result, Sample, of_version
 from deployments.metrics import StageMetrics
 from deployments.tasks import Task
@@ -34,15 +34,6 @@ def _same_item(raw: RawOutput | ItemError, sample: Sample | ItemError) -> None:
         raise JoinMismatch(
             f"result for item {raw.item_id} met metadata of item {sample.item_id}; refusing to join"
         )
-
-
-@dataclass(frozen=True, slots=True)
-class ModelAnswers:
-    """What the Postprocessor needs to answer for one served model."""
-
-    source: str  # the model's own name (torchvision name or factory), as results report it
-    task: str  # a name in deployments.tasks.REGISTRY
-    labels: tuple[str, ...]
 
 
 def join(
@@ -128,9 +119,9 @@ def _answers_for(
 
 @serve.deployment
 class Postprocessor:
-    def __init__(self, models: Mapping[tuple[str, str], ModelAnswers]) -> None:
-        self._models = dict(models)
-        self._tasks = {tasks.get(m.task) for m in self._models.values()}
+    def __init__(self) -> None:
+        # Every task's defaults: any model may come to be served (a model application).
+        self._tasks = [tasks.get(name) for name in tasks.REGISTRY]
         # The option defaults come from the user_config, which Serve applies (`reconfigure`)
         # before the replica takes a request; without one, its first health check fails it.
         self._defaults: dict[str, BaseModel] | None = None
@@ -142,22 +133,27 @@ class Postprocessor:
 
         Args:
             user_config: one section per task, e.g. `detection: {score_threshold: 0.5}`; every
-                section is validated, each model's own task's applies to it.
+                task's section is validated, each model's own task's applies to it.
         """
         self._defaults = {t.name: tasks.defaults_for(t, user_config) for t in self._tasks}
 
     async def __call__(
-        self, outputs: Sequence[RawOutput | ItemError], bundle: Bundle
+        self,
+        outputs: Sequence[RawOutput | ItemError],
+        bundle: Bundle,
+        answers: Mapping[tuple[str, str], ModelAnswers],
     ) -> tuple[Result | ItemError, ...]:
         """Join a bundle's model outputs to its metadata, item by item, in the bundle's order.
 
-        Both arrive resolved from object references. A count or id that does not match is a
-        bug upstream: `JoinMismatch` is raised and nothing is joined.
+        Both arrive resolved from object references; `answers` is every version of the
+        bundle's model (each output names the version that produced it), from the Ingress.
+        A count or id that does not match is a bug upstream: `JoinMismatch` is raised and
+        nothing is joined.
         """
         start = time.perf_counter()
         defaults = self._configured()
         joined = join_bundle(
-            outputs, bundle, models=self._models, defaults=defaults, tracing=self._tracing
+            outputs, bundle, models=answers, defaults=defaults, tracing=self._tracing
         )
         elapsed_ms = (time.perf_counter() - start) * 1000.0
         per_item_ms = round(elapsed_ms / max(1, len(joined)), 3)

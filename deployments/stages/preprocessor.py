@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 from ray import serve
 
 from deployments.errors import DeadlineExceeded, VisionError
-from deployments.items import Bundle, Item, ItemError, Meta, Sample, of_version
+from deployments.items import Bundle, Item, ItemError, Meta, Sample
 from deployments.metrics import StageMetrics
 from deployments.pixels.imaging import Deferred, ResizeSpec, prepare
 from deployments.settings import Limits
@@ -28,25 +29,25 @@ logger = logging.getLogger("ray.serve")
 
 @serve.deployment
 class Preprocessor:
-    def __init__(
-        self, resize: Mapping[tuple[str, str], ResizeSpec], limits: Limits, threads: int
-    ) -> None:
-        # By served model name and version: each version's own input (they may differ).
-        self._resize = dict(resize)
+    def __init__(self, limits: Limits, threads: int, draft: bool) -> None:
         self._limits = limits
+        self._draft = draft  # args.jpeg_draft: the front's, whatever the model
         # Pillow releases the GIL while decoding and resizing, so threads use every core.
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
         self._metrics = StageMetrics()
         self._tracing = Tracing.from_env("Preprocessor")
 
-    async def __call__(self, items: Sequence[Item]) -> Bundle:
-        """Items -> a `Bundle` with a `Sample` or an `ItemError` per item, in order."""
+    async def __call__(self, items: Sequence[Item], resize: ResizeSpec) -> Bundle:
+        """Items of one model version -> a `Bundle` with a `Sample` or an `ItemError` per item,
+        in order; `resize` is that version's input (the Ingress sends its card's)."""
+        if resize.draft != self._draft:
+            resize = replace(resize, draft=self._draft)
         decoded = await asyncio.gather(
-            *(self._tracing.decoding(item, self._one(item)) for item in items)
+            *(self._tracing.decoding(item, self._one(item, resize)) for item in items)
         )
         return Bundle(items=tuple(decoded))
 
-    async def _one(self, item: Item) -> Sample | ItemError:
+    async def _one(self, item: Item, resize: ResizeSpec) -> Sample | ItemError:
         start = time.perf_counter()
         if item.expired(time.time()):
             logger.info(
@@ -60,7 +61,7 @@ class Preprocessor:
                 self._pool,
                 prepare,
                 item.data,
-                of_version(self._resize, item.model, item.version),
+                resize,
                 self._limits,
             )
         except VisionError as exc:  # the client's input, or a fault that is this item's alone

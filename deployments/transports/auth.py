@@ -43,26 +43,24 @@ def require_api_key(environ: Mapping[str, str]) -> bool:
     )
 
 
-def _read_key_file(path: str) -> str:
+def _read_key_file(path: str, variable: str = API_KEY_FILE_ENV) -> str:
     if not path.strip():
-        raise ApiKeyError(
-            f"{API_KEY_FILE_ENV} is set but empty: point it at the key file, or unset it"
-        )
+        raise ApiKeyError(f"{variable} is set but empty: point it at the key file, or unset it")
     try:
         with open(path, encoding="utf-8") as f:
             key = f.read().strip()
     except UnicodeDecodeError:
         raise ApiKeyError(
-            f"{API_KEY_FILE_ENV} names {path!r}, which is not UTF-8 text: write the key as text"
+            f"{variable} names {path!r}, which is not UTF-8 text: write the key as text"
         ) from None
     except OSError as exc:
         raise ApiKeyError(
-            f"{API_KEY_FILE_ENV} names {path!r}, which cannot be read ({exc.strerror or exc}): "
+            f"{variable} names {path!r}, which cannot be read ({exc.strerror or exc}): "
             f"mount the key file there (readable by the Ingress's user), or unset the variable"
         ) from None
     if not key:
         raise ApiKeyError(
-            f"{API_KEY_FILE_ENV} names {path!r}, which is empty or only whitespace: "
+            f"{variable} names {path!r}, which is empty or only whitespace: "
             f"put the key in it, or unset the variable"
         )
     return key
@@ -93,6 +91,32 @@ def load_api_key(environ: Mapping[str, str]) -> str | None:
             f"{API_KEY_FILE_ENV} (on Kubernetes: the Secret vision-api-key, kuberay/README.md)"
         )
     return None
+
+
+MANAGEMENT_KEY_ENV = "VISION_MANAGEMENT_KEY"
+MANAGEMENT_KEY_FILE_ENV = "VISION_MANAGEMENT_KEY_FILE"
+
+
+def load_management_key(environ: Mapping[str, str], api_key: str | None) -> str | None:
+    """The key that loading and unloading models need, from VISION_MANAGEMENT_KEY, else from
+    the file VISION_MANAGEMENT_KEY_FILE names; None: management is off (those calls are refused,
+    403). Set but blank or unreadable, or the API key itself, raises `ApiKeyError`.
+    """
+    key: str | None = None
+    if MANAGEMENT_KEY_ENV in environ:
+        key = environ[MANAGEMENT_KEY_ENV].strip()
+        if not key:
+            raise ApiKeyError(
+                f"{MANAGEMENT_KEY_ENV} is set but empty: put the key in it, or unset it "
+                "(model management is then off)"
+            )
+    elif MANAGEMENT_KEY_FILE_ENV in environ:
+        key = _read_key_file(environ[MANAGEMENT_KEY_FILE_ENV], MANAGEMENT_KEY_FILE_ENV)
+    if key is not None and key == api_key:
+        raise ApiKeyError(
+            f"{MANAGEMENT_KEY_ENV} is the API key: give model management a key of its own"
+        )
+    return key
 
 
 def describe(api_key: str | None) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TypeVar
 
 from starlette.requests import ClientDisconnect
@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from deployments import tasks
 from deployments.errors import BadRequest, Unauthorized, UnknownModel, VisionError
 from deployments.flow.caller import Caller
+from deployments.flow.catalogue import Catalogue, ModelCard
 from deployments.flow.health import ModelState, StageWatch
 from deployments.items import Item, ModelInfo, Options, new_item_id
 from deployments.settings import Bundles, Limits, Poison
@@ -31,20 +32,11 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
-class ModelRoute:
-    """What the Ingress knows of one served model version: enough to validate a request for it."""
-
-    task: str  # a name in deployments.tasks.REGISTRY: it validates the options
-    version: str  # the version served (`models[].version`): what requests may name
-    model_name: str = ""  # the served model's name: the one /v2/models/{name} routes
-    max_candidates: int = 100  # what the Model keeps per image (classification's max_top_k)
-
-
-@dataclass(frozen=True, slots=True)
 class IngressSettings:
-    """What the Ingress is built with: its routes, and serve_config.yaml's settings as-is."""
+    """What the Ingress is built with: its bound models' cards, and serve_config.yaml's settings
+    as-is."""
 
-    models: dict[str, ModelRoute]  # by served name: its latest version (`models:`)
+    cards: tuple[ModelCard, ...]  # every version of every bound model (`models:`)
     default_model: str  # what /v1/predict and the handle API run when no model is named
     limits: Limits  # `limits:`: bodies, images and parts per request, bodies held at once
     request_timeout_s: float  # default deadline when a request states none
@@ -52,13 +44,6 @@ class IngressSettings:
     bundles: Bundles
     poison: Poison
     retry_after_s: int  # the Retry-After of the Ingress's own 503s
-    # Every version of each model, as listed (one served in several versions); a name left out
-    # is served in its one version, `models[name]`.
-    versions: dict[str, tuple[ModelRoute, ...]] = field(default_factory=dict)
-
-    def routes(self, name: str) -> dict[str, ModelRoute]:
-        """Every version of the served model `name`, by version, as listed."""
-        return {r.version: r for r in self.versions.get(name, (self.models[name],))}
 
 
 class Front:
@@ -69,20 +54,40 @@ class Front:
         caller: Caller,
         settings: IngressSettings,
         health: StageWatch,
-        describers: Mapping[tuple[str, str], Callable[[], Awaitable[ModelInfo]]],
+        catalogue: Catalogue,
         api_key: str | None,
     ) -> None:
         self.caller = caller
         self.settings = settings
         self.health = health
+        self.catalogue = catalogue
         self.budget = BodyBudget(settings.limits.max_body_bytes_in_flight)
-        self.tasks = {n: tasks.get(r.task) for n, r in settings.models.items()}
-        # Every version of each served model, by name then version, as listed: fixed for the
-        # replica's life, so looked up per request, never rebuilt.
-        self._routes = {name: settings.routes(name) for name in settings.models}
-        self.versions = {name: tuple(routes) for name, routes in self._routes.items()}
-        self._describers = dict(describers)
         self._api_key = api_key  # never logged or echoed
+
+    # What is routed, from the catalogue's current view (replaced whole when a model application
+    # comes or goes, so one request reads one state through these).
+    @property
+    def versions(self) -> dict[str, tuple[str, ...]]:
+        """Every version of each served model, by name."""
+        return self.catalogue.view.versions
+
+    @property
+    def latest(self) -> dict[str, str]:
+        """Each served model's latest version, by name."""
+        return self.catalogue.view.latest
+
+    @property
+    def tasks(self) -> dict[str, tasks.Task]:
+        """Each served model's task, by name."""
+        return self.catalogue.view.tasks
+
+    async def find(self, name: str | None) -> None:
+        """Ask the controller again when a request names a model (None: the default) this
+        replica does not route: a model application loaded a moment ago, which another Ingress
+        replica loaded or which came by config (at most once a second)."""
+        name = self.settings.default_model if name is None else name
+        if name not in self.catalogue.view.versions:
+            await self.health.refresh_catalogue()
 
     async def guarded(
         self,
@@ -117,24 +122,24 @@ class Front:
 
     def model_named(self, name: str | None) -> str:
         """A served model's name (the default for None); `UnknownModel` (404) for any other."""
-        if name is None:
-            return self.settings.default_model
-        if name not in self.settings.models:
-            served = ", ".join(sorted(self.settings.models))
+        name = self.settings.default_model if name is None else name
+        if name not in self.versions:
+            served = ", ".join(sorted(self.versions)) or "none"
             raise UnknownModel(f"no model is served as {name[:100]!r}; served: {served}")
         return name
 
     def version_named(self, name: str, version: str | None) -> str:
         """The served version of `name` a request names (None or "": the latest); `UnknownModel`
         (404), naming the versions there are, for any other."""
+        view = self.catalogue.view
         if not version:
-            return self.settings.models[name].version
-        versions = self.versions[name]
+            return view.latest[name]
+        versions = view.versions[name]
         if version not in versions:
             raise UnknownModel(
                 f"model {name[:100]!r} has no version {version[:100]!r}; its versions are "
                 f"{', '.join(versions)} (or leave the version out for the latest, "
-                f"{self.settings.models[name].version})"
+                f"{view.latest[name]})"
             )
         return version
 
@@ -156,8 +161,8 @@ class Front:
         version: str | None = None,
     ) -> Options:
         """`given` validated by the model's task, for `version` (None: the latest)."""
-        route = self._routes[model][self.version_named(model, version)]
-        return tasks.parse_options(given, self.tasks[model], route.max_candidates)
+        card = self.catalogue.view.card(model, self.version_named(model, version))
+        return tasks.parse_options(given, tasks.get(card.task), card.max_candidates)
 
     def item(
         self,
@@ -188,13 +193,21 @@ class Front:
     async def model_state(self, name: str, version: str | None = None) -> ModelState:
         """One model version's latest readiness (None: the latest; `UnknownModel` for a name or
         version not served)."""
+        await self.find(name)
         name = self.model_named(name)
         version = self.version_named(name, version)
         await self.health.problem()  # a fresh check when none ran lately
-        return self.health.states()[(name, version)]
+        state = self.health.state((name, version))
+        if state.state == "unknown":  # found since the latest check (a model just loaded)
+            await self.health.check()
+            state = self.health.state((name, version))
+        return state
 
     async def describe(self, model: str | None = None, version: str | None = None) -> ModelInfo:
         """What the named model version's replica reports about itself (it starts one if at
         zero; None: the default model, the latest version)."""
+        await self.find(model)
         name = self.model_named(model)
-        return await self._describers[(name, self.version_named(name, version))]()
+        served = self.catalogue.view.served[(name, self.version_named(name, version))]
+        info: ModelInfo = await served.handle.options(method_name="describe").remote()
+        return info

@@ -24,6 +24,7 @@ class HandleApi:
     ) -> Result:
         """One image -> its `Result`; a bad image raises the typed `VisionError` subclass."""
         front = self._front
+        await front.find(model)
         name = front.model_named(model)
         parsed = front.options(name, options, version)
         rid = request_id or new_item_id()
@@ -45,6 +46,7 @@ class HandleApi:
     ) -> list[Result | ItemError]:
         """Several images -> one `Result` or `ItemError` each, in input order."""
         front = self._front
+        await front.find(model)
         name = front.model_named(model)
         parsed = front.options(name, options, version)
         rid = request_id or new_item_id()

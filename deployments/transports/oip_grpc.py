@@ -85,6 +85,7 @@ def rpc_timeout_s(context: Any, now: float) -> float | None:
 GRPC_CODES = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     408: "DEADLINE_EXCEEDED",
     413: "RESOURCE_EXHAUSTED",
@@ -131,7 +132,7 @@ class OipGrpc(OipFlow):
 
     async def model_ready(self, request: Any, context: Any) -> Any:
         try:
-            self._check_model(request.name, request.version)
+            await self._check_model(request.name, request.version)
         except VisionError as exc:
             return self.error(context, exc, pb().ModelReadyResponse())
         return pb().ModelReadyResponse(ready=await self._ready(request.name, request.version))
@@ -147,7 +148,7 @@ class OipGrpc(OipFlow):
         messages = pb()
         try:
             self._authorize(context)
-            self._check_model(request.name, request.version)
+            await self._check_model(request.name, request.version)
         except VisionError as exc:
             return self.error(context, exc, messages.ModelMetadataResponse())
         meta = model_metadata(
@@ -185,16 +186,43 @@ class OipGrpc(OipFlow):
 
         return await self._extension(context, index, "RepositoryIndexResponse")
 
-    async def not_supported(self, context: Any, action: str, response: str) -> Any:
-        return await self._extension(context, lambda r: r.load(action), response)
+    async def load(self, request: Any, context: Any) -> Any:
+        async def load(repository: OipRepository) -> Any:
+            config = request.parameters.get("config") if "config" in request.parameters else None
+            text = None
+            if config is not None:
+                which = config.WhichOneof("parameter_choice")
+                if which not in ("string_param", "bytes_param"):
+                    raise BadRequest("parameters.config must be a string of JSON")
+                value = getattr(config, which)
+                text = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+            await repository.load(request.model_name, text)
+            return pb().RepositoryModelLoadResponse()
+
+        return await self._extension(context, load, "RepositoryModelLoadResponse", True)
+
+    async def unload(self, request: Any, context: Any) -> Any:
+        async def unload(repository: OipRepository) -> Any:
+            await repository.unload(request.model_name)
+            return pb().RepositoryModelUnloadResponse()
+
+        return await self._extension(context, unload, "RepositoryModelUnloadResponse", True)
 
     async def _extension(
-        self, context: Any, work: Callable[[OipRepository], Awaitable[Any]], response: str
+        self,
+        context: Any,
+        work: Callable[[OipRepository], Awaitable[Any]],
+        response: str,
+        management: bool = False,
     ) -> Any:
         """`work`'s message, or the error's status and an empty `response` message."""
 
         async def answer(_: Reservation) -> Any:
-            self._authorize(context)
+            if self._repository is not None and management:
+                metadata = dict(context.invocation_metadata())
+                self._repository.authorize_management(metadata.get("authorization"))
+            else:
+                self._authorize(context)
             if self._repository is None:
                 raise NotSupported("this server offers none of Triton's extensions")
             return await work(self._repository)
@@ -212,7 +240,7 @@ class OipGrpc(OipFlow):
 
         async def work(reservation: Reservation) -> Any:
             self._authorize(context)
-            self._check_model(request.model_name, request.model_version)
+            await self._check_model(request.model_name, request.model_version)
             reservation.ensure(request.ByteSize())  # already in memory; counted as /v1 bodies are
             deadline = self._front.deadline(rpc_timeout_s(context, time.time()), "the RPC deadline")
             parsed = parse_grpc(request, self._limits)

@@ -17,18 +17,20 @@ splits them), not one per image: a client that batches must split by `counts`, a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from deployments.errors import NotSupported, ServerError, UnknownModel
-from deployments.flow.health import ModelState
+from deployments.flow.health import UNKNOWN, ModelState
 from deployments.flow.tally import DURATIONS, Counts, ModelKey
 from deployments.items import ModelInfo
 from deployments.tasks import Task
 from deployments.transports.oip_tensors import check_model, input_metadata, output_specs
 
 if TYPE_CHECKING:
+    from deployments.flow.repository import Repository
     from deployments.transports.base import Front
 
 logger = logging.getLogger("ray.serve")
@@ -44,10 +46,7 @@ DATA_TYPES = {
     "FP64": "TYPE_FP64",
     "BYTES": "TYPE_STRING",
 }
-NOT_SUPPORTED = (
-    "model {action} is not supported: the served models are those of serve_config.yaml "
-    "(`models:`); change it and redeploy to add or remove one"
-)
+NOT_SUPPORTED = "model loading and unloading are not offered by this server"
 
 
 def _tensor(name: str, datatype: str, shape: Sequence[int]) -> dict[str, Any]:
@@ -148,17 +147,22 @@ class OipRepository:
     """What the REST and gRPC transports answer for the extensions, as Triton's JSON."""
 
     def __init__(
-        self, front: Front, totals: Callable[[], Awaitable[Mapping[ModelKey, Counts]]]
+        self,
+        front: Front,
+        totals: Callable[[], Awaitable[Mapping[ModelKey, Counts]]],
+        repository: Repository | None = None,
     ) -> None:
         self._front = front
         self._totals = totals  # every replica's counts summed, by served model and version
+        self.repository = repository  # load and unload; None: not offered (501)
 
-    def _check(self, name: str, version: str | None) -> None:
+    async def _check(self, name: str, version: str | None) -> None:
+        await self._front.find(name)
         check_model(name, version, self._front.versions)
 
     async def config(self, name: str, version: str | None) -> dict[str, Any]:
         """One model version's configuration (None or "": the latest)."""
-        self._check(name, version)
+        await self._check(name, version)
         # A version at zero starts a replica, as /v1 does.
         info = await self._front.describe(name, version or None)
         state = await self._front.model_state(name, version or None)
@@ -170,7 +174,7 @@ class OipRepository:
         empty), or (`name` empty) of every served one: one entry per version, as Triton's."""
         versions = self._front.versions
         if name:
-            self._check(name, version)
+            await self._check(name, version)
             keys = [(name, v) for v in ([version] if version else versions[name])]
         else:
             keys = [(n, v) for n, vs in versions.items() for v in vs]
@@ -194,13 +198,42 @@ class OipRepository:
         await self._front.readiness()  # a fresh check when none ran lately
         states = self._front.health.states()
         entries = [
-            index_entry(n, v, states[(n, v)])
+            index_entry(n, v, states.get((n, v), UNKNOWN))
             for n, versions in self._front.versions.items()
             for v in versions
         ]
+        if self.repository is not None and not ready_only:  # unloaded, loadable again
+            parked = await asyncio.to_thread(self.repository.parked)
+            served = {(e["name"], e["version"]) for e in entries}
+            for config in parked.values():
+                key = (config["args"]["name"], str(config["args"].get("version", "1")))
+                if key not in served:
+                    entries.append(
+                        {
+                            "name": key[0],
+                            "version": key[1],
+                            "state": "UNAVAILABLE",
+                            "reason": "unloaded",
+                        }
+                    )
         return [e for e in entries if e["state"] == "READY"] if ready_only else entries
 
-    @staticmethod
-    async def load(action: str) -> Any:
-        """Model loading and unloading (`action`): always `NotSupported` (501)."""
-        raise NotSupported(NOT_SUPPORTED.format(action=action))
+    def authorize_management(self, credential: str | None) -> None:
+        """Load and unload need the management key (`Repository.authorize`)."""
+        if self.repository is None:
+            raise NotSupported(NOT_SUPPORTED)
+        self.repository.authorize(credential)
+
+    async def load(self, name: str, config: str | None) -> dict[str, Any]:
+        """Triton's load: serve `name` (its parked applications, or `config`)."""
+        assert self.repository is not None  # authorize_management ran first
+        message = await self.repository.load(name, config, self._front.deadline(None))
+        await self._front.health.check()  # its readiness now, not the latest check's
+        return {"message": message}
+
+    async def unload(self, name: str) -> dict[str, Any]:
+        """Triton's unload: stop serving `name`; it stays in the index, UNAVAILABLE."""
+        assert self.repository is not None
+        message = await self.repository.unload(name, self._front.deadline(None))
+        await self._front.health.check()
+        return {"message": message}

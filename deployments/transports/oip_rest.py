@@ -99,7 +99,7 @@ class OipRest(OipFlow):
     async def model_metadata(self, request: Request, name: str, version: str | None) -> Response:
         try:
             self._front.authorize(request.headers.get("authorization"))
-            self._check_model(name, version)
+            await self._check_model(name, version)
         except VisionError as exc:
             return self.error(exc)
         return json_response(
@@ -108,7 +108,7 @@ class OipRest(OipFlow):
 
     async def model_ready(self, name: str, version: str | None) -> Response:
         try:
-            self._check_model(name, version)
+            await self._check_model(name, version)
         except VisionError as exc:
             return self.error(exc)
         ready = await self._ready(name, version)
@@ -135,14 +135,39 @@ class OipRest(OipFlow):
 
         return await self._extension(request, index)
 
-    async def not_supported(self, request: Request, action: str) -> Response:
-        return await self._extension(request, lambda r, _: r.load(action))
+    async def load(self, request: Request, name: str) -> Response:
+        """Triton's load; a body's `parameters.config` (a JSON string) adds a model."""
+
+        async def load(repository: OipRepository, reservation: Reservation) -> Any:
+            body = await read_body(request, _INDEX_BODY_BYTES, reservation)
+            try:
+                asked = orjson.loads(body) if body.strip() else {}
+            except orjson.JSONDecodeError as exc:
+                raise BadRequest(f"the request's JSON is malformed: {exc}") from None
+            parameters = asked.get("parameters", {}) if isinstance(asked, dict) else None
+            if not isinstance(parameters, dict):
+                raise BadRequest('the load request\'s body must be {"parameters": {...}} or empty')
+            config = parameters.get("config")
+            if config is not None and not isinstance(config, str):
+                raise BadRequest("parameters.config must be a string of JSON")
+            return await repository.load(name, config)
+
+        return await self._extension(request, load, management=True)
+
+    async def unload(self, request: Request, name: str) -> Response:
+        return await self._extension(request, lambda r, _: r.unload(name), management=True)
 
     async def _extension(
-        self, request: Request, work: Callable[[OipRepository, Reservation], Awaitable[Any]]
+        self,
+        request: Request,
+        work: Callable[[OipRepository, Reservation], Awaitable[Any]],
+        management: bool = False,
     ) -> Response:
         async def answer(reservation: Reservation) -> Response:
-            self._front.authorize(request.headers.get("authorization"))
+            if self._repository is not None and management:
+                self._repository.authorize_management(request.headers.get("authorization"))
+            else:
+                self._front.authorize(request.headers.get("authorization"))
             if self._repository is None:
                 raise NotSupported("this server offers none of Triton's extensions")
             return json_response(await work(self._repository, reservation))
@@ -161,7 +186,7 @@ class OipRest(OipFlow):
         async def work(reservation: Reservation) -> Response:
             front = self._front
             front.authorize(request.headers.get("authorization"))
-            self._check_model(name, version)
+            await self._check_model(name, version)
             deadline = front.deadline(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
             read = read_body(request, self._limits.max_body_bytes, reservation)
             body = await within_deadline(read, deadline)

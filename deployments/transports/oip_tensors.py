@@ -52,7 +52,13 @@ if TYPE_CHECKING:
 IMAGE_INPUT = "image"
 SERVER_NAME = "vision-serve"
 # Triton's names; `model_repository` is left out: its index works, loading and unloading do not.
-EXTENSIONS = ("binary_tensor_data", "parameters", "model_configuration", "statistics")
+EXTENSIONS = (
+    "binary_tensor_data",
+    "parameters",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+)
 HEADER_LENGTH = "inference-header-content-length"
 # The JSON part of a REST body. Images belong in the binary part (tritonclient's default); this
 # bounds what a JSON parser may be asked to build (a megabyte of `[0,0,...]` is a million objects).
@@ -405,7 +411,8 @@ class OipFlow:
         self._front = front
         self._limits = front.settings.limits
 
-    def _check_model(self, name: str, version: str | None) -> None:
+    async def _check_model(self, name: str, version: str | None) -> None:
+        await self._front.find(name)
         check_model(name, version, self._front.versions)
 
     async def _ready(self, name: str | None, version: str | None = None) -> bool:

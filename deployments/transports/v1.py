@@ -17,7 +17,7 @@ from deployments.errors import (
     UnsupportedMediaType,
     VisionError,
 )
-from deployments.flow.health import STAGES
+from deployments.flow.health import STAGES, UNKNOWN
 from deployments.items import Item, ItemError, Options, new_item_id
 from deployments.tracing import carrier
 from deployments.transports.base import Front
@@ -94,6 +94,7 @@ class V1Http:
         if not valid_request_id(request_id):
             raise BadRequest("x-request-id must be 1-200 printable ASCII characters")
         front.authorize(request.headers.get("authorization"))
+        await front.find(model)
         name = front.model_named(model)
         front.version_named(name, version)  # 404 before the body is read
         deadline = front.deadline(request.headers.get(TIMEOUT_HEADER), TIMEOUT_HEADER)
@@ -180,8 +181,7 @@ class V1Http:
             {
                 "default_model": front.settings.default_model,
                 "models": [
-                    {"name": n, "task": r.task, **states[n]}
-                    for n, r in front.settings.models.items()
+                    {"name": n, "task": task.name, **states[n]} for n, task in front.tasks.items()
                 ],
             }
         )
@@ -190,6 +190,7 @@ class V1Http:
         front = self._front
         try:
             front.authorize(request.headers.get("authorization"))
+            await front.find(model)
             name = front.model_named(model)
         except VisionError as exc:
             return self.error(exc, request.headers.get("x-request-id", ""))
@@ -210,9 +211,9 @@ def _model_states(front: Front) -> dict[str, dict[str, Any]]:
     `versions` (every version's state) for a model served in several."""
     states = front.health.states()
     out: dict[str, dict[str, Any]] = {}
-    for name, route in front.settings.models.items():
-        out[name] = {"version": route.version, **states[(name, route.version)].to_dict()}
+    for name, latest in front.latest.items():
+        out[name] = {"version": latest, **states.get((name, latest), UNKNOWN).to_dict()}
         versions = front.versions[name]
         if len(versions) > 1:
-            out[name]["versions"] = {v: states[(name, v)].to_dict() for v in versions}
+            out[name]["versions"] = {v: states.get((name, v), UNKNOWN).to_dict() for v in versions}
     return out

@@ -15,8 +15,10 @@ which version produced it.
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+import ray
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
@@ -37,6 +40,7 @@ from tests.serving import (
     GRPC_ADDRESS,
     ROOT,
     app_config,
+    model_app,
     start,
     wait_running,
     wait_until,
@@ -47,8 +51,11 @@ SIZES = [(437, 273), (640, 480), (300, 900), (1024, 256)]
 MAX_IMAGES = 4  # the deploy's max_images_per_request, so "one too many" is cheap to send
 # Not serve_config.yaml's, so the model configuration shows it reads the deployed user_config.
 COLOURS_BATCHING = {"max_batch_size": 4, "batch_wait_timeout_s": 0.002}
-# The older version's own deployment (`Model-colours-v1`) and its own batching.
+# The older version's own application (`colours-v1`) and its own batching.
 OLDER_BATCHING = {"max_batch_size": 2, "batch_wait_timeout_s": 0.0}
+COLOURS_MODEL = {"name": "tests.fixtures.models:colours"}
+SWAPPED = {**COLOURS_MODEL, "kwargs": {"swapped": True}}
+MANAGEMENT_KEY = "manage-models-here"  # the Ingress's VISION_MANAGEMENT_KEY in this module
 
 
 @pytest.fixture(scope="module")
@@ -57,23 +64,24 @@ def gate(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def started(gate: Path) -> None:
+def started(gate: Path) -> dict[str, Any]:
     """The app deployed, its Ingress answering; `warming` still in its constructor."""
     config = app_config(args={"limits": {"max_images_per_request": MAX_IMAGES}})
     models = config["applications"][0]["args"]["models"]
     warming = {"name": "tests.fixtures.models:warming_echo", "weights": "none"}
     models.append({"name": WARMING, "model": {**warming, "kwargs": {"gate_file": str(gate)}}})
-    colours = {"name": "tests.fixtures.models:colours"}
-    models.append(
-        {"name": COLOURS, "version": "1", "model": {**colours, "kwargs": {"swapped": True}}}
-    )
-    models.append({"name": COLOURS, "version": "2", "model": colours})
     deployments = config["applications"][0]["deployments"]
     batching = next(d for d in deployments if d["name"] == "Model")["user_config"]
-    deployments += [
-        {"name": f"Model-{WARMING}", "user_config": batching},
-        {"name": f"Model-{COLOURS}", "user_config": COLOURS_BATCHING},
-        {"name": f"Model-{COLOURS}-v1", "user_config": OLDER_BATCHING},
+    deployments.append({"name": f"Model-{WARMING}", "user_config": batching})
+    ingress = next(d for d in deployments if d["name"] == "Ingress")
+    ingress["ray_actor_options"] = {
+        **ingress.get("ray_actor_options", {}),
+        "runtime_env": {"env_vars": {"VISION_MANAGEMENT_KEY": MANAGEMENT_KEY}},
+    }
+    # `colours` in two versions, each its own model application (loaded and unloaded alone).
+    config["applications"] += [
+        model_app(COLOURS, "1", SWAPPED, OLDER_BATCHING),
+        model_app(COLOURS, "2", COLOURS_MODEL, COLOURS_BATCHING),
     ]
     start(config)
 
@@ -84,10 +92,11 @@ def started(gate: Path) -> None:
             return False  # the proxy has no route to the app yet
 
     wait_until(detector_ready, 180, "the detector to be ready", every_s=0.5)
+    return config
 
 
 @pytest.fixture(scope="module")
-def oip_app(started: None, gate: Path) -> None:
+def oip_app(started: dict[str, Any], gate: Path) -> None:
     """Every model warm."""
     gate.touch()
     wait_running()
@@ -349,8 +358,8 @@ def test_health_and_metadata(
         if transport == "grpc"
         else (client.get_server_metadata())
     )
-    assert {"binary_tensor_data", "model_configuration", "statistics"} <= set(server["extensions"])
-    assert "model_repository" not in server["extensions"]  # loading and unloading are not offered
+    extensions = {"binary_tensor_data", "model_configuration", "statistics", "model_repository"}
+    assert extensions <= set(server["extensions"])
 
 
 def test_segmenter_masks_are_v1s_over_both_transports(
@@ -568,7 +577,7 @@ def test_statistics_count_the_images_sent_and_the_broken_one_as_a_fail(
 
 
 @pytest.mark.parametrize("transport", ["http", "grpc"])
-def test_repository_index_lists_every_model_and_loading_is_refused(
+def test_repository_index_lists_every_model_and_management_needs_its_own_key(
     transport: str,
     http: httpclient.InferenceServerClient,
     grpc: grpcclient.InferenceServerClient,
@@ -578,11 +587,91 @@ def test_repository_index_lists_every_model_and_loading_is_refused(
     index = _index(client)
     assert set(index) == {MODEL, "shapes-segmenter", WARMING, COLOURS, f"{COLOURS}/2"}
     assert {m["state"] for m in index.values()} == {"READY"}
-    expected = "501" if transport == "http" else "StatusCode.UNIMPLEMENTED"
-    for call in (client.load_model, client.unload_model):
-        status, message = _status(lambda c=call: c(MODEL))
-        assert status == expected
-        assert "not supported" in message
+    expected = "401" if transport == "http" else "StatusCode.UNAUTHENTICATED"
+    for headers in (None, {"authorization": "Bearer not-the-key"}):
+        for call in (client.load_model, client.unload_model):
+            status, message = _status(lambda c=call, h=headers: c(COLOURS, headers=h))
+            assert status == expected
+            assert "management key" in message
+    assert set(_index(client)) == set(index)  # nothing changed
+
+
+def _replicas() -> set[str]:
+    """Every Serve replica of the cluster, by actor name (it ends in the replica's id)."""
+    return {
+        n["name"]
+        for n in ray.util.list_named_actors(all_namespaces=True)
+        if n["name"].startswith("SERVE_REPLICA::")
+    }
+
+
+def _of(app: str, replicas: set[str]) -> set[str]:
+    return {r for r in replicas if r.startswith(f"SERVE_REPLICA::{app}#")}
+
+
+def test_models_come_and_go_under_load_and_nothing_else_restarts(
+    started: dict[str, Any],
+    http: httpclient.InferenceServerClient,
+    grpc: grpcclient.InferenceServerClient,
+    oip_app: None,
+) -> None:
+    """While two clients send to the models already served: a `serve deploy` of the config with
+    one model application more, a model loaded with its config over gRPC, then both unloaded
+    over HTTP. Every request is answered, and no replica but those of the two models starts or
+    stops. (Loading a parked model back is `Repository`'s unit test.)"""
+    key = {"authorization": f"Bearer {MANAGEMENT_KEY}"}
+    before = _replicas()
+    config = copy.deepcopy(started)
+    config["applications"].append(model_app("late", "1", COLOURS_MODEL, COLOURS_BATCHING))
+    codes: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=BASE_URL, timeout=60) as client:
+            while not stop.is_set():
+                for model in (MODEL, COLOURS):
+                    r = client.post(
+                        f"/v1/models/{model}/predict",
+                        content=_red_green(),
+                        headers={"content-type": "image/png"},
+                    )
+                    codes.append(r.status_code)
+
+    senders = [threading.Thread(target=traffic) for _ in range(2)]
+    for sender in senders:
+        sender.start()
+    try:
+        start(config)  # as `serve deploy`: the whole config, one application more
+        wait_until(lambda: http.is_model_ready("late"), 120, "the model added by config")
+        added = {"version": "5", "model": COLOURS_MODEL}
+        grpc.load_model("added", headers=key, config=json.dumps(added))
+        assert http.is_model_ready("added", "5")
+        result = http.infer("added", [_input(httpclient, [_red_green()])])
+        assert result.get_response()["model_version"] == "5"
+        during = _replicas()
+        new = _of("late-v1", during) | _of("vision-added-v5", during)
+        assert len(new) == 2 and during - new == before
+        for name in ("late", "added"):
+            http.unload_model(name, headers=key)
+        sent = len(codes)
+        wait_until(lambda: len(codes) >= sent + 8, 60, "requests after the unloads")
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join()
+    assert codes and set(codes) == {200}, sorted(set(codes))
+    # Nothing else started or stopped (the two models' replicas stop once drained).
+    assert _replicas() - new == before
+    index = _index(grpc)
+    assert (index["late"]["state"], index["late"]["reason"]) == ("UNAVAILABLE", "unloaded")
+    assert index["added/5"]["state"] == "UNAVAILABLE"
+    status, _ = _status(lambda: http.infer("late", [_input(httpclient, [_red_green()])]))
+    assert status == "404"
+    # Code or files the deployed config does not name are refused, before anything starts.
+    evil = {"model": {"name": "os:system", "weights": "none"}}
+    status, message = _status(lambda: grpc.load_model("evil", headers=key, config=json.dumps(evil)))
+    assert status == "StatusCode.INVALID_ARGUMENT"
+    assert "factory" in message
 
 
 def test_extensions_answer_unknown_models_and_versions_in_the_protocols_shape(

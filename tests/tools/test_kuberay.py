@@ -355,7 +355,9 @@ def test_secret_references_are_required(documents: list[dict[str, Any]]) -> None
     refs = list(_secret_refs(documents))
     assert refs, "the API key must come from a Secret"
     for ref in refs:
-        assert ref.get("optional", False) is False, ref
+        # The management key alone is optional: without it, loading and unloading are refused.
+        optional = ref["name"] == "vision-management-key"
+        assert ref.get("optional", False) is optional, ref
 
 
 def test_every_ray_container_requires_the_api_key(cluster: dict[str, Any]) -> None:
@@ -364,6 +366,8 @@ def test_every_ray_container_requires_the_api_key(cluster: dict[str, Any]) -> No
         ref = env["VISION_API_KEY"]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "vision-api-key", "key": "api_key"}, container["name"]
         assert env["VISION_REQUIRE_API_KEY"]["value"] in {"1", "true"}, container["name"]
+        management = env["VISION_MANAGEMENT_KEY"]["valueFrom"]["secretKeyRef"]
+        assert management["name"] == "vision-management-key", container["name"]
 
 
 def test_every_ray_container_has_serve_env(cluster: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from deployments.transports.auth import (
     authorized,
     describe,
     load_api_key,
+    load_management_key,
     require_api_key,
 )
 
@@ -162,3 +163,17 @@ def test_authorized_compares_bearer_tokens() -> None:
 def test_an_empty_key_authorizes_nothing() -> None:
     assert not authorized("Bearer ", "") and not authorized("Bearer  ", "")
     assert not authorized(None, "")
+
+
+def test_the_management_key_is_off_when_unset_and_its_own_when_set(tmp_path: Path) -> None:
+    assert load_management_key({}, "api") is None  # off: load and unload answer 403
+    assert load_management_key({"VISION_MANAGEMENT_KEY": " m "}, "api") == "m"
+    key_file = tmp_path / "m"
+    key_file.write_text("from-file\n")
+    assert load_management_key({"VISION_MANAGEMENT_KEY_FILE": str(key_file)}, None) == "from-file"
+    with pytest.raises(ApiKeyError, match="VISION_MANAGEMENT_KEY is set but empty"):
+        load_management_key({"VISION_MANAGEMENT_KEY": " "}, None)
+    with pytest.raises(ApiKeyError, match="VISION_MANAGEMENT_KEY_FILE names"):
+        load_management_key({"VISION_MANAGEMENT_KEY_FILE": str(tmp_path / "none")}, None)
+    with pytest.raises(ApiKeyError, match="a key of its own"):
+        load_management_key({"VISION_MANAGEMENT_KEY": "same"}, "same")

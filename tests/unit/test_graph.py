@@ -107,8 +107,7 @@ def test_the_stages_get_the_settings_objects_serve_config_gives(
         args.max_request_timeout_s,
         args.retry_after_s,
     )
-    _, limits, threads = init_args["Preprocessor"]
-    assert (limits, threads) == (args.limits, args.decode_threads)
+    assert init_args["Preprocessor"] == (args.limits, args.decode_threads, args.jpeg_draft)
 
 
 def test_options_for_a_stage_not_in_the_graph_are_refused() -> None:

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
+from deployments.flow.catalogue import Catalogue, Served
 from deployments.flow.health import Readiness, model_state
+from tests import settings
 
 
 @pytest.mark.parametrize(
@@ -34,7 +36,8 @@ def _status(deployments: dict[str, tuple[str, dict[str, int]]]) -> Any:
         name: SimpleNamespace(status=status, replica_states=replicas)
         for name, (status, replicas) in deployments.items()
     }
-    return SimpleNamespace(applications={"vision": SimpleNamespace(deployments=overviews)})
+    app = SimpleNamespace(deployments=overviews, last_deployed_time_s=0.0, status="RUNNING")
+    return SimpleNamespace(applications={"vision": app})
 
 
 def test_readiness_maps_each_model_to_its_deployment() -> None:
@@ -50,7 +53,11 @@ def test_readiness_maps_each_model_to_its_deployment() -> None:
         ("seg", "1"): "Model-seg",
         ("gone", "1"): "X",
     }
-    readiness = Readiness("vision", deployments, lambda: status)
+    bound = {
+        key: Served(settings.card(*key), None, "vision", deployment)
+        for key, deployment in deployments.items()
+    }
+    readiness = Readiness(Catalogue("vision", bound), lambda: status)
     assert {n: s.state for n, s in readiness.states().items()} == dict.fromkeys(
         deployments, "unknown"
     )

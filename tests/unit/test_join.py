@@ -9,6 +9,7 @@ import pytest
 
 from deployments import tasks
 from deployments.errors import ERRORS_BY_CODE, CorruptImage, JoinMismatch
+from deployments.flow.catalogue import ModelAnswers
 from deployments.items import (
     Bundle,
     ImageInfo,
@@ -20,7 +21,7 @@ from deployments.items import (
     Sample,
 )
 from deployments.pixels.geometry import boxes_to_input, plan
-from deployments.stages.postprocessor import ModelAnswers, join, join_bundle
+from deployments.stages.postprocessor import join, join_bundle
 from deployments.transports.schema import ERRORS, ItemErrorOut, ResultOut
 from tests import settings
 

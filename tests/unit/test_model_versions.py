@@ -28,7 +28,7 @@ class RollingGraph:
         return self
 
     def remote(self, *args: Any) -> Response:
-        if len(args) == 1:
+        if len(args) < 3:
             return Response(args[0])
         items: Sequence[Item] = args[1].value
         version = next(self._versions, self._last)
@@ -39,7 +39,7 @@ class RollingGraph:
 def _run(graph: RollingGraph, images: int) -> list[Result | ItemError]:
     caller = Caller(
         graph,  # type: ignore[arg-type]
-        {("", ""): graph},  # type: ignore[dict-item]
+        settings.catalogue({("", ""): graph}),
         graph,  # type: ignore[arg-type]
         settings.bundles(max_items=4),
         settings.poison(quarantine_ttl_s=600, max_quarantined=100),

@@ -24,13 +24,11 @@ import tritonclient.grpc.service_pb2 as triton_pb
 from google.protobuf import json_format
 
 from deployments import tasks
-from deployments.errors import NotSupported
 from deployments.flow.health import ModelState
 from deployments.flow.stats import Reporter, StatsBoard
 from deployments.flow.tally import Counts, Tally, merged
 from deployments.items import ImageInfo, ItemError, ModelInfo, Result
 from deployments.transports.oip_repository import (
-    OipRepository,
     index_entry,
     model_config,
     model_statistics,
@@ -157,12 +155,6 @@ def test_index_entries_say_ready_or_unavailable_and_why() -> None:
     assert states["b"][1] == "READY" and "scaled_to_zero" in states["b"][2]
     assert states["c"][1:] == ("UNAVAILABLE", "warming: its first replica is loading")
     assert states["d"][1] == "UNAVAILABLE" and states["d"][2]
-
-
-def test_loading_and_unloading_are_not_supported() -> None:
-    with pytest.raises(NotSupported, match="not supported") as caught:
-        asyncio.run(OipRepository.load("loading"))
-    assert caught.value.status == 501
 
 
 _OURS = """

@@ -95,7 +95,7 @@ class FakeGraph:
         return self
 
     def remote(self, *args: Any) -> Response:
-        if len(args) == 1:  # Preprocessor or Model: pass the items along
+        if len(args) < 3:  # Preprocessor or Model: pass the items along
             return Response(args[0])
         items: Sequence[Item] = args[1].value
         return Response(self._post(list(items)))
@@ -136,7 +136,7 @@ def _items(names: list[str]) -> list[Item]:
 def _caller(graph: FakeGraph, bundles: Bundles | None = None) -> Caller:
     return Caller(
         graph,  # type: ignore[arg-type]
-        {("", ""): graph},  # type: ignore[dict-item]
+        settings.catalogue({("", ""): graph}),
         graph,  # type: ignore[arg-type]
         bundles or settings.bundles(),
         settings.poison(quarantine_ttl_s=600, max_quarantined=100),

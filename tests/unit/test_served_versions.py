@@ -20,7 +20,7 @@ from deployments.flow.health import ModelState
 from deployments.flow.tally import Counts
 from deployments.items import Item, ItemError, Options, Result, latest_version, of_version
 from deployments.transports import oip_tensors
-from deployments.transports.base import Front, IngressSettings, ModelRoute
+from deployments.transports.base import Front, IngressSettings
 from deployments.transports.oip_repository import OipRepository
 from tests import settings
 from tests.unit.test_poison import Response, _result
@@ -156,28 +156,25 @@ def test_each_version_is_its_own_deployment_with_its_own_options() -> None:
     _, _, served_as, version = deployments["Model-colours-v1"].init_args
     assert (served_as, version) == ("colours", "1")
     assert deployments["Model-colours-v1"].init_args[0].kwargs == {"swapped": True}
-    # The Preprocessor brings each version to its own input, the Postprocessor labels by version.
-    resize = deployments["Preprocessor"].init_args[0]
-    assert (resize[("colours", "1")].input_width, resize[("colours", "2")].input_width) == (64, 96)
-    answers = deployments["Postprocessor"].init_args[0]
-    assert answers[("colours", "1")].labels == ("background", "green", "red")
-    assert answers[("colours", "2")].labels == ("background", "red", "green")
+    # Each version's card: its own input for the Preprocessor, its own labels for the
+    # Postprocessor (the Ingress sends them with each bundle of that version).
     ingress: IngressSettings = deployments["Ingress"].init_args[3]
-    assert ingress.models["colours"].version == "2"
-    assert list(ingress.routes("colours")) == ["1", "2"]
+    cards = {(c.name, c.version): c for c in ingress.cards}
+    assert (
+        cards[("colours", "1")].resize.input_width,
+        cards[("colours", "2")].resize.input_width,
+    ) == (64, 96)
+    assert cards[("colours", "1")].labels == ("background", "green", "red")
+    assert cards[("colours", "2")].labels == ("background", "red", "green")
+    assert deployments["Postprocessor"].init_args == ()  # model-agnostic: nothing per model
 
 
 # --- routing ------------------------------------------------------------------------------------
 
 
 def _front() -> Front:
-    routes = (
-        ModelRoute(task="segmentation", version="1"),
-        ModelRoute(task="segmentation", version="2"),
-    )
     ingress = IngressSettings(
-        models={"colours": routes[1], "det": ModelRoute(task="detection", version="1")},
-        versions={"colours": routes},
+        cards=(),
         default_model="det",
         limits=settings.limits(),
         request_timeout_s=30,
@@ -187,7 +184,9 @@ def _front() -> Front:
         retry_after_s=1,
     )
     unused: Any = None
-    return Front(unused, ingress, unused, {}, None)
+    models = dict.fromkeys([("colours", "1"), ("colours", "2"), ("det", "1")])
+    tasks = {"colours": "segmentation", "det": "detection"}
+    return Front(unused, ingress, unused, settings.catalogue(models, tasks), None)
 
 
 def test_a_request_names_a_version_or_gets_the_latest() -> None:
@@ -258,7 +257,7 @@ class Stages:
         return self
 
     def remote(self, *args: Any) -> Response:
-        if len(args) == 1:
+        if len(args) < 3:  # the Preprocessor: the items and their version's input
             return Response(args[0])
         version, items = args[0].value, args[1].value
         return Response(tuple(replace(_result(i), model_version=version) for i in items))
@@ -285,7 +284,7 @@ def _caller(models: dict[tuple[str, str], VersionedModel]) -> Caller:
     stages = Stages()
     return Caller(
         stages,  # type: ignore[arg-type]
-        models,  # type: ignore[arg-type]
+        settings.catalogue(models),
         stages,  # type: ignore[arg-type]
         settings.bundles(max_items=4),
         settings.poison(quarantine_ttl_s=600, max_quarantined=100),

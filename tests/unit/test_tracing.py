@@ -18,6 +18,7 @@ from torch import nn
 
 from deployments import tasks
 from deployments.flow.batching import ForwardQueue
+from deployments.flow.catalogue import ModelAnswers
 from deployments.items import (
     Bundle,
     ImageInfo,
@@ -32,7 +33,7 @@ from deployments.items import (
 from deployments.pixels.geometry import plan
 from deployments.runtime.inference import Runner
 from deployments.runtime.spec import Resolved
-from deployments.stages.postprocessor import ModelAnswers, join_bundle
+from deployments.stages.postprocessor import join_bundle
 from deployments.tracing import (
     OFF,
     Tracing,

@@ -10,13 +10,13 @@ import pytest
 from starlette.requests import ClientDisconnect
 
 from deployments.errors import BadRequest, Overloaded, ServerError, Unauthorized, VisionError
-from deployments.transports.base import Front, IngressSettings, ModelRoute
+from deployments.transports.base import Front, IngressSettings
 from deployments.transports.http_io import Reservation, error_headers
 from tests import settings
 
 ARGS = settings.served_app()["args"]
 SETTINGS = IngressSettings(
-    models={"m": ModelRoute(task="classification", version="1")},
+    cards=(settings.card("m", "1"),),
     default_model="m",
     limits=settings.limits(max_body_bytes=100, max_body_bytes_in_flight=100),
     request_timeout_s=ARGS["request_timeout_s"],
@@ -29,7 +29,7 @@ SETTINGS = IngressSettings(
 
 def _front(api_key: str | None = None) -> Front:
     unused: Any = None  # the caller and the health watch are not reached here
-    return Front(unused, SETTINGS, unused, {}, api_key)
+    return Front(unused, SETTINGS, unused, settings.catalogue({("m", "1"): None}), api_key)
 
 
 def _guarded(front: Front, raised: BaseException | None) -> VisionError | str:
