@@ -84,9 +84,9 @@ def ray_cluster() -> Iterator[None]:
         include_dashboard=False,
         log_to_driver=False,
         _metrics_export_port=METRICS_PORT,
-        # Ray exports metrics every 10 s by default; every 2 s here, so a test that reads them
+        # Ray exports metrics every 10 s by default; every second here, so a test that reads them
         # waits seconds, not tens of seconds.
-        _system_config={"metrics_report_interval_ms": 2000},
+        _system_config={"metrics_report_interval_ms": 1000},
         runtime_env={"working_dir": None, "env_vars": {"PYTHONPATH": str(ROOT)}},
     )
     try:
