@@ -615,10 +615,10 @@ def test_models_come_and_go_under_load_and_nothing_else_restarts(
     grpc: grpcclient.InferenceServerClient,
     oip_app: None,
 ) -> None:
-    """While a client sends to the models already served, one request after another: a `serve deploy` of the config with
-    one model application more, a model loaded with its config over gRPC, then both unloaded
-    over HTTP. Every request is answered, and no replica but those of the two models starts or
-    stops. (Loading a parked model back is `Repository`'s unit test.)"""
+    """While a client sends to the models already served, one request after another: a `serve
+    deploy` of the config with one model application more, a model loaded with its config over
+    gRPC, then both unloaded over HTTP. Every request is answered, and no replica but those of
+    the two models starts or stops. (Loading a parked model back is `Repository`'s unit test.)"""
     key = {"authorization": f"Bearer {MANAGEMENT_KEY}"}
     before = _replicas()
     config = copy.deepcopy(started)
