@@ -18,7 +18,13 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray.serve import Application, Deployment
 
-from deployments.flow.catalogue import ModelCard, args_digest, publish_card
+from deployments.flow.catalogue import (
+    MODEL_NAME_PATTERN,
+    MODEL_VERSION_PATTERN,
+    ModelCard,
+    args_digest,
+    publish_card,
+)
 from deployments.items import latest_version
 from deployments.pixels.imaging import ResizeSpec
 from deployments.runtime.model_source import resolve
@@ -32,8 +38,6 @@ from deployments.transports.base import IngressSettings
 from vision_serve.files import SERVE_CONFIG
 
 MODEL_DEPLOYMENT = "Model"
-MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
-MODEL_VERSION_PATTERN = r"^[0-9A-Za-z]([0-9A-Za-z._-]{0,30}[0-9A-Za-z])?$"
 
 
 def model_deployment(name: str, default_model: str, version: str | None = None) -> str:
@@ -202,17 +206,19 @@ def decode_settings(
 ) -> tuple[ResizeSpec, Limits]:
     """How every image for one model (the default one unless `spec` names another) is decoded
     and brought to its input, and the limits the decode enforces (also the benchmark's)."""
-    model = spec or args.model
-    resize = ResizeSpec(
+    return _resize(spec or args.model, resolved, args.jpeg_draft), args.limits
+
+
+def _resize(spec: ModelSpec, resolved: Resolved, draft: bool) -> ResizeSpec:
+    return ResizeSpec(
         mode=resolved.resize,
         input_width=resolved.input_width,
         input_height=resolved.input_height,
         resize_size=resolved.resize_size,
-        pad_value=model.pad_value,
-        draft=args.jpeg_draft,
-        gpu_decode=model.gpu_decode,  # the Preprocessor leaves JPEGs to the Model's device
+        pad_value=spec.pad_value,
+        draft=draft,
+        gpu_decode=spec.gpu_decode,  # the Preprocessor leaves JPEGs to the Model's device
     )
-    return resize, args.limits
 
 
 def build_app(args: AppArgs) -> Application:
@@ -247,16 +253,9 @@ def build_configured_app(app_config: Mapping[str, Any]) -> Application:
 
 
 def model_card(served: ServedModel | ModelAppArgs, resolved: Resolved) -> ModelCard:
-    """What the Ingress, the Preprocessor and the Postprocessor need of one model version."""
-    spec = served.model
-    resize = ResizeSpec(
-        mode=resolved.resize,
-        input_width=resolved.input_width,
-        input_height=resolved.input_height,
-        resize_size=resolved.resize_size,
-        pad_value=spec.pad_value,
-        gpu_decode=spec.gpu_decode,  # the Preprocessor leaves JPEGs to the Model's device
-    )
+    """What the Ingress, the Preprocessor and the Postprocessor need of one model version (the
+    Preprocessor sets `draft`, the front's `jpeg_draft`)."""
+    resize = _resize(served.model, resolved, draft=True)
     return ModelCard(
         name=served.name,
         version=served.version,

@@ -36,6 +36,9 @@ ModelKey = tuple[str, str]  # a served model's name and version
 KV_NAMESPACE = "vision-serve"
 MODEL_APP_BUILDER = "graph:build_model"  # a model application's import path ends with this
 MODEL_DEPLOYMENT = "Model"  # the one deployment of a model application
+# What a served model's name and version may be (the config's, and a load's).
+MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"
+MODEL_VERSION_PATTERN = r"^[0-9A-Za-z]([0-9A-Za-z._-]{0,30}[0-9A-Za-z])?$"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +185,6 @@ class Catalogue:
         self._problems: dict[str, str] = {}  # app -> why it is not routed (logged once)
         self._stamp: object = None  # the applications' statuses at the last read
         self.view = View(dict(self._bound))
-
-    @property
-    def dynamic(self) -> bool:
-        return self._app_configs is not None
 
     def refresh(self, stamp: object = None) -> bool:
         """Ask the controller which model applications there are (blocking: run it off the

@@ -35,6 +35,8 @@ from deployments.flow.catalogue import (
     KV_NAMESPACE,
     MODEL_APP_BUILDER,
     MODEL_DEPLOYMENT,
+    MODEL_NAME_PATTERN,
+    MODEL_VERSION_PATTERN,
     Catalogue,
     is_model_app,
 )
@@ -44,8 +46,6 @@ from deployments.transports.auth import authorized
 
 logger = logging.getLogger("ray.serve")
 
-MODEL_NAME_PATTERN = r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$"  # as graph.MODEL_NAME_PATTERN
-VERSION_PATTERN = r"^[0-9A-Za-z]([0-9A-Za-z._-]{0,30}[0-9A-Za-z])?$"
 MAX_CONFIG_BYTES = 65536
 # Model applications a front keeps, loaded and parked together: a management key cannot fill
 # the key-value store or the controller's config without bound.
@@ -79,7 +79,7 @@ class LoadConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    version: str = Field(default="1", pattern=VERSION_PATTERN)
+    version: str = Field(default="1", pattern=MODEL_VERSION_PATTERN)
     model: ModelSpec
     # The Model deployment's Serve options (autoscaling, resources, user_config, ...); left
     # out: those of a model application of this front, or of its bound `Model`.
@@ -107,10 +107,6 @@ class Repository:
         self._configs = configs
         self._kv = kv
         self._lock = asyncio.Lock()  # one change at a time from this replica
-
-    @property
-    def enabled(self) -> bool:
-        return self._key is not None
 
     def authorize(self, credential: str | None) -> None:
         """403 while management is off (no key configured: fail closed), 401 without the key."""
@@ -198,7 +194,7 @@ class Repository:
             entry = self._new_app(name, config, configs)
             adding = {entry["name"]: entry}
         elif parked:
-            adding = dict(parked.items())
+            adding = dict(parked)
         elif name in self._catalogue.view.versions:
             return {}  # Triton's load of a loaded model: nothing to change
         else:

@@ -124,13 +124,7 @@ class OipRest(OipFlow):
 
     async def index(self, request: Request) -> Response:
         async def index(repository: OipRepository, reservation: Reservation) -> Any:
-            body = await read_body(request, _INDEX_BODY_BYTES, reservation)
-            try:
-                asked = orjson.loads(body) if body.strip() else {}
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(f"the request's JSON is malformed: {exc}") from None
-            if not isinstance(asked, dict):
-                raise BadRequest("the index request's body must be a JSON object or empty")
+            asked = await _json_object(request, reservation, "the index request's body")
             return await repository.index("", flag_param(asked, "ready", "index") or False)
 
         return await self._extension(request, index)
@@ -139,12 +133,8 @@ class OipRest(OipFlow):
         """Triton's load; a body's `parameters.config` (a JSON string) adds a model."""
 
         async def load(repository: OipRepository, reservation: Reservation) -> Any:
-            body = await read_body(request, _INDEX_BODY_BYTES, reservation)
-            try:
-                asked = orjson.loads(body) if body.strip() else {}
-            except orjson.JSONDecodeError as exc:
-                raise BadRequest(f"the request's JSON is malformed: {exc}") from None
-            parameters = asked.get("parameters", {}) if isinstance(asked, dict) else None
+            asked = await _json_object(request, reservation, "the load request's body")
+            parameters = asked.get("parameters", {})
             if not isinstance(parameters, dict):
                 raise BadRequest('the load request\'s body must be {"parameters": {...}} or empty')
             config = parameters.get("config")
@@ -274,6 +264,18 @@ def parse_rest(body: bytes, header_length: str | None, limits: Limits) -> InferR
         binary_output=bool(flag_param(parameters, "binary_data_output", "request")),
         timeout_s=timeout_param(parameters),
     )
+
+
+async def _json_object(request: Request, reservation: Reservation, what: str) -> Mapping[str, Any]:
+    """A small request body that is a JSON object, or empty (`{}`)."""
+    body = await read_body(request, _INDEX_BODY_BYTES, reservation)
+    try:
+        asked = orjson.loads(body) if body.strip() else {}
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the request's JSON is malformed: {exc}") from None
+    if not isinstance(asked, dict):
+        raise BadRequest(f"{what} must be a JSON object or empty")
+    return asked
 
 
 def _mapping(value: Any, what: str) -> Mapping[str, Any]:
