@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torchvision.io import ImageReadMode, decode_jpeg
 
 from deployments.errors import CorruptImage, ServerError, VisionError
 from deployments.items import Geometry, Jpeg
@@ -44,7 +44,7 @@ def decode_batch(
         torch.cuda.current_stream(device).synchronize()
     decoded: list[torch.Tensor | VisionError | None]
     try:
-        decoded = list(decode_jpeg(data, mode=ImageReadMode.RGB, device=device))
+        decoded = list(_decode_jpeg(data, device))
     except Exception as exc:  # noqa: BLE001 - any one bad file fails the whole call
         if len(jpegs) > 1:
             logger.info("decoding %d JPEGs failed (%r); decoding each alone", len(data), exc)
@@ -67,9 +67,22 @@ def decode_batch(
     return out
 
 
+def load_decoder() -> None:
+    """Import torchvision's JPEG decoder now, at a replica's start, so its first request does
+    not pay for it (1.4 s); a Model that never decodes on its device does without it."""
+    import torchvision.io  # noqa: F401
+
+
+def _decode_jpeg(data: torch.Tensor | list[torch.Tensor], device: torch.device) -> Any:
+    """torchvision's `decode_jpeg` into RGB on `device`: a tensor, or a list for a list."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+
+
 def _decode_one(data: torch.Tensor, device: torch.device) -> torch.Tensor | VisionError:
     try:
-        image: torch.Tensor = decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+        image: torch.Tensor = _decode_jpeg(data, device)
     except torch.OutOfMemoryError:
         _free(device)
         return ServerError("the Model's device ran out of memory decoding this image; retry later")

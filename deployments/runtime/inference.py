@@ -28,7 +28,7 @@ from deployments import tasks
 from deployments.errors import DeadlineExceeded, InferenceFailed, VisionError
 from deployments.items import Geometry, ItemError, Jpeg, RawOutput, Sample
 from deployments.pixels.geometry import plan_stretch
-from deployments.runtime.device_decode import decode_batch
+from deployments.runtime.device_decode import decode_batch, load_decoder
 from deployments.runtime.model_source import ModelLoadError, load
 from deployments.runtime.spec import ModelSpec, Precision, Resolved
 from deployments.tasks import Arrays, Task
@@ -133,6 +133,8 @@ class Runner:
         tracing: Tracing = OFF,
     ) -> Runner:
         """The runner for a configured model: its weights loaded, its normalisation and top-k."""
+        if spec.gpu_decode:
+            load_decoder()
         return cls(
             module=load(spec, resolved),
             resolved=resolved,

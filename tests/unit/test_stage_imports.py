@@ -24,6 +24,27 @@ def test_cpu_stages_never_import_torch() -> None:
     assert json.loads(out.stdout) == []
 
 
+def test_the_model_stage_and_the_build_import_torchvision_only_for_a_torchvision_model() -> None:
+    """torchvision costs a process 1.4 s to import: a Model replica and an app's build of a model
+    of its own (an import path) do without it; one of torchvision's names loads it."""
+    script = (
+        "import json, sys\n"
+        "import deployments.stages.model, vision_serve.graph\n"
+        "from deployments.runtime import model_source\n"
+        "from deployments.runtime.spec import ModelSpec\n"
+        "own = ModelSpec(name='tests.fixtures.models:echo', weights='none')\n"
+        "model_source.load(own, model_source.resolve(own))\n"
+        "before = 'torchvision' in sys.modules\n"
+        "named = ModelSpec(name='resnet18', weights='none')\n"
+        "model_source.resolve(named)\n"
+        "print(json.dumps([before, 'torchvision' in sys.modules]))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert json.loads(out.stdout.splitlines()[-1]) == [False, True]
+
+
 # The pure logic: plain functions and types a unit test (or a tool) uses without a cluster.
 RAY_FREE = (
     "deployments.items",
