@@ -11,10 +11,8 @@ from typing import Any
 import pytest
 
 from tests import images
-from tests.fixtures.models import colour_in
+from tests.fixtures.models import ECHO, colour_in
 from tests.serving import BASE_URL, ONE_MODEL, ROOT, app_config, deploy
-
-ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
 
 
 @pytest.fixture(scope="module", autouse=True)

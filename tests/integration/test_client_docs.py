@@ -10,9 +10,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.fixtures.models import ECHO
 from tests.serving import BASE_URL, app_config, deploy
 
-ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}
 CHROMIUM = next(
     (p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None
 )

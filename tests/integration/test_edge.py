@@ -14,10 +14,9 @@ import pytest
 import ray
 
 from tests import images
-from tests.fixtures.models import colour_in
+from tests.fixtures.models import ECHO, colour_in
 from tests.serving import BASE_URL, app_config, deploy, wait_until
 
-ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # test_client's args
 STATS_URL = "http://127.0.0.1:8404/stats;csv"  # Serve's HAProxy stats page
 
 pytestmark = pytest.mark.skipif(

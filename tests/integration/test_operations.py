@@ -19,7 +19,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from tests import images
-from tests.fixtures.models import colour_in
+from tests.fixtures.models import ECHO, colour_in
 from tests.serving import (
     BASE_URL,
     GRPC_ADDRESS,
@@ -33,7 +33,6 @@ from tests.serving import (
     wait_until,
 )
 
-ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}
 API_KEY = f"k-{uuid.uuid4().hex}"
 
 

@@ -22,7 +22,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as SpanProto
 from ray import serve
 
 from tests import images
-from tests.fixtures.models import colour_in
+from tests.fixtures.models import ECHO, colour_in
 from tests.serving import (
     APP,
     BASE_URL,
@@ -35,7 +35,6 @@ from tests.serving import (
 )
 
 OTLP_PORT = 4318  # the standard OTLP/HTTP port, on loopback
-ECHO = {"name": "tests.fixtures.models:echo", "weights": "none"}  # answers name the colour
 N = 4  # images per forward pass
 TRACING_ENV = {
     "OTEL_TRACES_EXPORTER": "otlp",
@@ -126,11 +125,22 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[OtlpReceiver]:
+@pytest.fixture(scope="session")
+def otlp_server() -> Iterator[OtlpReceiver]:
+    """Up until the session ends, not just this module: the app's replicas export to it until
+    the next module's deploy replaces them, and they flush what they hold as they stop."""
     server = OtlpReceiver()
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="module")
+def receiver(otlp_server: OtlpReceiver) -> OtlpReceiver:
     config = app_config(
         model=ECHO,
         user_configs={"Model": {"max_batch_size": N, "batch_wait_timeout_s": 5.0}},
@@ -143,12 +153,7 @@ def receiver() -> Iterator[OtlpReceiver]:
         runtime_env = actor.setdefault("runtime_env", {})
         runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), **TRACING_ENV}
     deploy(config)
-    try:
-        yield server
-    finally:
-        serve.delete(APP)  # its replicas would export to a closed port
-        server.shutdown()
-        server.server_close()
+    return otlp_server
 
 
 def _client(n: int) -> tuple[str, str]:
