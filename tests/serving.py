@@ -141,6 +141,60 @@ def shipped_models_config(batch: int) -> dict[str, Any]:
     )
 
 
+# test_segmentation's and test_detection's models, one deploy for both modules: the `colours`
+# segmenter (the default model), a torchvision detector and Mask R-CNN, these two by name.
+COLOURS_SEGMENTER = {"name": "tests.fixtures.models:colours"}
+TORCHVISION_DETECTOR = (
+    "detector",
+    {
+        "name": "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "weights": "none",
+        "input_size": 320,
+        # Random weights score everything low; keep every box so there is geometry to check.
+        "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 30},
+    },
+)
+MASK_RCNN = (
+    "mask-rcnn",
+    {
+        "name": "maskrcnn_resnet50_fpn",
+        "weights": "none",
+        "input_size": 160,
+        "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 3},
+    },
+)
+
+
+def model_zoo_config() -> dict[str, Any]:
+    """The default model `COLOURS_SEGMENTER`, and `TORCHVISION_DETECTOR` and `MASK_RCNN` by their
+    names, each batching as its tests need; the Postprocessor keeps every detection (random
+    weights score low).
+
+    test_detection.py and test_segmentation.py deploy exactly this, one after the other, so the
+    second deploy changes nothing and costs nothing (a deploy of other `args` restarts every
+    replica after a build, about 12 s here).
+    """
+    config = app_config(
+        model=COLOURS_SEGMENTER,
+        user_configs={
+            "Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
+            "Postprocessor": {"detection": {"score_threshold": 0.0, "max_detections": 30}},
+        },
+    )
+    app = config["applications"][0]
+    batching = {
+        TORCHVISION_DETECTOR[0]: {"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
+        # One image per pass: the start-up warm-up of a pass of 8 is the costliest part.
+        MASK_RCNN[0]: {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+    }
+    model = next(d for d in app["deployments"] if d["name"] == "Model")
+    for name, spec in (TORCHVISION_DETECTOR, MASK_RCNN):
+        app["args"]["models"].append({"name": name, "model": spec})
+        user_config = {**model["user_config"], **batching[name]}
+        app["deployments"].append({"name": f"Model-{name}", "user_config": user_config})
+    return config
+
+
 def _merge(base: dict[str, Any], changes: dict[str, Any]) -> None:
     """Nested mappings merge key by key (`limits: {max_body_bytes: ...}` keeps the other limits)."""
     for key, value in changes.items():
@@ -227,14 +281,21 @@ async def post_many(
         )
 
 
-def post_image(data: bytes, content_type: str = "image/jpeg", **params: Any) -> httpx.Response:
+def post_image(
+    data: bytes, content_type: str = "image/jpeg", model: str | None = None, **params: Any
+) -> httpx.Response:
+    """POST one image to `/v1/predict`, or to `model`'s route where one is named."""
     return httpx.post(
-        f"{BASE_URL}/v1/predict",
+        f"{BASE_URL}{predict_path(model)}",
         content=data,
         params=params,
         headers={"content-type": content_type},
         timeout=120,
     )
+
+
+def predict_path(model: str | None = None) -> str:
+    return "/v1/predict" if model is None else f"/v1/models/{model}/predict"
 
 
 def post_multipart(images: list[tuple[str, bytes, str]], **params: Any) -> httpx.Response:

@@ -32,14 +32,14 @@ MODULE_ORDER = (
     "test_operations",  # restarts the Model, then the Ingress (their actor options)
     "test_tracing",  # restarts every replica (their runtime_env)
     "test_configs",
-    "test_detection",
+    "test_detection",  # a segmenter, a detector and Mask R-CNN (model_zoo_config) ...
+    "test_segmentation",  # ... the same
     "test_hostile_images",
     "test_hostile_requests",
     "test_shipped_detector",  # the shipped two-model config ...
     "test_shipped_segmenter",
     "test_models",  # ... the same, with the segmenter let go to zero
     "test_gpu_decode",
-    "test_segmentation",
     "test_v2_oip",
 )
 

@@ -10,29 +10,22 @@ import asyncio
 import pytest
 
 from tests import images
-from tests.serving import app_config, deploy, post_image, post_many
+from tests.serving import (
+    TORCHVISION_DETECTOR,
+    deploy,
+    model_zoo_config,
+    post_image,
+    post_many,
+    predict_path,
+)
 
-DETECTOR = {
-    "name": "fasterrcnn_mobilenet_v3_large_320_fpn",
-    "weights": "none",
-    "input_size": 320,
-    # Random weights score everything low; keep every box so there is geometry to check.
-    "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 30},
-}
+DETECTOR = TORCHVISION_DETECTOR[0]  # served by name, beside test_segmentation's models
 SIZES = [(640, 480), (480, 640), (1600, 400), (400, 1600), (97, 61), (2000, 1999)]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def detector_app() -> None:
-    deploy(
-        app_config(
-            model=DETECTOR,
-            user_configs={
-                "Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
-                "Postprocessor": {"detection": {"score_threshold": 0.0, "max_detections": 30}},
-            },
-        )
-    )
+    deploy(model_zoo_config())
 
 
 def _check_boxes(body: dict, width: int, height: int) -> int:
@@ -45,7 +38,7 @@ def _check_boxes(body: dict, width: int, height: int) -> int:
 
 def test_many_shapes_are_detected_in_batches_with_their_own_size() -> None:
     blobs = [images.jpeg(w, h, seed=i) for i, (w, h) in enumerate(SIZES)]
-    responses = asyncio.run(post_many(blobs))
+    responses = asyncio.run(post_many(blobs, path=predict_path(DETECTOR)))
     total = 0
     for r, (w, h) in zip(responses, SIZES, strict=True):
         assert r.status_code == 200, r.text
@@ -56,7 +49,9 @@ def test_many_shapes_are_detected_in_batches_with_their_own_size() -> None:
 
 @pytest.mark.parametrize("orientation", [3, 6, 8])
 def test_exif_rotated_jpegs_report_their_displayed_size(orientation: int) -> None:
-    r = post_image(images.rotated_jpeg(images.picture(800, 300, seed=5), orientation))
+    r = post_image(
+        images.rotated_jpeg(images.picture(800, 300, seed=5), orientation), model=DETECTOR
+    )
     assert r.status_code == 200
     assert r.json()["image"]["orientation"] == orientation
     _check_boxes(r.json(), 800, 300)
@@ -64,12 +59,17 @@ def test_exif_rotated_jpegs_report_their_displayed_size(orientation: int) -> Non
 
 def test_detection_options_apply_per_request() -> None:
     data = images.jpeg(640, 480, seed=9)
-    everything = post_image(data).json()["predictions"]
+    everything = post_image(data, model=DETECTOR).json()["predictions"]
     assert len(everything) > 3
-    assert len(post_image(data, max_detections=3).json()["predictions"]) == 3
+    assert len(post_image(data, model=DETECTOR, max_detections=3).json()["predictions"]) == 3
     scores = [p["score"] for p in everything]
     assert (
-        post_image(data, score_threshold=min(1.0, max(scores) + 1e-6)).json()["predictions"] == []
+        post_image(data, model=DETECTOR, score_threshold=min(1.0, max(scores) + 1e-6)).json()[
+            "predictions"
+        ]
+        == []
     )
-    assert len(post_image(data, score_threshold=min(scores)).json()["predictions"]) == len(scores)
-    assert post_image(data, top_k=3).status_code == 400
+    assert len(
+        post_image(data, model=DETECTOR, score_threshold=min(scores)).json()["predictions"]
+    ) == len(scores)
+    assert post_image(data, model=DETECTOR, top_k=3).status_code == 400

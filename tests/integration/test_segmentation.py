@@ -17,9 +17,14 @@ from ray import serve
 
 from deployments.transports.schema import MultiResultOut, ResultOut
 from tests.images import encode, rotated_jpeg, two_rectangles
-from tests.serving import app_config, deploy, post_image, post_multipart
+from tests.serving import (
+    MASK_RCNN,
+    deploy,
+    model_zoo_config,
+    post_image,
+    post_multipart,
+)
 
-SEGMENTER = {"name": "tests.fixtures.models:colours"}
 # (width, height, red box, green box): 4:1 both ways, and a small one
 SCENES = [
     (800, 200, (40, 20, 300, 180), (500, 50, 760, 150)),
@@ -30,12 +35,8 @@ SCENES = [
 
 @pytest.fixture(scope="module", autouse=True)
 def segmenter_app() -> None:
-    deploy(
-        app_config(
-            model=SEGMENTER,
-            user_configs={"Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05}},
-        )
-    )
+    """`COLOURS_SEGMENTER` as the default model, Mask R-CNN by name (test_detection's deploy)."""
+    deploy(model_zoo_config())
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -117,20 +118,8 @@ def test_python_handle_returns_masks() -> None:
 def test_mask_rcnn_instances_over_http_in_displayed_pixels() -> None:
     """Mask R-CNN by name (random weights, so every candidate is kept): each instance's mask is
     the displayed image's size, its area is its mask's, and PNG ranks instances by score."""
-    deploy(
-        app_config(
-            model={
-                "name": "maskrcnn_resnet50_fpn",
-                "weights": "none",
-                "input_size": 160,
-                "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 3},
-            },
-            # One image per pass: the start-up warm-up of a pass of 8 is the costliest part.
-            user_configs={"Model": {"max_batch_size": 1}},
-        )
-    )
     data, truth = _scene(0, 6)  # 800 x 200 displayed, stored rotated
-    response = post_image(data, "image/jpeg", score_threshold="0")
+    response = post_image(data, "image/jpeg", model=MASK_RCNN[0], score_threshold="0")
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["task"] == "instance_segmentation"
@@ -140,6 +129,8 @@ def test_mask_rcnn_instances_over_http_in_displayed_pixels() -> None:
         rle = {"size": p["mask"]["size"], "counts": p["mask"]["counts"].encode()}
         mask = coco.decode(rle) > 0
         assert mask.shape == truth.shape and p["area"] == int(mask.sum())
-    png = post_image(data, "image/jpeg", score_threshold="0", mask_format="png").json()
+    png = post_image(
+        data, "image/jpeg", model=MASK_RCNN[0], score_threshold="0", mask_format="png"
+    ).json()
     ranks = np.asarray(Image.open(io.BytesIO(base64.b64decode(png["label_map"]))))
     assert ranks.shape == truth.shape and ranks.max() <= len(png["predictions"])
