@@ -141,8 +141,9 @@ def shipped_models_config(batch: int) -> dict[str, Any]:
     )
 
 
-# test_segmentation's and test_detection's models, one deploy for both modules: the `colours`
-# segmenter (the default model), a torchvision detector and Mask R-CNN, these two by name.
+# test_segmentation's, test_detection's and test_hostile_images's models, one deploy for the three
+# modules: the `colours` segmenter (the default model), and by name a torchvision detector, Mask
+# R-CNN and an echo that resizes and centre-crops (as configs/resnet50_imagenet.yaml).
 COLOURS_SEGMENTER = {"name": "tests.fixtures.models:colours"}
 TORCHVISION_DETECTOR = (
     "detector",
@@ -164,15 +165,27 @@ MASK_RCNN = (
     },
 )
 
+RESIZE_CROP_ECHO = (
+    "resize-crop",
+    {
+        "name": "tests.fixtures.models:echo",
+        "weights": "none",
+        "resize": "resize_crop",
+        "input_size": 224,
+        "resize_size": 232,
+    },
+)
+
 
 def model_zoo_config() -> dict[str, Any]:
-    """The default model `COLOURS_SEGMENTER`, and `TORCHVISION_DETECTOR` and `MASK_RCNN` by their
-    names, each batching as its tests need; the Postprocessor keeps every detection (random
-    weights score low).
+    """The default model `COLOURS_SEGMENTER`, and `TORCHVISION_DETECTOR`, `MASK_RCNN` and
+    `RESIZE_CROP_ECHO` by their names, each batching as its tests need; the Postprocessor keeps
+    every detection (random weights score low); one Preprocessor replica, whose memory
+    test_hostile_images watches.
 
-    test_detection.py and test_segmentation.py deploy exactly this, one after the other, so the
-    second deploy changes nothing and costs nothing (a deploy of other `args` restarts every
-    replica after a build, about 12 s here).
+    test_detection.py, test_segmentation.py and test_hostile_images.py deploy exactly this, one
+    after the other, so the later deploys change nothing and cost nothing (a deploy of other
+    `args` restarts every replica after a build, about 12 s here).
     """
     config = app_config(
         model=COLOURS_SEGMENTER,
@@ -180,15 +193,17 @@ def model_zoo_config() -> dict[str, Any]:
             "Model": {"max_batch_size": 4, "batch_wait_timeout_s": 0.05},
             "Postprocessor": {"detection": {"score_threshold": 0.0, "max_detections": 30}},
         },
+        options={"Preprocessor": fixed_replicas(1)},
     )
     app = config["applications"][0]
     batching = {
         TORCHVISION_DETECTOR[0]: {"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
         # One image per pass: the start-up warm-up of a pass of 8 is the costliest part.
         MASK_RCNN[0]: {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
+        RESIZE_CROP_ECHO[0]: {},
     }
     model = next(d for d in app["deployments"] if d["name"] == "Model")
-    for name, spec in (TORCHVISION_DETECTOR, MASK_RCNN):
+    for name, spec in (TORCHVISION_DETECTOR, MASK_RCNN, RESIZE_CROP_ECHO):
         app["args"]["models"].append({"name": name, "model": spec})
         user_config = {**model["user_config"], **batching[name]}
         app["deployments"].append({"name": f"Model-{name}", "user_config": user_config})
@@ -298,6 +313,8 @@ def predict_path(model: str | None = None) -> str:
     return "/v1/predict" if model is None else f"/v1/models/{model}/predict"
 
 
-def post_multipart(images: list[tuple[str, bytes, str]], **params: Any) -> httpx.Response:
+def post_multipart(
+    images: list[tuple[str, bytes, str]], model: str | None = None, **params: Any
+) -> httpx.Response:
     files = [("image", (name, data, ctype)) for name, data, ctype in images]
-    return httpx.post(f"{BASE_URL}/v1/predict", files=files, params=params, timeout=120)
+    return httpx.post(f"{BASE_URL}{predict_path(model)}", files=files, params=params, timeout=120)

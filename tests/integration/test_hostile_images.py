@@ -1,9 +1,10 @@
 """Issue 9 over HTTP: tiny files claiming thin, huge images get a 413 at once from the real graph,
 the Preprocessor's memory stays where it was, and the service keeps answering.
 
-One deployment, resize_crop (232 -> 224, as configs/resnet50_imagenet.yaml): the only mode in which
-a thin image is resized past the pixel limit. Letterbox and stretch, and every shipped config, are
-covered in tests/unit/test_hostile_images.py, where a mode costs milliseconds, not a deployment.
+One model, `resize-crop` (232 -> 224, as configs/resnet50_imagenet.yaml; tests.serving's
+RESIZE_CROP_ECHO): the only mode in which a thin image is resized past the pixel limit.
+Letterbox and stretch, and every shipped config, are covered in tests/unit/test_hostile_images.py,
+where a mode costs milliseconds, not a deployment.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ import pytest
 from PIL import Image
 
 from tests import images
-from tests.serving import BASE_URL, app_config, deploy, post_image, post_multipart, wait_until
+from tests.serving import (
+    BASE_URL,
+    RESIZE_CROP_ECHO,
+    deploy,
+    model_zoo_config,
+    post_image,
+    post_multipart,
+    wait_until,
+)
 
 # Loose on purpose (a loaded 2-core CI machine): the memory bound is the tight check.
 MAX_SECONDS = 5.0
@@ -26,19 +35,14 @@ HOSTILE = {
     f"{w}x{h}": images.encode(Image.new("RGB", (w, h), (40, 90, 200)), "PNG")
     for w, h in [(1, 20_000), (1, 200_000), (200_000, 1)]
 }
-ONE_REPLICA = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}}
+MODEL = RESIZE_CROP_ECHO[0]
 
 
 @pytest.fixture(scope="module", autouse=True)
 def resize_crop_app() -> None:
-    model = {
-        "name": "tests.fixtures.models:echo",
-        "weights": "none",
-        "resize": "resize_crop",
-        "input_size": 224,
-        "resize_size": 232,
-    }
-    deploy(app_config(model=model, options={"Preprocessor": ONE_REPLICA}))
+    """`MODEL` by name, beside test_detection's and test_segmentation's models; one
+    Preprocessor replica (tests.serving.model_zoo_config)."""
+    deploy(model_zoo_config())
 
 
 def _preprocessor_pid() -> int:
@@ -73,13 +77,15 @@ def _memory_kb(pid: int) -> dict[str, int]:
 
 
 def test_thin_images_get_a_413_at_once_and_the_preprocessor_stays_small() -> None:
-    assert post_image(images.png(640, 480, seed=1), "image/png").status_code == 200  # warm up
+    assert (
+        post_image(images.png(640, 480, seed=1), "image/png", model=MODEL).status_code == 200
+    )  # warm up
     pid = _preprocessor_pid()
     Path(f"/proc/{pid}/clear_refs").write_text("5")  # its peak RSS starts again from now
     before = _memory_kb(pid)["VmRSS"]
     for name, data in HOSTILE.items():
         start = time.perf_counter()
-        r = post_image(data, "image/png")
+        r = post_image(data, "image/png", model=MODEL)
         elapsed = time.perf_counter() - start
         assert r.status_code == 413, (name, r.text)
         error = r.json()["error"]
@@ -95,12 +101,13 @@ def test_thin_images_get_a_413_at_once_and_the_preprocessor_stays_small() -> Non
         15,
         "readiness after the attack",
     )
-    assert post_image(images.png(480, 640, seed=2), "image/png").status_code == 200
+    assert post_image(images.png(480, 640, seed=2), "image/png", model=MODEL).status_code == 200
 
 
 def test_thin_images_fail_alone_in_a_multipart_request() -> None:
     parts = [(f"{name}.png", data, "image/png") for name, data in HOSTILE.items()]
-    r = post_multipart([*parts, ("good.png", images.png(320, 240, seed=3), "image/png")])
+    good = ("good.png", images.png(320, 240, seed=3), "image/png")
+    r = post_multipart([*parts, good], model=MODEL)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert [res.get("error", {}).get("status") for res in results] == [413, 413, 413, None]
