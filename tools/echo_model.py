@@ -4,8 +4,8 @@ Loaded by the service through `model.name: tools.echo_model:echo`. Its labels ar
 `tools.echo` (the image's mean colour, one class per channel level). Options add a simulated
 compute cost, an out-of-memory failure above a batch size, a gate that holds a batch inside the
 forward pass until a test opens it, or a crash (the replica's process exits) when an image of one
-mean colour enters a forward pass. With `control`, it reads the first three from a detached actor
-of that name at every forward pass instead.
+mean colour enters a forward pass. With `control`, it reads them all from a detached actor of
+that name at every forward pass instead.
 """
 
 from __future__ import annotations
@@ -64,18 +64,21 @@ class Echo(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         delay_s, oom_above, gate = self.delay_s, self.oom_above, self.gate
+        crash_on, crash_log = self.crash_on, self.crash_log
         if self.control is not None and bool(x.any()):  # warm-up and health checks send zeros
             behaviour = self._behaviour()
             delay_s = behaviour.get("delay_s", delay_s)
             oom_above = behaviour.get("oom_above", oom_above)
             gate = behaviour.get("gate", gate)
+            crash_on = behaviour.get("crash_on", crash_on)
+            crash_log = behaviour.get("crash_log", crash_log)
         if oom_above is not None and len(x) > oom_above:
             raise RuntimeError(f"CUDA out of memory (simulated above {oom_above} items)")
         levels = (x.mean(dim=(2, 3)) * 255).round().long().clamp(0, LEVELS - 1)
         colours = levels.tolist()
-        if self.crash_on is not None and list(self.crash_on) in colours:
-            if self.crash_log is not None:  # one line per death, for the test to count
-                with open(self.crash_log, "a") as log:
+        if crash_on is not None and list(crash_on) in colours:
+            if crash_log is not None:  # one line per death, for the test to count
+                with open(crash_log, "a") as log:
                     log.write(f"{os.getpid()}\n")
             os._exit(1)  # a poison input: the replica's process dies mid-forward-pass
         if gate is not None and bool(x.any()):  # warm-up and health checks send zeros

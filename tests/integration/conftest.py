@@ -28,6 +28,7 @@ MODULE_ORDER = (
     "test_client_docs",
     "test_edge",
     "test_overload",
+    "test_hostile_requests",
     "test_faults",  # its last test deletes the app
     "test_operations",  # restarts the Model, then the Ingress (their actor options)
     "test_tracing",  # restarts every replica (their runtime_env)
@@ -35,7 +36,6 @@ MODULE_ORDER = (
     "test_detection",  # a segmenter, a detector, Mask R-CNN and an echo (model_zoo_config) ...
     "test_segmentation",  # ... the same ...
     "test_hostile_images",  # ... the same
-    "test_hostile_requests",
     "test_shipped_detector",  # the shipped two-model config ...
     "test_shipped_segmenter",
     "test_models",  # ... the same, with the segmenter let go to zero

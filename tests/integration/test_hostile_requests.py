@@ -15,10 +15,11 @@ from typing import Any
 
 import httpx
 import pytest
+import ray
 from ray import serve
 
 from tests import images
-from tests.fixtures.models import colour_in
+from tests.fixtures.models import ECHO, colour_in
 from tests.serving import (
     BASE_URL,
     app_config,
@@ -27,34 +28,34 @@ from tests.serving import (
     replica_names,
     wait_until,
 )
+from tools.serve_process import load_config
 
-ECHO = "tests.fixtures.models:echo"
 POISON = (7, 77, 177)  # the mean colour that kills the Model replica holding it
-MAX_BODY = 64 * 1024 * 1024
-BUDGET = 2 * MAX_BODY  # two whole bodies in flight per Ingress replica
+LIMITS = load_config()["applications"][0]["args"]["limits"]  # serve_config.yaml's, deployed
+MAX_BODY = LIMITS["max_body_bytes"]
+HELD = LIMITS["max_body_bytes_in_flight"] // MAX_BODY  # whole bodies that fill the budget
 TINY_PART = b'--b\r\nContent-Disposition: form-data; name="x"\r\n\r\nx\r\n'
 
 
 @pytest.fixture(scope="module")
-def crash_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def crash_log(tmp_path_factory: pytest.TempPathFactory, _control: Any) -> Iterator[Path]:
+    """The echo modules' deploy (`ECHO`), whose replicas die on `POISON` while this module runs:
+    the `Control` actor says so, and each death adds a line to the log this yields."""
     log = tmp_path_factory.mktemp("poison") / "deaths.log"
     log.touch()
     deploy(
         app_config(
-            model={
-                "name": ECHO,
-                "weights": "none",
-                "kwargs": {"crash_on": list(POISON), "crash_log": str(log)},
-            },
-            args={
-                "limits": {"max_body_bytes": MAX_BODY, "max_body_bytes_in_flight": BUDGET},
-            },
+            model=ECHO,
             # One Ingress replica holds the budget and the quarantine; two Model replicas, so a
             # retry has somewhere to go while a killed one comes back.
             options={"Ingress": fixed_replicas(1), "Model": fixed_replicas(2)},
         )
     )
-    yield log
+    ray.get(_control.set.remote(crash_on=list(POISON), crash_log=str(log)))
+    try:
+        yield log
+    finally:
+        ray.get(_control.set.remote())
 
 
 def _deaths(log: Path) -> int:
@@ -193,13 +194,13 @@ def test_past_the_body_budget_a_request_gets_503_and_the_budget_comes_back(
         )
 
     async def hold_two_bodies() -> list[Connection]:
-        # Two uploads that declare the largest body each and then stall fill the budget.
+        # Uploads that declare the largest body each and then stall fill the budget.
         headers = {
             "content-type": "image/png",
             "content-length": str(MAX_BODY),
             "x-request-timeout-seconds": "20",
         }
-        return [await _raw_post(headers, image[:16]) for _ in range(2)]
+        return [await _raw_post(headers, image[:16]) for _ in range(HELD)]
 
     async def give_up(held: list[Connection]) -> None:
         for _, writer in held:
