@@ -141,9 +141,11 @@ def shipped_models_config(batch: int) -> dict[str, Any]:
     )
 
 
-# test_segmentation's, test_detection's and test_hostile_images's models, one deploy for the three
-# modules: the `colours` segmenter (the default model), and by name a torchvision detector, Mask
-# R-CNN and an echo that resizes and centre-crops (as configs/resnet50_imagenet.yaml).
+# The models of test_detection, test_segmentation, test_hostile_images and test_gpu_decode, one
+# deploy for the four modules: the `colours` segmenter (the default model), and by name a
+# torchvision detector, Mask R-CNN, an echo that resizes and centre-crops (as
+# configs/resnet50_imagenet.yaml), and the shipped detector twice, decoding JPEGs in the Model
+# (`gpu_decode`) and in the Preprocessor.
 COLOURS_SEGMENTER = {"name": "tests.fixtures.models:colours"}
 TORCHVISION_DETECTOR = (
     "detector",
@@ -176,17 +178,21 @@ RESIZE_CROP_ECHO = (
     },
 )
 
+DEVICE_DECODE, PILLOW_DECODE = "device-decode", "pillow-decode"  # the shipped detector twice
+
 
 def model_zoo_config() -> dict[str, Any]:
-    """The default model `COLOURS_SEGMENTER`, and `TORCHVISION_DETECTOR`, `MASK_RCNN` and
-    `RESIZE_CROP_ECHO` by their names, each batching as its tests need; the Postprocessor keeps
-    every detection (random weights score low); one Preprocessor replica, whose memory
-    test_hostile_images watches.
+    """The default model `COLOURS_SEGMENTER`, and `TORCHVISION_DETECTOR`, `MASK_RCNN`,
+    `RESIZE_CROP_ECHO`, `DEVICE_DECODE` and `PILLOW_DECODE` by their names, each batching as its
+    tests need; the Postprocessor keeps every detection (random weights score low); one
+    Preprocessor replica, whose memory test_hostile_images watches.
 
-    test_detection.py, test_segmentation.py and test_hostile_images.py deploy exactly this, one
-    after the other, so the later deploys change nothing and cost nothing (a deploy of other
-    `args` restarts every replica after a build, about 12 s here).
+    test_detection.py, test_segmentation.py, test_hostile_images.py and test_gpu_decode.py deploy
+    exactly this, one after the other, so the later deploys change nothing and cost nothing (a
+    deploy of other `args` restarts every replica after a build, about 12 s here).
     """
+    models = load_config()["applications"][0]["args"]["models"]
+    shipped = next(m["model"] for m in models if m["name"] == "shapes-detector")
     config = app_config(
         model=COLOURS_SEGMENTER,
         user_configs={
@@ -201,9 +207,17 @@ def model_zoo_config() -> dict[str, Any]:
         # One image per pass: the start-up warm-up of a pass of 8 is the costliest part.
         MASK_RCNN[0]: {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
         RESIZE_CROP_ECHO[0]: {},
+        DEVICE_DECODE: {},
+        PILLOW_DECODE: {},
     }
     model = next(d for d in app["deployments"] if d["name"] == "Model")
-    for name, spec in (TORCHVISION_DETECTOR, MASK_RCNN, RESIZE_CROP_ECHO):
+    for name, spec in (
+        TORCHVISION_DETECTOR,
+        MASK_RCNN,
+        RESIZE_CROP_ECHO,
+        (DEVICE_DECODE, {**shipped, "gpu_decode": True}),
+        (PILLOW_DECODE, shipped),
+    ):
         app["args"]["models"].append({"name": name, "model": spec})
         user_config = {**model["user_config"], **batching[name]}
         app["deployments"].append({"name": f"Model-{name}", "user_config": user_config})

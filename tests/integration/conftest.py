@@ -33,13 +33,13 @@ MODULE_ORDER = (
     "test_operations",  # restarts the Model, then the Ingress (their actor options)
     "test_tracing",  # restarts every replica (their runtime_env)
     "test_configs",
-    "test_detection",  # a segmenter, a detector, Mask R-CNN and an echo (model_zoo_config) ...
+    "test_detection",  # six models, each by name (tests.serving.model_zoo_config) ...
     "test_segmentation",  # ... the same ...
-    "test_hostile_images",  # ... the same
+    "test_hostile_images",  # ... the same ...
+    "test_gpu_decode",  # ... the same, whose two shipped detectors decode apart
     "test_shipped_detector",  # the shipped two-model config ...
     "test_shipped_segmenter",
     "test_models",  # ... the same, with the segmenter let go to zero
-    "test_gpu_decode",
     "test_v2_oip",
 )
 

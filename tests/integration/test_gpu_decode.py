@@ -1,6 +1,7 @@
 """gpu_decode end to end on a CPU replica: the same shipped detector served twice in one app,
-once decoding JPEGs in the Model (`gpu_decode: true`, the default model) and once in the
-Preprocessor (Pillow, as always), so each image's two answers can be compared over HTTP.
+once decoding JPEGs in the Model (`gpu_decode: true`) and once in the Preprocessor (Pillow, as
+always), so each image's two answers can be compared over HTTP (tests.serving's DEVICE_DECODE and
+PILLOW_DECODE, beside the other models of `model_zoo_config`).
 
 Tolerances are the unit tier's (tests/unit/test_device_decode.py): the same objects, boxes within
 1.5 model-input pixels, scores within 0.1; the image's metadata is identical.
@@ -9,7 +10,6 @@ Tolerances are the unit tier's (tests/unit/test_device_decode.py): the same obje
 from __future__ import annotations
 
 import asyncio
-import copy
 from typing import Any
 
 import httpx
@@ -17,46 +17,42 @@ import numpy as np
 import pytest
 
 from shapes.generate import generate
-from tests import images
-from tests.serving import BASE_URL, SEGMENTER_DEPLOYMENT, app_config, deploy, load_config
+from tests import images, settings
+from tests.serving import (
+    BASE_URL,
+    DEVICE_DECODE,
+    PILLOW_DECODE,
+    deploy,
+    model_zoo_config,
+    predict_path,
+)
 
-DEVICE = "device-decode"  # the default model: /v1/predict and multipart requests go here
-PILLOW = "pillow-decode"
+DEVICE, PILLOW = DEVICE_DECODE, PILLOW_DECODE
 INPUT_SIDE = 384  # the shipped detector's letterbox input
-
-
-def _config() -> dict[str, Any]:
-    config = load_config()
-    app = config["applications"][0]
-    detector = next(m["model"] for m in app["args"]["models"] if m["name"] == "shapes-detector")
-    app["args"]["models"] = [
-        {"name": DEVICE, "model": {**detector, "gpu_decode": True}},
-        {"name": PILLOW, "model": copy.deepcopy(detector)},
-    ]
-    app["args"]["default_model"] = DEVICE
-    # The second model's deployment takes the segmenter's place, kept awake.
-    second = next(d for d in app["deployments"] if d["name"] == SEGMENTER_DEPLOYMENT)
-    second["name"] = f"Model-{PILLOW}"
-    second["autoscaling_config"] = {**second["autoscaling_config"], "min_replicas": 1}
-    return app_config(config)
+# serve_config.yaml's threshold, asked for per request: the shared deploy keeps every detection,
+# and the lowest-scored ones come and go with a decoder's rounding.
+SHIPPED = {"score_threshold": settings.user_config("Postprocessor")["detection"]["score_threshold"]}
 
 
 @pytest.fixture(scope="module", autouse=True)
 def two_decoders_app() -> None:
-    deploy(_config())
+    deploy(model_zoo_config())
 
 
 async def _predict_each(path: str, bodies: list[tuple[bytes, str]]) -> list[httpx.Response]:
     async with httpx.AsyncClient(base_url=BASE_URL, timeout=120) as client:
         return list(
             await asyncio.gather(
-                *(client.post(path, content=b, headers={"content-type": t}) for b, t in bodies)
+                *(
+                    client.post(path, content=b, params=SHIPPED, headers={"content-type": t})
+                    for b, t in bodies
+                )
             )
         )
 
 
 def _answers(bodies: list[tuple[bytes, str]], model: str) -> list[dict[str, Any]]:
-    responses = asyncio.run(_predict_each(f"/v1/models/{model}/predict", bodies))
+    responses = asyncio.run(_predict_each(predict_path(model), bodies))
     for r in responses:
         assert r.status_code == 200, r.text
     return [r.json() for r in responses]
@@ -111,7 +107,7 @@ def test_broken_jpegs_in_a_multipart_request_fail_alone() -> None:
         ("d.jpg", good[1], "image/jpeg"),
     ]
     files = [("image", part) for part in parts]
-    r = httpx.post(f"{BASE_URL}/v1/predict", files=files, timeout=120)
+    r = httpx.post(f"{BASE_URL}{predict_path(DEVICE)}", files=files, params=SHIPPED, timeout=120)
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     for i, says in ((1, "end-of-image marker"), (3, "Huffman")):
