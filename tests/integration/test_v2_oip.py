@@ -87,11 +87,15 @@ def started(gate: Path) -> dict[str, Any]:
 
     def detector_ready() -> bool:
         try:
-            return httpx.get(f"{BASE_URL}/v2/models/{MODEL}/ready", timeout=30).status_code == 200
+            ready = httpx.get(f"{BASE_URL}/v2/models/{MODEL}/ready", timeout=30).status_code
+            # `warming` is this config's alone: an Ingress that knows it is this deploy's, not
+            # the one an earlier module deployed (it answers until it has drained).
+            known = httpx.get(f"{BASE_URL}/v2/models/{WARMING}", timeout=30).status_code != 404
         except httpx.HTTPError:
             return False  # the proxy has no route to the app yet
+        return ready == 200 and known
 
-    wait_until(detector_ready, 180, "the detector to be ready", every_s=0.5)
+    wait_until(detector_ready, 180, "this deploy's Ingress and the detector", every_s=0.5)
     return config
 
 
