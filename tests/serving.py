@@ -166,7 +166,6 @@ MASK_RCNN = (
         "kwargs": {"box_score_thresh": 0.0, "box_detections_per_img": 3},
     },
 )
-
 RESIZE_CROP_ECHO = (
     "resize-crop",
     {
@@ -177,7 +176,6 @@ RESIZE_CROP_ECHO = (
         "resize_size": 232,
     },
 )
-
 DEVICE_DECODE, PILLOW_DECODE = "device-decode", "pillow-decode"  # the shipped detector twice
 
 
