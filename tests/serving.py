@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -30,6 +31,12 @@ def wait_until(
 ) -> T:
     """`tools.serve_process.wait_for`, failing with a `TimeoutError`."""
     return wait_for(check, timeout_s, what, every_s, error=TimeoutError)
+
+
+def port_open(port: int) -> bool:
+    """Whether something listens on `port` on loopback."""
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def replica_names(deployment: str) -> set[str]:
@@ -200,24 +207,17 @@ def model_zoo_config() -> dict[str, Any]:
         options={"Preprocessor": fixed_replicas(1)},
     )
     app = config["applications"][0]
-    batching = {
-        TORCHVISION_DETECTOR[0]: {"max_batch_size": 4, "batch_wait_timeout_s": 0.2},
-        # One image per pass: the start-up warm-up of a pass of 8 is the costliest part.
-        MASK_RCNN[0]: {"max_batch_size": 1, "batch_wait_timeout_s": 0.0},
-        RESIZE_CROP_ECHO[0]: {},
-        DEVICE_DECODE: {},
-        PILLOW_DECODE: {},
-    }
     model = next(d for d in app["deployments"] if d["name"] == "Model")
-    for name, spec in (
-        TORCHVISION_DETECTOR,
-        MASK_RCNN,
-        RESIZE_CROP_ECHO,
-        (DEVICE_DECODE, {**shipped, "gpu_decode": True}),
-        (PILLOW_DECODE, shipped),
+    for (name, spec), batching in (
+        (TORCHVISION_DETECTOR, {"max_batch_size": 4, "batch_wait_timeout_s": 0.2}),
+        # One image per pass: the start-up warm-up of a pass of 8 is the costliest part.
+        (MASK_RCNN, {"max_batch_size": 1, "batch_wait_timeout_s": 0.0}),
+        (RESIZE_CROP_ECHO, {}),
+        ((DEVICE_DECODE, {**shipped, "gpu_decode": True}), {}),
+        ((PILLOW_DECODE, shipped), {}),
     ):
         app["args"]["models"].append({"name": name, "model": spec})
-        user_config = {**model["user_config"], **batching[name]}
+        user_config = {**model["user_config"], **batching}
         app["deployments"].append({"name": f"Model-{name}", "user_config": user_config})
     return config
 

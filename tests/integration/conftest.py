@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import random
-import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,7 +12,7 @@ import ray
 from ray.serve import context as serve_context
 
 from tests.fixtures.models import CONTROL, GATE_NAMESPACE, Control
-from tests.serving import METRICS_PORT, ROOT, wait_until
+from tests.serving import METRICS_PORT, ROOT, port_open, wait_until
 
 # Modules run in this order, not by name, for speed only: a deploy that changes the app's `args`
 # restarts every replica after a new build (about 12 s here), one that changes a deployment's
@@ -103,12 +102,7 @@ def ray_cluster() -> Iterator[None]:
             client.shutdown_cached_handles()
         serve_context._set_global_client(None)
         ray.shutdown()
-        wait_until(lambda: not _port_open(8000), 60, "the test cluster's edge to close port 8000")
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+        wait_until(lambda: not port_open(8000), 60, "the test cluster's edge to close port 8000")
 
 
 @pytest.fixture(scope="session", autouse=True)

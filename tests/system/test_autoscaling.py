@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +27,15 @@ from ray import serve
 
 from tests import images, settings
 from tests.fixtures.models import colour_in
-from tests.serving import BASE_URL, ROOT, app_config, deploy, fixed_replicas, wait_until
+from tests.serving import (
+    BASE_URL,
+    ROOT,
+    app_config,
+    deploy,
+    fixed_replicas,
+    port_open,
+    wait_until,
+)
 from tests.system.fake_cluster import FakeAutoscalingCluster
 
 pytestmark = pytest.mark.system
@@ -57,7 +64,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FakeAutoscalin
         yield fake
     finally:
         fake.stop()  # ends the cluster's processes; its workers exit once their raylet has
-        wait_until(lambda: not _port_open(8000), 60, "the cluster's HTTP proxy to exit")
+        wait_until(lambda: not port_open(8000), 60, "the cluster's HTTP proxy to exit")
 
 
 class Timeline:
@@ -110,11 +117,6 @@ class Timeline:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _model_replica_nodes() -> list[str]:

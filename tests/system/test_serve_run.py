@@ -28,7 +28,7 @@ import yaml
 from shapes.generate import generate
 from shapes.metrics import iou
 from tests import images
-from tests.serving import BASE_URL, ROOT, wait_until
+from tests.serving import BASE_URL, ROOT, port_open, wait_until
 from tools import serve_process
 from vision_serve.serve_local import METRICS_EXPORT_PORT as METRICS_PORT
 
@@ -42,11 +42,6 @@ def _health() -> bool:
         return httpx.get(f"{BASE_URL}/v1/health", timeout=5).status_code == 200
     except httpx.TransportError:
         return False
-
-
-def _port_open() -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", 8000)) == 0
 
 
 def _non_loopback_address() -> str | None:
@@ -65,7 +60,7 @@ def _reachable(address: str, port: int) -> bool:
 def serve_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[subprocess.Popen[bytes]]:
     """The service as `make run` starts it, shared by this module's tests, which run in order:
     the last one stops it."""
-    assert not _port_open(), "something already listens on port 8000"
+    assert not port_open(8000), "something already listens on port 8000"
     log = tmp_path_factory.mktemp("serve_run") / "serve_run.log"
     # The relative path, from the repo root, as `make run` passes it; Ray's metrics on its port.
     proc = serve_process.serve_run(Path("serve_config.yaml"), log, metrics_port=METRICS_PORT)
@@ -197,7 +192,7 @@ def _send_images(count: int, seed: int) -> None:
 def test_serve_run_shuts_down_cleanly(serve_run: subprocess.Popen[bytes]) -> None:
     serve_run.send_signal(signal.SIGINT)  # what Ctrl-C sends
     assert serve_run.wait(timeout=120) == 0
-    wait_until(lambda: not _port_open(), 60, "port 8000 to close")
+    wait_until(lambda: not port_open(8000), 60, "port 8000 to close")
 
 
 # --- Prometheus --------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from typing import Any
 
 from tests.serving import ROOT
 
@@ -18,10 +19,7 @@ def test_cpu_stages_never_import_torch() -> None:
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'torchvision'))))\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
-    )
-    assert json.loads(out.stdout) == []
+    assert _printed(script) == []
 
 
 def test_the_model_stage_and_the_build_import_torchvision_only_for_a_torchvision_model() -> None:
@@ -39,10 +37,15 @@ def test_the_model_stage_and_the_build_import_torchvision_only_for_a_torchvision
         "model_source.resolve(named)\n"
         "print(json.dumps([before, 'torchvision' in sys.modules]))\n"
     )
+    assert _printed(script) == [False, True]
+
+
+def _printed(script: str) -> Any:
+    """The JSON that `script`, run in a fresh interpreter, prints last."""
     out = subprocess.run(
         [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
     )
-    assert json.loads(out.stdout.splitlines()[-1]) == [False, True]
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 # The pure logic: plain functions and types a unit test (or a tool) uses without a cluster.
